@@ -1,0 +1,56 @@
+"""One source for every fact shared by the worker, the Serve app, the CLI, the chart and tests.
+
+Ports, routes, header and environment variable names live here and are imported everywhere
+else; the Helm chart and the Serve config are checked against this module by tests.
+"""
+
+from __future__ import annotations
+
+# --- Temporal -------------------------------------------------------------------------------
+DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_TASK_QUEUE = "batch-inference"
+WORKFLOW_NAME = "BatchInference"
+PROGRESS_QUERY = "progress"
+
+# --- Ray Serve ------------------------------------------------------------------------------
+SERVE_HTTP_PORT = 8000
+SERVE_APP_NAME = "batch-inference"
+DEFAULT_SERVE_URL = f"http://127.0.0.1:{SERVE_HTTP_PORT}"
+# Routes of the Serve ingress (relative to the application's route prefix "/").
+INFERENCE_ROUTE = "/inference"  # the original example's route: default model
+MODEL_INFERENCE_ROUTE = "/models/{model}/inference"
+MODELS_ROUTE = "/models"
+HEALTH_ROUTE = "/healthz"  # the only route that needs no token
+
+AUTH_HEADER = "Authorization"
+AUTH_SCHEME = "Bearer"
+
+# Environment variables (worker and Serve replicas). Token values never go in argv or config.
+ENV_SERVE_TOKENS = "SERVE_AUTH_TOKENS"  # comma-separated valid tokens (Serve side)
+ENV_SERVE_TOKENS_FILE = "SERVE_AUTH_TOKENS_FILE"  # file, one token per line (Serve side)
+ENV_SERVE_TOKEN = "SERVE_AUTH_TOKEN"  # the token the worker sends
+ENV_SERVE_TOKEN_FILE = "SERVE_AUTH_TOKEN_FILE"  # file holding the token the worker sends
+ENV_SERVE_URL = "SERVE_URL"
+
+ENV_TEMPORAL_ADDRESS = "TEMPORAL_ADDRESS"
+ENV_TEMPORAL_NAMESPACE = "TEMPORAL_NAMESPACE"
+ENV_TEMPORAL_TASK_QUEUE = "TEMPORAL_TASK_QUEUE"
+ENV_TEMPORAL_TLS_CERT = "TEMPORAL_TLS_CERT"
+ENV_TEMPORAL_TLS_KEY = "TEMPORAL_TLS_KEY"
+ENV_TEMPORAL_TLS_CA = "TEMPORAL_TLS_CA"
+ENV_TEMPORAL_TLS_SERVER_NAME = "TEMPORAL_TLS_SERVER_NAME"
+ENV_TEMPORAL_TLS = "TEMPORAL_TLS"
+ENV_TEMPORAL_API_KEY = "TEMPORAL_API_KEY"
+ENV_TEMPORAL_API_KEY_FILE = "TEMPORAL_API_KEY_FILE"
+
+# --- Outputs --------------------------------------------------------------------------------
+SHARD_FILE = "shard-{shard:05d}.jsonl"
+ERRORS_DIR = "errors"
+PARTS_DIR = "_parts"
+PLAN_FILE = "_plan.json"
+SUMMARY_FILE = "_summary.json"
+
+# --- Metrics --------------------------------------------------------------------------------
+WORKER_METRICS_PORT = 9464
+RAY_METRICS_PORT = 8080

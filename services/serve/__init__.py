@@ -1,0 +1,1 @@
+"""Ray Serve application: authenticated ingress in front of pluggable, batched models."""

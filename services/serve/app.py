@@ -1,0 +1,192 @@
+"""Ray Serve application: an authenticated FastAPI ingress routing to batched model deployments.
+
+Built by ``build_app(args)`` from the Serve config (``charts/batch-inference/files/serve-config.yaml``),
+so the chart's RayService and the local stack deploy the same thing. Each model is its own
+deployment (named after the model) so replicas and batch settings are set per model there.
+"""
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from services.constants import (
+    AUTH_HEADER,
+    AUTH_SCHEME,
+    HEALTH_ROUTE,
+    INFERENCE_ROUTE,
+    MODEL_INFERENCE_ROUTE,
+    MODELS_ROUTE,
+)
+from services.serve.auth import AuthError, TokenStore
+from services.serve.models import BUILTIN_MODELS, load_model
+
+logger = logging.getLogger("ray.serve")
+
+
+class BatchSettings(BaseModel):
+    """A model deployment's ``user_config``: server-side batching, changeable without restart."""
+
+    max_batch_size: int = Field(16, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(0.002, ge=0, le=10)
+
+
+class AppArgs(BaseModel):
+    """The application's ``args`` in the Serve config."""
+
+    models: dict[str, str] = Field(default_factory=lambda: dict(BUILTIN_MODELS))
+    default_model: str = "echo"
+    max_records_per_request: int = Field(1024, ge=1)
+
+
+def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+@serve.deployment
+class ModelServer:
+    """One model. Requests carry lists of records; ``@serve.batch`` groups requests."""
+
+    def __init__(self, import_path: str):
+        self._model = load_model(import_path)
+        self._validate = getattr(self._model, "validate", None)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        settings = BatchSettings.model_validate(config or {})
+        self._predict_requests.set_max_batch_size(settings.max_batch_size)
+        self._predict_requests.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def _predict_records(self, records: list[Any]) -> list[dict[str, Any]]:
+        """Per-record results: ``{"prediction": ...}`` or ``{"error": reason}``."""
+        results: list[dict[str, Any] | None] = [None] * len(records)
+        positions, values = [], []
+        for i, record in enumerate(records):
+            try:
+                values.append(self._validate(record) if self._validate else record)
+                positions.append(i)
+            except (ValueError, TypeError) as exc:
+                results[i] = {"error": f"invalid input: {exc}"}
+        if values:
+            try:
+                predictions = self._model.predict(values)
+                if len(predictions) != len(values):
+                    raise RuntimeError(
+                        f"model returned {len(predictions)} predictions for {len(values)} inputs"
+                    )
+            except Exception:
+                # Isolate the record(s) the model chokes on instead of failing the whole batch.
+                predictions = []
+                for value in values:
+                    try:
+                        predictions.append({"prediction": self._model.predict([value])[0]})
+                    except Exception as exc:
+                        predictions.append({"error": f"model error: {type(exc).__name__}: {exc}"})
+                for i, result in zip(positions, predictions, strict=True):
+                    results[i] = result
+            else:
+                for i, prediction in zip(positions, predictions, strict=True):
+                    results[i] = {"prediction": prediction}
+        return results  # type: ignore[return-value]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _predict_requests(self, requests: list[list[Any]]) -> list[list[dict[str, Any]]]:
+        flat = [record for request in requests for record in request]
+        results = self._predict_records(flat)
+        out, start = [], 0
+        for request in requests:
+            out.append(results[start : start + len(request)])
+            start += len(request)
+        return out
+
+    async def __call__(self, records: list[Any]) -> list[dict[str, Any]]:
+        return await self._predict_requests(records)
+
+
+api = FastAPI(title="batch-inference", docs_url=None, redoc_url=None)
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    """Checks the bearer token, parses single or batch requests, routes to the model."""
+
+    def __init__(self, models: dict[str, DeploymentHandle], default_model: str, max_records: int):
+        self._models = models
+        self._default = default_model
+        self._max_records = max_records
+        self._tokens = TokenStore.from_env()
+
+    def _auth(self, request: Request) -> Response | None:
+        try:
+            self._tokens.check(request.headers.get(AUTH_HEADER))
+        except AuthError as exc:
+            headers = {"WWW-Authenticate": AUTH_SCHEME} if exc.status == 401 else None
+            return _json({"detail": exc.reason}, exc.status, headers)
+        return None
+
+    @api.get(HEALTH_ROUTE)
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get(MODELS_ROUTE)
+    async def models(self, request: Request) -> Response:
+        if denied := self._auth(request):
+            return denied
+        return _json({"models": sorted(self._models), "default": self._default})
+
+    @api.post(INFERENCE_ROUTE)
+    async def infer_default(self, request: Request) -> Response:
+        return await self._infer(self._default, request)
+
+    @api.post(MODEL_INFERENCE_ROUTE)
+    async def infer_model(self, model: str, request: Request) -> Response:
+        return await self._infer(model, request)
+
+    async def _infer(self, model: str, request: Request) -> Response:
+        if denied := self._auth(request):
+            return denied
+        handle = self._models.get(model)
+        if handle is None:
+            known = ", ".join(sorted(self._models))
+            return _json({"detail": f"unknown model {model!r}; available: {known}"}, 404)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _json({"detail": f"request body is not valid JSON: {exc}"}, 400)
+        if isinstance(body, dict) and isinstance(body.get("inputs"), list):
+            inputs = body["inputs"]
+            if len(inputs) > self._max_records:
+                return _json(
+                    {"detail": f"{len(inputs)} inputs in one request; the limit is {self._max_records}"},
+                    413,
+                )
+            results = await handle.remote(inputs) if inputs else []
+            return _json(
+                {
+                    "predictions": [r.get("prediction") for r in results],
+                    "errors": [r.get("error") for r in results],
+                }
+            )
+        (result,) = await handle.remote([body])
+        if "error" in result:
+            return _json({"detail": result["error"]}, 422)
+        return _json({"prediction": result["prediction"]})
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Application builder named by the Serve config's ``import_path``."""
+    config = AppArgs.model_validate(args or {})
+    if config.default_model not in config.models:
+        raise ValueError(f"default_model {config.default_model!r} is not one of {sorted(config.models)}")
+    handles = {
+        name: ModelServer.options(name=name).bind(path) for name, path in config.models.items()
+    }
+    return Ingress.bind(handles, config.default_model, config.max_records_per_request)
+
+
