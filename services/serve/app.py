@@ -184,9 +184,5 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     config = AppArgs.model_validate(args or {})
     if config.default_model not in config.models:
         raise ValueError(f"default_model {config.default_model!r} is not one of {sorted(config.models)}")
-    handles = {
-        name: ModelServer.options(name=name).bind(path) for name, path in config.models.items()
-    }
+    handles = {name: ModelServer.options(name=name).bind(path) for name, path in config.models.items()}
     return Ingress.bind(handles, config.default_model, config.max_records_per_request)
-
-

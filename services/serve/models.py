@@ -59,9 +59,7 @@ class IrisClassifier:
             elif all(name in record for name in self.FEATURES):
                 values = [record[name] for name in self.FEATURES]
             else:
-                raise ValueError(
-                    "expected 'features' (4 numbers) or the fields " + ", ".join(self.FEATURES)
-                )
+                raise ValueError("expected 'features' (4 numbers) or the fields " + ", ".join(self.FEATURES))
         else:
             values = record
         if not isinstance(values, list) or len(values) != len(self.FEATURES):
@@ -81,7 +79,11 @@ class IrisClassifier:
         for row in probabilities:
             best = int(row.argmax())
             results.append(
-                {"label": self._classes[best], "class_id": best, "probability": round(float(row[best]), 6)}
+                {
+                    "label": self._classes[best],
+                    "class_id": best,
+                    "probability": round(float(row[best]), 6),
+                }
             )
         return results
 

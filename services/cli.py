@@ -1,0 +1,324 @@
+"""``batch-inference``: run the whole stack locally, start its parts, submit and watch batches."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from pydantic import ValidationError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.service import RPCError
+
+from services import constants as c
+from services.worker.config import TemporalSettings, WorkerSettings
+from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
+
+# --- submitting and watching -----------------------------------------------------------------
+
+
+def build_input(args: argparse.Namespace) -> BatchInferenceInput:
+    records = None
+    if args.inline is not None:
+        text = Path(args.inline[1:]).read_text() if args.inline.startswith("@") else args.inline
+        records = json.loads(text)
+        if not isinstance(records, list):
+            raise ValueError("--inline takes a JSON list of records")
+    tuning = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes key=value, got {item!r}")
+        tuning[key] = json.loads(value) if value else None
+    return BatchInferenceInput(
+        records=records,
+        input_uri=_abs_uri(args.input),
+        output_uri=_abs_uri(args.output),
+        model=args.model,
+        max_error_ratio=args.max_error_ratio,
+        tuning=Tuning(**tuning),
+    )
+
+
+def _abs_uri(uri: str | None) -> str | None:
+    """Local paths become absolute: the worker may run elsewhere (another directory)."""
+    if uri is None or "://" in uri:
+        return uri
+    return str(Path(uri).expanduser().resolve())
+
+
+async def start_batch(
+    client: Client, batch: BatchInferenceInput, task_queue: str, workflow_id: str | None = None
+) -> WorkflowHandle:
+    return await client.start_workflow(
+        c.WORKFLOW_NAME,
+        batch,
+        id=workflow_id or f"batch-{uuid.uuid4().hex[:12]}",
+        task_queue=task_queue,
+        result_type=BatchInferenceOutput,
+    )
+
+
+async def watch(handle: WorkflowHandle, interval_s: float = 0.5, out=sys.stderr) -> BatchInferenceOutput:
+    """Show a progress bar from the ``progress`` query until the workflow ends."""
+    from tqdm import tqdm
+
+    result_task = asyncio.create_task(handle.result())
+    bar = tqdm(total=0, unit="rec", file=out, dynamic_ncols=True, disable=None)
+    try:
+        while not result_task.done():
+            with contextlib.suppress(RPCError):
+                progress: Progress = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
+                if progress.total_records and bar.total != progress.total_records:
+                    bar.total = progress.total_records
+                bar.n = progress.succeeded + progress.failed
+                bar.set_postfix(
+                    status=progress.status,
+                    failed=progress.failed,
+                    shards=f"{progress.shards_done}/{progress.shards_total}",
+                    run=progress.run,
+                )
+                bar.refresh()
+            await asyncio.wait({result_task}, timeout=interval_s)
+        result = result_task.result()
+        bar.n = result.succeeded + result.failed
+        bar.refresh()
+        return result
+    finally:
+        bar.close()
+
+
+def print_summary(result: BatchInferenceOutput, wall_s: float | None = None) -> None:
+    print(json.dumps(result.model_dump(mode="json", exclude_none=True), indent=2))
+    if wall_s is not None:
+        done = result.succeeded + result.failed
+        print(
+            f"\n{result.status}: {result.succeeded} succeeded, {result.failed} failed of "
+            f"{result.total_records} records in {wall_s:.1f}s wall ({done / wall_s:.0f} records/s)"
+        )
+    if result.output_uri:
+        print(f"results: {result.output_uri}/shard-*.jsonl   errors: {result.errors_uri}/")
+
+
+def _describe_failure(err: WorkflowFailureError) -> str:
+    cause = err.cause
+    parts = []
+    while cause is not None:
+        parts.append(str(cause))
+        cause = getattr(cause, "cause", None)
+    return " <- ".join(parts) or str(err)
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+async def cmd_submit(args: argparse.Namespace) -> int:
+    batch = build_input(args)
+    settings = TemporalSettings()
+    client = await settings.connect()
+    handle = await start_batch(client, batch, args.task_queue or settings.task_queue, args.id)
+    print(f"started workflow {handle.id}", file=sys.stderr)
+    if not args.wait:
+        print(handle.id)
+        return 0
+    started = time.monotonic()
+    try:
+        result = await watch(handle)
+    except WorkflowFailureError as err:
+        print(f"batch failed: {_describe_failure(err)}", file=sys.stderr)
+        return 1
+    print_summary(result, time.monotonic() - started)
+    return 0
+
+
+async def cmd_progress(args: argparse.Namespace) -> int:
+    client = await TemporalSettings().connect()
+    handle = client.get_workflow_handle(args.workflow_id, result_type=BatchInferenceOutput)
+    if args.watch:
+        try:
+            print_summary(await watch(handle))
+        except WorkflowFailureError as err:
+            print(f"batch failed: {_describe_failure(err)}", file=sys.stderr)
+            return 1
+        return 0
+    progress = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
+    print(progress.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from services.worker.worker import main
+
+    main()
+    return 0
+
+
+def _wait_forever(what: str) -> None:
+    print(f"{what} running; Ctrl-C to stop", file=sys.stderr)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
+
+
+def cmd_temporal(args: argparse.Namespace) -> int:
+    from services.local.stack import TemporalDevServer
+
+    server = TemporalDevServer(args.state_dir, port=args.port, ui_port=args.port + 1000).start()
+    print(f"Temporal dev server at {server.address}, UI http://127.0.0.1:{server.ui_port}", file=sys.stderr)
+    try:
+        _wait_forever("Temporal")
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.local.stack import LocalRayServe, ensure_token
+
+    token = ensure_token(args.state_dir / "serve-token")
+    serve = LocalRayServe(args.state_dir, token)
+    try:
+        serve.start()
+        print(
+            f"Ray Serve at {serve.url} (dashboard {serve.dashboard}); token file {token}\n"
+            f"worker: {c.ENV_SERVE_TOKEN_FILE}={token} {c.ENV_SERVE_URL}={serve.url} "
+            "batch-inference worker",
+            file=sys.stderr,
+        )
+        _wait_forever("Serve")
+    finally:
+        serve.stop()
+    return 0
+
+
+async def _run_stack(args: argparse.Namespace) -> int:
+    from services.local.stack import SAMPLE_DATASET, LocalRayServe, TemporalDevServer, ensure_token
+    from services.worker.worker import run_worker
+
+    state: Path = args.state_dir
+    token = ensure_token(state / "serve-token")
+    temporal = TemporalDevServer(state)
+    serve = LocalRayServe(state, token)
+    stop = asyncio.Event()
+    worker_task: asyncio.Task | None = None
+    try:
+        t0 = time.monotonic()
+        print(f"starting Temporal dev server ({state / 'temporal.db'}) ...", file=sys.stderr)
+        await asyncio.to_thread(temporal.start)
+        print("starting Ray Serve from charts/batch-inference/files/serve-config.yaml ...", file=sys.stderr)
+        await asyncio.to_thread(serve.start)
+        print(
+            f"Temporal {temporal.address} (UI http://127.0.0.1:{temporal.ui_port}), "
+            f"Serve {serve.url}, Ray dashboard {serve.dashboard}, "
+            f"Ray metrics http://127.0.0.1:{serve.metrics_port}/metrics "
+            f"[up in {time.monotonic() - t0:.1f}s]",
+            file=sys.stderr,
+        )
+        os.environ[c.ENV_SERVE_TOKEN_FILE] = str(token)
+        settings = WorkerSettings(address=temporal.address, serve_url=serve.url)
+        worker_task = asyncio.create_task(run_worker(settings, stop, install_signals=False))
+        client = await settings.connect()
+        input_path = Path(args.input or SAMPLE_DATASET).resolve()
+        output = (
+            Path(args.output) if args.output else state / "output" / time.strftime("%Y%m%d-%H%M%S")
+        ).resolve()
+        batch = BatchInferenceInput(input_uri=str(input_path), output_uri=str(output), model=args.model)
+        handle = await start_batch(client, batch, settings.task_queue)
+        print(f"batch {handle.id}: {input_path} -> {output} (model {args.model})", file=sys.stderr)
+        started = time.monotonic()
+        try:
+            result = await watch(handle)
+        except WorkflowFailureError as err:
+            print(f"batch failed: {_describe_failure(err)}", file=sys.stderr)
+            return 1
+        print_summary(result, time.monotonic() - started)
+        return 0 if result.failed == 0 else 2
+    finally:
+        stop.set()
+        if worker_task:
+            with contextlib.suppress(Exception):
+                await worker_task
+        print("stopping Ray Serve and Temporal ...", file=sys.stderr)
+        await asyncio.to_thread(serve.stop)
+        await asyncio.to_thread(temporal.stop)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="batch-inference", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    state_help = "folder for the dev server's database, tokens and Ray's files"
+
+    run = sub.add_parser("run", help="start Temporal, Ray Serve and a worker; run a batch; stop all")
+    run.add_argument("--state-dir", type=Path, default=Path(".state"), help=state_help)
+    run.add_argument("--input", help="JSONL input (default: the bundled 10,000-record Iris sample)")
+    run.add_argument("--output", help="output folder (default: <state-dir>/output/<timestamp>)")
+    run.add_argument("--model", default="iris", help="model name in the Serve config (default: iris)")
+
+    t = sub.add_parser("temporal", help="run only the Temporal dev server")
+    t.add_argument("--state-dir", type=Path, default=Path(".state"), help=state_help)
+    t.add_argument("--port", type=int, default=7233)
+
+    s = sub.add_parser("serve", help="run only the local Ray Serve (shared Serve config)")
+    s.add_argument("--state-dir", type=Path, default=Path(".state"), help=state_help)
+
+    sub.add_parser("worker", help="run a worker (configured by TEMPORAL_* and SERVE_* env vars)")
+
+    sb = sub.add_parser("submit", help="start a batch (TEMPORAL_* env vars say where)")
+    src = sb.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="input JSONL: local path or fsspec URL")
+    src.add_argument("--inline", help="JSON list of records, or @file.json")
+    sb.add_argument("--output", help="output folder: local path or fsspec URL (with --input)")
+    sb.add_argument("--model", help="model name (default: Serve's default model)")
+    sb.add_argument("--max-error-ratio", type=float, default=0.0)
+    sb.add_argument("--set", action="append", metavar="KEY=VALUE", help="tuning, e.g. micro_batch_size=64")
+    sb.add_argument("--id", help="workflow id (default: batch-<random>)")
+    sb.add_argument("--task-queue", help=f"default: ${c.ENV_TEMPORAL_TASK_QUEUE} or {c.DEFAULT_TASK_QUEUE}")
+    sb.add_argument("--wait", action="store_true", help="show progress and print the summary")
+
+    pr = sub.add_parser("progress", help="show a batch's progress")
+    pr.add_argument("workflow_id")
+    pr.add_argument("--watch", action="store_true", help="follow until it ends")
+
+    sub.add_parser("token", help="print a new random Serve token")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        match args.command:
+            case "run":
+                return asyncio.run(_run_stack(args))
+            case "submit":
+                return asyncio.run(cmd_submit(args))
+            case "progress":
+                return asyncio.run(cmd_progress(args))
+            case "worker":
+                return cmd_worker(args)
+            case "temporal":
+                return cmd_temporal(args)
+            case "serve":
+                return cmd_serve(args)
+            case "token":
+                import secrets
+
+                print(secrets.token_urlsafe(32))
+                return 0
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

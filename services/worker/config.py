@@ -1,0 +1,74 @@
+"""Worker settings from the environment (or flags): Temporal connection, Serve, shutdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from temporalio.client import Client, TLSConfig
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from services import constants as c
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class TemporalSettings(BaseSettings):
+    """How to reach Temporal: a local dev server by default; TLS/mTLS and API keys for clusters."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    address: str = Field(c.DEFAULT_TEMPORAL_ADDRESS, validation_alias=_env(c.ENV_TEMPORAL_ADDRESS))
+    namespace: str = Field(c.DEFAULT_NAMESPACE, validation_alias=_env(c.ENV_TEMPORAL_NAMESPACE))
+    task_queue: str = Field(c.DEFAULT_TASK_QUEUE, validation_alias=_env(c.ENV_TEMPORAL_TASK_QUEUE))
+    tls: bool = Field(False, validation_alias=_env(c.ENV_TEMPORAL_TLS))
+    tls_cert: Path | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_TLS_CERT))
+    tls_key: Path | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_TLS_KEY))
+    tls_ca: Path | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_TLS_CA))
+    tls_server_name: str | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_TLS_SERVER_NAME))
+    api_key: str | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_API_KEY), repr=False)
+    api_key_file: Path | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_API_KEY_FILE))
+
+    def tls_config(self) -> TLSConfig | bool:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError(f"mTLS needs both {c.ENV_TEMPORAL_TLS_CERT} and {c.ENV_TEMPORAL_TLS_KEY}")
+        if not (self.tls or self.tls_cert or self.tls_ca):
+            return False
+        return TLSConfig(
+            client_cert=self.tls_cert.read_bytes() if self.tls_cert else None,
+            client_private_key=self.tls_key.read_bytes() if self.tls_key else None,
+            server_root_ca_cert=self.tls_ca.read_bytes() if self.tls_ca else None,
+            domain=self.tls_server_name,
+        )
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key_file:
+            return self.api_key_file.read_text().strip() or None
+        return self.api_key
+
+    async def connect(self) -> Client:
+        api_key = self.resolved_api_key()
+        return await Client.connect(
+            self.address,
+            namespace=self.namespace,
+            tls=self.tls_config() if not api_key else (self.tls_config() or True),
+            api_key=api_key,
+            data_converter=pydantic_data_converter,
+        )
+
+
+class WorkerSettings(TemporalSettings):
+    serve_url: str = Field(c.DEFAULT_SERVE_URL, validation_alias=_env(c.ENV_SERVE_URL))
+    serve_timeout_s: float = Field(60.0, gt=0, validation_alias=_env("SERVE_TIMEOUT_S"))
+    graceful_shutdown_s: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=_env("WORKER_GRACEFUL_SHUTDOWN_S"),
+        description="how long running activities get to finish after SIGTERM",
+    )
+    max_concurrent_activities: int = Field(
+        16, ge=1, validation_alias=_env("WORKER_MAX_CONCURRENT_ACTIVITIES")
+    )

@@ -1,0 +1,172 @@
+"""Inputs and outputs of the workflow and activities: numbers and URIs, never bulk data.
+
+Only inline batches (small jobs, the original example) carry records, and they are capped well
+below Temporal's payload limit.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Temporal refuses payloads over 2 MB and warns above 256 KB: inline batches stay under this.
+INLINE_LIMIT_BYTES = 256 * 1024
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Tuning(_Strict):
+    """How a batch is cut and how hard it pushes Serve. Defaults are the tuned values."""
+
+    micro_batch_size: int = Field(32, ge=1, le=1024, description="records per HTTP request")
+    max_in_flight: int = Field(8, ge=1, le=256, description="concurrent requests per shard")
+    max_concurrent_shards: int = Field(4, ge=1, le=500, description="sliding window width")
+    shard_size: int = Field(2000, ge=1, description="records per shard")
+    checkpoint_every: int = Field(1000, ge=1, description="records per committed part")
+    heartbeat_timeout_s: float = Field(30, gt=0, le=3600)
+    shard_max_attempts: int = Field(20, ge=0, description="0 = retry until cancelled")
+    continue_as_new_after_shards: int | None = Field(
+        None, ge=1, description="force continue-as-new after this many shards per run"
+    )
+
+
+class BatchState(_Strict):
+    """What a run hands to the next one on continue-as-new: cursors and counters only."""
+
+    started_at: datetime
+    total_records: int
+    num_shards: int
+    next_shard: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    runs: int = 1
+
+
+class BatchInferenceInput(_Strict):
+    """Start a batch: inline ``records`` (small jobs) or ``input_uri`` + ``output_uri``."""
+
+    records: list[Any] | None = Field(None, description="inline records (small jobs only)")
+    input_uri: str | None = Field(None, description="JSONL file: local path or fsspec URL")
+    output_uri: str | None = Field(None, description="folder for shard outputs and errors")
+    model: str | None = Field(None, description="model name; None = Serve's default model")
+    max_error_ratio: float = Field(
+        0.0, ge=0, le=1, description="fraction of records allowed to fail before the batch fails"
+    )
+    tuning: Tuning = Field(default_factory=Tuning)
+    state: BatchState | None = Field(None, description="internal: set by continue-as-new")
+
+    @model_validator(mode="after")
+    def _check_source(self) -> BatchInferenceInput:
+        if (self.records is None) == (self.input_uri is None):
+            raise ValueError("give exactly one of 'records' (inline) or 'input_uri' (a JSONL file)")
+        if self.input_uri is not None and not self.output_uri:
+            raise ValueError("'output_uri' is required with 'input_uri'")
+        if self.records is not None:
+            if not self.records:
+                raise ValueError("'records' is empty: nothing to do")
+            size = len(json.dumps(self.records, separators=(",", ":")))
+            if size > INLINE_LIMIT_BYTES:
+                raise ValueError(
+                    f"inline records are {size // 1024} KiB; the limit is "
+                    f"{INLINE_LIMIT_BYTES // 1024} KiB. Write them to a JSONL file "
+                    "and pass 'input_uri' and 'output_uri' instead."
+                )
+        if self.model is not None and not self.model.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"model name {self.model!r} may hold only letters, digits, '-' and '_'")
+        return self
+
+
+class InlinePrediction(BaseModel):
+    id: Any = None
+    prediction: Any = None
+    error: str | None = None
+
+
+class BatchInferenceOutput(BaseModel):
+    status: Literal["completed", "cancelled", "failed"] = "completed"
+    total_records: int
+    succeeded: int
+    failed: int
+    shards: int = 0
+    runs: int = 1
+    duration_s: float
+    records_per_second: float
+    output_uri: str | None = None
+    errors_uri: str | None = None
+    summary_uri: str | None = None
+    predictions: list[InlinePrediction] | None = None
+
+
+class Progress(BaseModel):
+    """The ``progress`` query's answer."""
+
+    status: Literal["planning", "running", "finalizing", "completed", "cancelled", "failed"]
+    total_records: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    shards_total: int = 0
+    shards_done: int = 0
+    shards_running: int = 0
+    run: int = 1
+    elapsed_s: float = 0.0
+    records_per_second: float = 0.0
+
+
+class PlanInput(_Strict):
+    input_uri: str
+    output_uri: str
+    shard_size: int
+
+
+class PlanOutput(BaseModel):
+    total_records: int
+    num_shards: int
+
+
+class ShardInput(_Strict):
+    input_uri: str
+    output_uri: str
+    shard: int
+    model: str | None
+    micro_batch_size: int
+    max_in_flight: int
+    checkpoint_every: int
+
+
+class ShardProgress(BaseModel):
+    """Heartbeat details: where a retried attempt resumes (all parts before ``part`` are
+    committed)."""
+
+    part: int = 0
+    offset: int  # byte offset of the next record in the input
+    line: int  # 1-based line number of the next record
+    done: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+class ShardOutput(BaseModel):
+    shard: int
+    records: int
+    succeeded: int
+    failed: int
+    resumed_from: int = 0  # records skipped thanks to the heartbeat checkpoint
+
+
+class InlineInput(_Strict):
+    records: list[Any]
+    model: str | None
+
+
+class InlineOutput(BaseModel):
+    predictions: list[InlinePrediction]
+
+
+class SummaryInput(_Strict):
+    output_uri: str
+    summary: dict[str, Any]

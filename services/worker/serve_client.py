@@ -1,0 +1,201 @@
+"""Authenticated, pooled client for the Serve ingress, with error mapping by kind.
+
+- 400/401/403/404/413/422: non-retryable ``ApplicationError`` saying what to fix.
+- 429/503/other 5xx, timeouts, connection errors: retried here with exponential backoff that
+  honours ``Retry-After`` (so one overloaded moment does not throw away a shard's in-flight
+  work); after ``max_attempts`` a retryable ``ApplicationError`` hands over to Temporal's
+  activity retry, which resumes the shard from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from temporalio.exceptions import ApplicationError
+
+from services.constants import (
+    AUTH_HEADER,
+    AUTH_SCHEME,
+    ENV_SERVE_TOKEN,
+    ENV_SERVE_TOKEN_FILE,
+    INFERENCE_ROUTE,
+    MODEL_INFERENCE_ROUTE,
+)
+
+NON_RETRYABLE = {400, 401, 403, 404, 413, 422}
+ADVICE = {
+    401: f"the worker sent no valid Authorization header: set {ENV_SERVE_TOKEN} or "
+    f"{ENV_SERVE_TOKEN_FILE} on the worker",
+    403: f"Serve rejected the worker's token: make {ENV_SERVE_TOKEN}/{ENV_SERVE_TOKEN_FILE} on "
+    "the worker match a token Serve accepts",
+    404: "unknown model or route: check the batch's 'model' against the Serve config",
+    413: "micro-batch too large for Serve: lower tuning.micro_batch_size",
+}
+
+
+class TokenSource:
+    """The worker's Serve token, from an env var or a mounted file (re-read when it changes)."""
+
+    def __init__(self, token: str | None = None, token_file: str | None = None):
+        self._token = token
+        self._file = token_file
+        self._mtime: float | None = None
+
+    @classmethod
+    def from_env(cls) -> TokenSource:
+        return cls(os.environ.get(ENV_SERVE_TOKEN) or None, os.environ.get(ENV_SERVE_TOKEN_FILE) or None)
+
+    def configured(self) -> bool:
+        return bool(self._token or self._file)
+
+    def get(self) -> str | None:
+        if self._file:
+            try:
+                mtime = os.stat(self._file).st_mtime
+                if mtime != self._mtime:
+                    with open(self._file, encoding="utf-8") as fh:
+                        self._token = fh.read().strip() or None
+                    self._mtime = mtime
+            except FileNotFoundError:
+                pass  # keep the last token read
+        return self._token
+
+
+@dataclass
+class RetrySettings:
+    max_attempts: int = 6
+    initial_s: float = 0.5
+    max_s: float = 15.0
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail if detail is not None else response.text[:200])
+
+
+class ServeClient:
+    """One pooled ``httpx.AsyncClient`` per worker process, shared by all activities."""
+
+    def __init__(
+        self,
+        base_url: str,
+        tokens: TokenSource,
+        *,
+        timeout_s: float = 60.0,
+        max_connections: int = 256,
+        retry: RetrySettings | None = None,
+        on_attempt: Callable[[str, float], None] | None = None,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self._tokens = tokens
+        self._retry = retry or RetrySettings()
+        self._on_attempt = on_attempt  # (outcome, seconds) for metrics
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    @staticmethod
+    def route(model: str | None) -> str:
+        return MODEL_INFERENCE_ROUTE.format(model=model) if model else INFERENCE_ROUTE
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if token := self._tokens.get():
+            headers[AUTH_HEADER] = f"{AUTH_SCHEME} {token}"
+        return headers
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self._retry.max_s, self._retry.initial_s * 2 ** (attempt - 1))
+        return delay * random.uniform(0.5, 1.0)
+
+    async def predict(self, model: str | None, inputs: list[Any]) -> list[tuple[Any, str | None]]:
+        """Predictions for ``inputs`` in order, as (prediction, error) pairs."""
+        body = json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
+        url = self.route(model)
+        reason, delay = "", 0.0
+        for attempt in range(1, self._retry.max_attempts + 1):
+            started = time.monotonic()
+            try:
+                response = await self._client.post(url, content=body, headers=self._headers())
+            except httpx.TimeoutException as exc:
+                outcome, reason = "timeout", f"Serve timed out ({type(exc).__name__})"
+                delay = self._backoff(attempt)
+            except httpx.TransportError as exc:
+                outcome, reason = (
+                    "connection_error",
+                    f"cannot reach Serve at {self.base_url} ({type(exc).__name__})",
+                )
+                delay = self._backoff(attempt)
+            else:
+                status = response.status_code
+                outcome = str(status)
+                if status == 200:
+                    self._record(outcome, started)
+                    payload = response.json()
+                    predictions, errors = payload["predictions"], payload["errors"]
+                    if len(predictions) != len(inputs):
+                        raise ApplicationError(
+                            f"Serve returned {len(predictions)} predictions for {len(inputs)} inputs",
+                            type="ServeProtocolError",
+                        )
+                    return list(zip(predictions, errors, strict=True))
+                detail = _detail(response)
+                if status in NON_RETRYABLE or (400 <= status < 500 and status != 429):
+                    self._record(outcome, started)
+                    advice = ADVICE.get(status, "the request was rejected")
+                    raise ApplicationError(
+                        f"Serve answered {status} ({detail}) at {url}: {advice}",
+                        type=f"ServeHTTP{status}",
+                        non_retryable=True,
+                    )
+                reason = f"Serve answered {status} ({detail})"
+                delay = max(
+                    retry_after_seconds(response.headers.get("Retry-After")) or 0.0,
+                    self._backoff(attempt),
+                )
+            self._record(outcome, started)
+            if attempt < self._retry.max_attempts:
+                await asyncio.sleep(delay)
+        raise ApplicationError(
+            f"{reason}; gave up after {self._retry.max_attempts} attempts in this activity attempt",
+            type="ServeUnavailable",
+            next_retry_delay=timedelta(seconds=delay) if delay else None,
+        )
+
+    def _record(self, outcome: str, started: float) -> None:
+        if self._on_attempt:
+            self._on_attempt(outcome, time.monotonic() - started)

@@ -1,0 +1,187 @@
+"""Reading inputs and writing outputs through fsspec (local paths or any fsspec URL).
+
+Every output name is fixed by a shard (and part) number and written atomically: temp file then
+rename on local disks, a single object PUT (committed on close) on object stores. A retry
+overwrites, never appends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from services.constants import ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_FILE, SUMMARY_FILE
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def shard_uri(output_uri: str, shard: int) -> str:
+    return join(output_uri, SHARD_FILE.format(shard=shard))
+
+
+def errors_uri(output_uri: str, shard: int | None = None) -> str:
+    base = join(output_uri, ERRORS_DIR)
+    return base if shard is None else join(base, SHARD_FILE.format(shard=shard))
+
+
+def part_uri(output_uri: str, shard: int, part: int, kind: str) -> str:
+    name = SHARD_FILE.format(shard=shard).removesuffix(".jsonl")
+    return join(output_uri, PARTS_DIR, name, f"part-{part:05d}.{kind}.jsonl")
+
+
+def plan_uri(output_uri: str) -> str:
+    return join(output_uri, PLAN_FILE)
+
+
+def summary_uri(output_uri: str) -> str:
+    return join(output_uri, SUMMARY_FILE)
+
+
+@contextlib.contextmanager
+def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
+    """Open ``uri`` for writing so that readers see the old content or the whole new one."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    else:
+        with fs.open(path, "wb") as fh:  # object stores commit the object on close
+            yield fh
+
+
+def write_lines(uri: str, lines: list[bytes]) -> None:
+    with atomic_writer(uri) as fh:
+        fh.writelines(lines)
+
+
+def write_json(uri: str, payload: dict[str, Any]) -> None:
+    with atomic_writer(uri) as fh:
+        fh.write(json.dumps(payload, indent=2, default=str).encode() + b"\n")
+
+
+def read_json(uri: str) -> dict[str, Any]:
+    with fsspec.open(uri, "rb") as fh:
+        return json.loads(fh.read())
+
+
+def concat(uri: str, sources: list[str]) -> None:
+    """Write the concatenation of ``sources`` to ``uri`` atomically, streaming."""
+    with atomic_writer(uri) as out:
+        for src in sources:
+            with fsspec.open(src, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    out.write(chunk)
+
+
+def remove(uri: str, recursive: bool = False) -> None:
+    fs, path = fsspec.core.url_to_fs(uri)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=recursive)
+
+
+def exists(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.exists(path)
+
+
+def open_input(uri: str) -> IO[bytes]:
+    return fsspec.open(uri, "rb").open()
+
+
+# --- Records ---------------------------------------------------------------------------------
+
+
+class BadRecord(ValueError):
+    """A line that is not a usable record: it goes to the errors file with this reason."""
+
+
+def split_record(obj: Any) -> tuple[Any, Any]:
+    """(id, model input). The model input is ``input`` if present, else the object minus ``id``;
+    a non-object (inline only) is the model input itself, with no id."""
+    if isinstance(obj, dict) and "id" in obj:
+        if "input" in obj:
+            return obj["id"], obj["input"]
+        return obj["id"], {k: v for k, v in obj.items() if k != "id"}
+    return None, obj
+
+
+def parse_line(raw: bytes) -> tuple[Any, Any]:
+    """Parse one JSONL line into (id, model input) or raise ``BadRecord``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRecord(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRecord(f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(obj, dict):
+        raise BadRecord(f"a record must be a JSON object, got {type(obj).__name__}")
+    if "id" not in obj:
+        raise BadRecord("record has no 'id' field")
+    if not isinstance(obj["id"], str | int) or isinstance(obj["id"], bool):
+        raise BadRecord("'id' must be a string or an integer")
+    return split_record(obj)
+
+
+def id_hint(raw: bytes) -> Any:
+    """Best-effort id of a bad line, for the errors file."""
+    with contextlib.suppress(Exception):
+        obj = json.loads(raw)
+        if isinstance(obj, dict):
+            return obj.get("id")
+    return None
+
+
+def dumps(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+MAX_RECORD_BYTES = 1 << 20  # a longer line is a bad record, not an out-of-memory worker
+
+
+def read_records(
+    fh: IO[bytes], count: int, line: int, max_bytes: int = MAX_RECORD_BYTES
+) -> tuple[list[tuple[int, bytes | None]], int, int]:
+    """Read up to ``count`` records (non-blank lines) from ``fh``'s current position.
+
+    Returns ([(line number, raw line or None if over ``max_bytes``)], bytes consumed, next line
+    number). The planner and the shard reader both use this, so they agree on what a record is.
+    """
+    records: list[tuple[int, bytes | None]] = []
+    consumed = 0
+    while len(records) < count:
+        raw = fh.readline(max_bytes + 1)
+        if not raw:
+            break
+        consumed += len(raw)
+        too_long = len(raw) > max_bytes and not raw.endswith(b"\n")
+        while too_long and not raw.endswith(b"\n"):
+            raw = fh.readline(1 << 20)
+            if not raw:
+                break
+            consumed += len(raw)
+        if too_long:
+            records.append((line, None))
+        elif raw.strip():
+            records.append((line, raw))
+        line += 1
+    return records, consumed, line

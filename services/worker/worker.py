@@ -1,0 +1,83 @@
+"""Run a worker: register the workflow and activities, stop gracefully on SIGTERM/SIGINT.
+
+The SDK installs no signal handler and its graceful timeout defaults to 0; here SIGTERM stops
+polling and gives running activities ``graceful_shutdown_s`` to finish (Kubernetes'
+``terminationGracePeriodSeconds`` must be longer). Unfinished shards resume elsewhere from
+their last heartbeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from services.worker.activities import BatchActivities
+from services.worker.config import WorkerSettings
+from services.worker.serve_client import ServeClient, TokenSource
+from services.worker.workflows import BatchInferenceWorkflow
+
+log = logging.getLogger("services.worker")
+
+
+def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -> Worker:
+    activities = BatchActivities(serve)
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[BatchInferenceWorkflow],
+        activities=[
+            activities.plan_batch,
+            activities.process_shard,
+            activities.predict_inline,
+            activities.write_summary,
+        ],
+        max_concurrent_activities=settings.max_concurrent_activities,
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
+    )
+
+
+async def run_worker(
+    settings: WorkerSettings, stop: asyncio.Event | None = None, install_signals: bool = True
+) -> None:
+    tokens = TokenSource.from_env()
+    if not tokens.configured():
+        log.warning(
+            "no Serve token configured (SERVE_AUTH_TOKEN / SERVE_AUTH_TOKEN_FILE): Serve will answer 401"
+        )
+    client = await settings.connect()
+    serve = ServeClient(settings.serve_url, tokens, timeout_s=settings.serve_timeout_s)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    worker = build_worker(client, settings, serve)
+    log.info(
+        "worker polling task queue %r on %s (namespace %s), Serve at %s",
+        settings.task_queue,
+        settings.address,
+        settings.namespace,
+        settings.serve_url,
+    )
+    try:
+        async with worker:
+            await stop.wait()
+            log.info(
+                "shutting down: letting running activities finish (up to %.0fs)",
+                settings.graceful_shutdown_s,
+            )
+    finally:
+        await serve.aclose()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("worker stopped")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(WorkerSettings()))
