@@ -62,13 +62,21 @@ class TemporalSettings(BaseSettings):
 
 class WorkerSettings(TemporalSettings):
     serve_url: str = Field(c.DEFAULT_SERVE_URL, validation_alias=_env(c.ENV_SERVE_URL))
-    serve_timeout_s: float = Field(60.0, gt=0, validation_alias=_env("SERVE_TIMEOUT_S"))
+    serve_timeout_s: float = Field(60.0, gt=0, validation_alias=_env(c.ENV_SERVE_TIMEOUT_S))
     graceful_shutdown_s: float = Field(
         30.0,
         ge=0,
-        validation_alias=_env("WORKER_GRACEFUL_SHUTDOWN_S"),
+        validation_alias=_env(c.ENV_WORKER_GRACEFUL_SHUTDOWN_S),
         description="how long running activities get to finish after SIGTERM",
     )
+    metrics_host: str = Field("127.0.0.1", validation_alias=_env(c.ENV_WORKER_METRICS_HOST))
+    metrics_port: int = Field(
+        c.WORKER_METRICS_PORT,
+        ge=0,
+        le=65535,
+        validation_alias=_env(c.ENV_WORKER_METRICS_PORT),
+        description="HTTP port for /metrics (also the liveness probe); 0 disables",
+    )
     max_concurrent_activities: int = Field(
-        16, ge=1, validation_alias=_env("WORKER_MAX_CONCURRENT_ACTIVITIES")
+        16, ge=1, validation_alias=_env(c.ENV_WORKER_MAX_CONCURRENT_ACTIVITIES)
     )

@@ -13,6 +13,7 @@ import logging
 import signal
 from datetime import timedelta
 
+from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
@@ -49,6 +50,9 @@ async def run_worker(
         log.warning(
             "no Serve token configured (SERVE_AUTH_TOKEN / SERVE_AUTH_TOKEN_FILE): Serve will answer 401"
         )
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     client = await settings.connect()
     serve = ServeClient(settings.serve_url, tokens, timeout_s=settings.serve_timeout_s)
     stop = stop or asyncio.Event()
