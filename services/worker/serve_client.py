@@ -114,6 +114,7 @@ class ServeClient:
         max_connections: int = 256,
         retry: RetrySettings | None = None,
         on_attempt: Callable[[str, float], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self._tokens = tokens
@@ -123,6 +124,7 @@ class ServeClient:
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            transport=transport,
         )
 
     async def aclose(self) -> None:

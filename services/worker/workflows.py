@@ -15,22 +15,23 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 from services.constants import PROGRESS_QUERY, WORKFLOW_NAME
-from services.worker.models import (
-    BatchInferenceInput,
-    BatchInferenceOutput,
-    BatchState,
-    InlineInput,
-    InlinePrediction,
-    PlanInput,
-    Progress,
-    ShardInput,
-    ShardOutput,
-    SummaryInput,
-)
 
 with workflow.unsafe.imports_passed_through():
+    # Passed through so the workflow and the activities share one copy of each model class.
     from services.worker import storage
     from services.worker.activities import BatchActivities
+    from services.worker.models import (
+        BatchInferenceInput,
+        BatchInferenceOutput,
+        BatchState,
+        InlineInput,
+        InlinePrediction,
+        PlanInput,
+        Progress,
+        ShardInput,
+        ShardOutput,
+        SummaryInput,
+    )
 
 # Continue-as-new well before Temporal's 51,200-event hard limit even if the server's
 # suggestion is late; each shard costs about six events.

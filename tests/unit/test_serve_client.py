@@ -1,0 +1,95 @@
+"""ServeClient's error mapping and backoff, against an in-process httpx transport."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from services.worker.serve_client import RetrySettings, ServeClient, TokenSource, retry_after_seconds
+
+SECRET = "s3cret-token-value"
+
+
+def client_with(handler, attempts: int = 4) -> ServeClient:
+    return ServeClient(
+        "http://serve.test",
+        TokenSource(SECRET),
+        retry=RetrySettings(max_attempts=attempts, initial_s=0.01, max_s=0.05),
+        transport=httpx.MockTransport(handler),
+    )
+
+
+async def test_sends_bearer_token_and_batch_form():
+    seen = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen["auth"] = request.headers["authorization"]
+        seen["path"] = request.url.path
+        return httpx.Response(200, json={"predictions": [1, None], "errors": [None, "bad"]})
+
+    result = await client_with(handler).predict("iris", [{"a": 1}, {"b": 2}])
+    assert result == [(1, None), (None, "bad")]
+    assert seen == {"auth": f"Bearer {SECRET}", "path": "/models/iris/inference"}
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, "ServeHTTP401"), (403, "ServeHTTP403"), (404, "ServeHTTP404")]
+)
+async def test_client_errors_are_non_retryable_and_never_show_the_token(status, kind):
+    calls = []
+
+    def handler(request):
+        calls.append(1)
+        return httpx.Response(status, json={"detail": "nope"})
+
+    with pytest.raises(ApplicationError) as err:
+        await client_with(handler).predict(None, [1])
+    assert err.value.non_retryable and err.value.type == kind
+    assert str(status) in str(err.value) and SECRET not in str(err.value)
+    assert len(calls) == 1
+
+
+async def test_503_is_retried_honouring_retry_after_then_succeeds():
+    calls = []
+
+    def handler(request):
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            return httpx.Response(503, headers={"Retry-After": "0.2"}, json={"detail": "overloaded"})
+        return httpx.Response(200, json={"predictions": ["ok"], "errors": [None]})
+
+    assert await client_with(handler).predict(None, [1]) == [("ok", None)]
+    assert len(calls) == 3
+    assert calls[1] - calls[0] >= 0.19 and calls[2] - calls[1] >= 0.19
+
+
+async def test_connection_errors_give_up_with_a_retryable_error():
+    def handler(request):
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(ApplicationError) as err:
+        await client_with(handler, attempts=3).predict(None, [1])
+    assert not err.value.non_retryable and err.value.type == "ServeUnavailable"
+    assert "gave up after 3 attempts" in str(err.value)
+
+
+def test_retry_after_parsing():
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("garbage") is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+
+
+def test_token_file_is_reread_when_rotated(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("old\n")
+    source = TokenSource(token_file=str(path))
+    assert source.get() == "old"
+    path.write_text("new\n")
+    import os
+
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert source.get() == "new"

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from services.worker import storage
+from services.worker.models import INLINE_LIMIT_BYTES, BatchInferenceInput
+
+
+def test_read_records_skips_blank_lines_and_flags_oversize_lines():
+    data = b'{"id":1}\n\n{"id":2}\n' + b"x" * 50 + b"\n" + b'{"id":3}'
+    fh = io.BytesIO(data)
+    records, consumed, line = storage.read_records(fh, 10, 1, max_bytes=20)
+    assert [(n, raw is None) for n, raw in records] == [(1, False), (3, False), (4, True), (5, False)]
+    assert consumed == len(data) and line == 6
+
+
+def test_read_records_resumes_exactly_where_it_stopped():
+    data = b"".join(json.dumps({"id": i}).encode() + b"\n" for i in range(10))
+    fh = io.BytesIO(data)
+    first, consumed, line = storage.read_records(fh, 4, 1)
+    fh2 = io.BytesIO(data)
+    fh2.seek(consumed)
+    rest, _, _ = storage.read_records(fh2, 100, line)
+    ids = [json.loads(raw)["id"] for _, raw in first + rest]
+    assert ids == list(range(10)) and rest[0][0] == 5
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{bad json", "malformed JSON"),
+        (b'{"x": 1}', "no 'id'"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"id": true}', "'id' must be"),
+        (b'{"id": "\xff"}', "not UTF-8"),
+    ],
+)
+def test_parse_line_reasons(raw, reason):
+    with pytest.raises(storage.BadRecord, match=reason):
+        storage.parse_line(raw)
+
+
+def test_model_input_is_input_field_or_record_without_id():
+    assert storage.parse_line(b'{"id": 1, "input": [1, 2]}') == (1, [1, 2])
+    assert storage.parse_line(b'{"id": "a", "features": [1]}') == ("a", {"features": [1]})
+
+
+def test_atomic_writer_leaves_old_content_on_failure(tmp_path):
+    target = tmp_path / "out" / "f.jsonl"
+    storage.write_lines(str(target), [b"old\n"])
+    with pytest.raises(RuntimeError), storage.atomic_writer(str(target)) as fh:
+        fh.write(b"half")
+        raise RuntimeError("crash")
+    assert target.read_bytes() == b"old\n"
+    assert [p.name for p in target.parent.iterdir()] == ["f.jsonl"]
+
+
+def test_oversize_inline_input_is_refused_with_advice():
+    records = [{"id": i, "text": "x" * 1000} for i in range(INLINE_LIMIT_BYTES // 1000 + 10)]
+    with pytest.raises(ValueError, match="Write them to a JSONL file"):
+        BatchInferenceInput(records=records)
