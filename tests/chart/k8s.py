@@ -47,7 +47,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "auth": {"existingSecret": "my-serve-auth", "tokenKey": "current", "acceptedTokensKey": "accepted"}
     },
     "keda": {"keda": {"enabled": True, "authenticationRef": "temporal-auth"}},
-    "no-networkpolicy": {"networkPolicy": {"enabled": False}},
+    "no-networkpolicy": {  # and the other optional parts off
+        "networkPolicy": {"enabled": False},
+        "serve": {"autoscaling": {"enabled": False}, "rayAuthMode": "disabled"},
+        "worker": {
+            "podDisruptionBudget": {"enabled": False},
+            "serviceAccount": {"create": False, "name": "batch"},
+        },
+    },
     "dev-temporal": {"temporalDev": {"enabled": True}, "temporal": {"namespace": "batches"}},
     "everything": {
         "commonLabels": {"team": "ml"},

@@ -159,8 +159,13 @@ def test_keda_scales_the_worker_deployment_on_the_task_queue(rendered) -> None:
     assert "replicas" in worker_deployment(rendered["defaults"])["spec"]
 
 
-def test_networkpolicy_can_be_turned_off(rendered) -> None:
-    assert not [d for d in rendered["no-networkpolicy"] if d["kind"] == "NetworkPolicy"]
+def test_optional_parts_can_be_turned_off(rendered) -> None:
+    docs = rendered["no-networkpolicy"]
+    assert not [d for d in docs if d["kind"] in ("NetworkPolicy", "PodDisruptionBudget", "ServiceAccount")]
+    assert worker_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"] == "batch"
+    cluster = find(docs, "RayService")["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is False and "autoscalerOptions" not in cluster
+    assert cluster["authOptions"] == {"mode": "disabled"}
 
 
 def test_dev_temporal_server_is_what_workers_and_jobs_use(rendered) -> None:
@@ -333,6 +338,10 @@ def test_rayservice_pods(rendered, name: str) -> None:
     for group in cluster["workerGroupSpecs"]:
         assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
         assert group["rayStartParams"]["metrics-export-port"] == str(c.RAY_METRICS_PORT)
+    head_pod, *worker_pods = ray_pods(rendered[name])
+    # The in-tree autoscaler (a sidecar in the head pod) calls the Kubernetes API.
+    assert head_pod["spec"]["automountServiceAccountToken"] is cluster["enableInTreeAutoscaling"]
+    assert all(pod["spec"]["automountServiceAccountToken"] is False for pod in worker_pods)
     for pod in ray_pods(rendered[name]):
         container = pod["spec"]["containers"][0]
         assert container["resources"]["limits"], "Ray sizes itself from the limits"
