@@ -23,7 +23,8 @@ from tests.chart.k8s import find, load_k8s, pod_env, render, secret_data
 from tests.conftest import iris_records, read_outputs, write_jsonl
 from tests.containers.docker import ray_version
 
-pytestmark = pytest.mark.containers
+# A cold machine installs Docker and builds the base images inside the first test's setup.
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]
 
 IRIS = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
 
