@@ -58,16 +58,9 @@ spec:
       storage: 1Gi
 YAML
 
-step "chart ${RELEASE} (Temporal dev server on; resources sized for a laptop)"
+step "chart ${RELEASE} (k8s/kind-values.yaml: Temporal dev server, data PVC, laptop-sized Ray)"
 helm upgrade --install "$RELEASE" charts/batch-inference --kube-context "$CTX" --namespace "$NAMESPACE" \
-  --set temporalDev.enabled=true \
-  --set worker.replicas=1 \
-  --set worker.dataVolume.existingClaim=batch-data \
-  --set serve.head.resources.requests.cpu=500m \
-  --set serve.workerGroups[0].resources.requests.cpu=1 \
-  --set serve.workerGroups[0].resources.limits.cpu=2 \
-  --set serve.workerGroups[0].maxReplicas=2 \
-  --wait --timeout 10m
+  -f k8s/kind-values.yaml --wait --timeout 10m
 
 step "wait for the RayService to be Ready (Ray start + Serve deploy)"
 k wait --for=condition=Ready "rayservice/${RELEASE}" --timeout=20m

@@ -56,6 +56,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     },
     "dev-temporal": {"temporalDev": {"enabled": True}, "temporal": {"namespace": "batches"}},
+    # What k8s/kind-e2e.sh installs.
+    "kind": yaml.safe_load((REPO_ROOT / "k8s" / "kind-values.yaml").read_text()),
     "everything": {
         "commonLabels": {"team": "ml"},
         "imagePullSecrets": [{"name": "registry"}],

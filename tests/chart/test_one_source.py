@@ -120,3 +120,12 @@ def test_worker_image_runs_the_worker_module() -> None:
     assert re.search(r"^USER 10001", text, re.M)
     pod = chart_values()["worker"]["podSecurityContext"]
     assert (pod["runAsUser"], pod["runAsGroup"]) == (10001, 10001)
+
+
+def test_kind_script_creates_what_its_values_use() -> None:
+    script = (REPO_ROOT / "k8s" / "kind-e2e.sh").read_text()
+    values = yaml.safe_load((REPO_ROOT / "k8s" / "kind-values.yaml").read_text())
+    assert f"name: {values['worker']['dataVolume']['existingClaim']}" in script
+    assert "-f k8s/kind-values.yaml" in script
+    assert "apply -f k8s/job-submit-cli.yaml" in script
+    assert "RELEASE=batch-inference" in script, "the Jobs read the ConfigMap of release batch-inference"
