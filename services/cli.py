@@ -67,32 +67,45 @@ async def start_batch(
 
 
 async def watch(handle: WorkflowHandle, interval_s: float = 0.5, out=sys.stderr) -> BatchInferenceOutput:
-    """Show a progress bar from the ``progress`` query until the workflow ends."""
+    """Show progress from the ``progress`` query until the workflow ends: a bar on a terminal,
+    a plain line every few seconds otherwise (CI logs, pipes)."""
     from tqdm import tqdm
 
     result_task = asyncio.create_task(handle.result())
-    bar = tqdm(total=0, unit="rec", file=out, dynamic_ncols=True, disable=None)
+    tty = out.isatty()
+    bar = tqdm(total=0, unit="rec", file=out, dynamic_ncols=True) if tty else None
+    last_line = 0.0
     try:
         while not result_task.done():
             with contextlib.suppress(RPCError):
-                progress: Progress = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
-                if progress.total_records and bar.total != progress.total_records:
-                    bar.total = progress.total_records
-                bar.n = progress.succeeded + progress.failed
-                bar.set_postfix(
-                    status=progress.status,
-                    failed=progress.failed,
-                    shards=f"{progress.shards_done}/{progress.shards_total}",
-                    run=progress.run,
-                )
-                bar.refresh()
+                p: Progress = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
+                done = p.succeeded + p.failed
+                if bar is not None:
+                    bar.total = p.total_records or bar.total
+                    bar.n = done
+                    bar.set_postfix(
+                        status=p.status, failed=p.failed, shards=f"{p.shards_done}/{p.shards_total}"
+                    )
+                elif time.monotonic() - last_line >= 3:
+                    last_line = time.monotonic()
+                    pct = f" ({100 * done / p.total_records:.0f}%)" if p.total_records else ""
+                    print(
+                        f"progress: {done}/{p.total_records}{pct} records, {p.failed} failed, shards "
+                        f"{p.shards_done}/{p.shards_total} ({p.shards_running} running), "
+                        f"{p.records_per_second:.0f} rec/s [{p.status}]",
+                        file=out,
+                        flush=True,
+                    )
             await asyncio.wait({result_task}, timeout=interval_s)
         result = result_task.result()
-        bar.n = result.succeeded + result.failed
-        bar.refresh()
+        if bar is not None:
+            bar.total, bar.n = result.total_records, result.succeeded + result.failed
         return result
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
+        if not result_task.done():
+            result_task.cancel()
 
 
 def print_summary(result: BatchInferenceOutput, wall_s: float | None = None) -> None:

@@ -9,12 +9,15 @@ driver exits unless told to stop.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,44 @@ def venv_bin(name: str) -> str:
     if not found:
         raise FileNotFoundError(f"'{name}' not found: install the project with the 'local'/'serve' extras")
     return found
+
+
+CLUSTER_MARKER = "BATCH_INFERENCE_LOCAL_RAY"
+
+
+def marked_pids(name: str, value: str) -> list[int]:
+    """Processes whose environment holds ``name=value`` (Linux /proc)."""
+    needle = f"{name}={value}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+    return pids
+
+
+def stop_marked(name: str, value: str, timeout_s: float = 15) -> None:
+    """SIGTERM every process of one local Ray cluster, SIGKILL what is left after the timeout.
+
+    ``ray stop`` would stop every Ray cluster on the machine, not just ours."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = marked_pids(name, value)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+            time.sleep(0.2)
+        if not pids:
+            return
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return ") Z " in Path(f"/proc/{pid}/stat").read_text()
+    return True
 
 
 def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
@@ -142,6 +183,7 @@ class LocalRayServe:
         self.http_port, self.gcs_port = http_port, gcs_port
         self.dashboard_port, self.metrics_port = dashboard_port, metrics_port
         self.num_cpus = num_cpus
+        self.marker = secrets.token_hex(8)
         self.started = False
 
     @property
@@ -151,6 +193,14 @@ class LocalRayServe:
     @property
     def dashboard(self) -> str:
         return f"http://{LOOPBACK}:{self.dashboard_port}"
+
+    def ray_temp_dir(self) -> Path:
+        """Ray's session files; short, since Ray's Unix socket paths must stay under 108 bytes."""
+        preferred = self.state_dir / "ray"
+        if len(str(preferred)) <= 40:
+            return preferred
+        digest = hashlib.sha1(str(self.state_dir).encode()).hexdigest()[:10]
+        return Path(tempfile.gettempdir()) / f"bi-ray-{digest}"
 
     def env(self) -> dict[str, str]:
         ray_token = self.state_dir / "ray-auth-token"
@@ -164,6 +214,8 @@ class LocalRayServe:
                 "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN_PATH": str(ray_token),
                 "RAY_USAGE_STATS_ENABLED": "0",
+                # Marks every process of this cluster, so stop() stops these and no others.
+                CLUSTER_MARKER: self.marker,
             }
         )
         env.pop(c.ENV_SERVE_TOKENS, None)
@@ -181,8 +233,18 @@ class LocalRayServe:
             "--port", str(self.gcs_port), "--dashboard-host", LOOPBACK,
             "--dashboard-port", str(self.dashboard_port),
             "--metrics-export-port", str(self.metrics_port),
-            "--temp-dir", str(self.state_dir / "ray"), "--disable-usage-stats",
+            "--temp-dir", str(self.ray_temp_dir()), "--disable-usage-stats",
         ]  # fmt: skip
+        # Every listening port explicit and free, so two local clusters never collide.
+        for flag in (
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--ray-client-server-port",
+            "--object-manager-port",
+            "--node-manager-port",
+        ):
+            cmd += [flag, str(free_port())]
         if self.num_cpus:
             cmd += ["--num-cpus", str(self.num_cpus)]
         result = self._run(*cmd)
@@ -225,5 +287,5 @@ class LocalRayServe:
         if not self.started:
             return
         self._run(venv_bin("serve"), "shutdown", "-y", "-a", self.dashboard, timeout=60)
-        self._run(venv_bin("ray"), "stop", "--force", timeout=60)
+        stop_marked(CLUSTER_MARKER, self.marker)
         self.started = False

@@ -196,8 +196,13 @@ class BatchActivities:
             async with limit:
                 return await self.serve.predict(input.model, [c[2] for c in chunk])
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(send(chunk)) for chunk in chunks]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(send(chunk)) for chunk in chunks]
+        except BaseExceptionGroup as group_error:
+            # Surface the first real error (e.g. a non-retryable ApplicationError) as itself,
+            # so Temporal's retry policy sees its type.
+            raise group_error.exceptions[0] from None
         for chunk, task in zip(chunks, tasks, strict=True):
             for (pos, record_id, _), (prediction, error) in zip(chunk, task.result(), strict=True):
                 if error is None:

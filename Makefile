@@ -1,0 +1,37 @@
+# Quick start: `make run` (the whole stack on this machine, one sample batch) and `make test`.
+# Needs only python3, make and git: the first target creates .venv and installs everything.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test test-unit lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## start Temporal + Ray Serve + a worker, run the 10,000-record sample, stop all
+	$(BIN)/batch-inference run
+
+test: install lint  ## every test tier that runs on this machine
+	$(BIN)/pytest -q
+
+test-unit: install
+	$(BIN)/pytest -q tests/unit
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .ruff_cache

@@ -1,0 +1,217 @@
+"""Batches end to end: real Temporal dev server, real worker, real Ray Serve with auth."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+
+import pytest
+from temporalio.client import WorkflowFailureError
+
+from services import constants as c
+from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
+from tests.conftest import iris_records, read_outputs, write_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+async def execute(client, queue: str, batch: BatchInferenceInput) -> BatchInferenceOutput:
+    return await client.execute_workflow(
+        c.WORKFLOW_NAME,
+        batch,
+        id=f"it-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+        result_type=BatchInferenceOutput,
+    )
+
+
+async def test_original_two_request_example(client, run_worker):
+    batch = BatchInferenceInput(
+        records=[{"prompt": "first"}, {"prompt": "second"}], tuning=Tuning(micro_batch_size=1)
+    )
+    async with run_worker() as queue:
+        result = await execute(client, queue, batch)
+    assert [p.prediction for p in result.predictions] == [{"prompt": "first"}, {"prompt": "second"}]
+    assert (result.succeeded, result.failed, result.shards) == (2, 0, 2)
+
+
+async def test_file_batch_writes_every_id_exactly_once(client, run_worker, tmp_path):
+    records = iris_records(2_345)
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    output = tmp_path / "out"
+    batch = BatchInferenceInput(
+        input_uri=str(source),
+        output_uri=str(output),
+        model="iris",
+        tuning=Tuning(shard_size=500, checkpoint_every=200, micro_batch_size=16, max_concurrent_shards=3),
+    )
+    async with run_worker() as queue:
+        result = await execute(client, queue, batch)
+    results, errors = read_outputs(output)
+    assert Counter(r["id"] for r in results) == Counter(r["id"] for r in records)
+    assert not errors
+    assert {r["prediction"]["label"] for r in results} == {"setosa", "versicolor", "virginica"}
+    assert (result.total_records, result.succeeded, result.failed, result.shards) == (2_345, 2_345, 0, 5)
+    summary = json.loads((output / "_summary.json").read_text())
+    assert summary["status"] == "completed" and summary["succeeded"] == 2_345
+    assert not (output / "_parts").exists()
+
+
+async def test_bad_records_land_in_the_errors_file(client, run_worker, tmp_path):
+    lines = [
+        json.dumps({"id": "ok-1", "features": [5.1, 3.5, 1.4, 0.2]}),
+        "{this is not json",
+        json.dumps({"features": [1, 2, 3, 4]}),
+        "",
+        json.dumps({"id": "bad-model", "features": [1, 2]}),
+        json.dumps({"id": "ok-2", "features": [6.7, 3.0, 5.2, 2.3]}),
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", lines)
+    output = tmp_path / "out"
+    batch = BatchInferenceInput(
+        input_uri=str(source), output_uri=str(output), model="iris", max_error_ratio=0.8
+    )
+    async with run_worker() as queue:
+        result = await execute(client, queue, batch)
+    results, errors = read_outputs(output)
+    assert sorted(r["id"] for r in results) == ["ok-1", "ok-2"]
+    by_line = {e["line"]: e for e in errors}
+    assert set(by_line) == {2, 3, 5}
+    assert by_line[2]["stage"] == "parse" and "malformed JSON" in by_line[2]["reason"]
+    assert "no 'id'" in by_line[3]["reason"]
+    assert by_line[5]["id"] == "bad-model" and by_line[5]["stage"] == "model"
+    assert "4 numeric features" in by_line[5]["reason"]
+    assert (result.total_records, result.succeeded, result.failed) == (5, 2, 3)
+
+
+async def test_error_budget_exceeded_says_so(client, run_worker, tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "features": [1]} for i in range(10)])
+    batch = BatchInferenceInput(input_uri=str(source), output_uri=str(tmp_path / "out"), model="iris")
+    async with run_worker() as queue:
+        with pytest.raises(WorkflowFailureError) as err:
+            await execute(client, queue, batch)
+    assert "error budget exceeded: 10 of 10 records failed" in str(err.value.cause)
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "advice"), [(None, 401, "no valid Authorization"), ("wrong", 403, "rejected")]
+)
+async def test_auth_failures_fail_fast_and_say_why(
+    client, run_worker, tmp_path, token, status, advice, serve_token
+):
+    source = write_jsonl(tmp_path / "in.jsonl", iris_records(10))
+    batch = BatchInferenceInput(input_uri=str(source), output_uri=str(tmp_path / "out"), model="iris")
+    started = time.monotonic()
+    async with run_worker(token=token) as queue:
+        with pytest.raises(WorkflowFailureError) as err:
+            await execute(client, queue, batch)
+    elapsed = time.monotonic() - started
+    chain, cause = [], err.value.cause
+    while cause is not None:
+        chain.append(str(cause))
+        cause = cause.cause
+    text = " | ".join(chain)
+    assert f"Serve answered {status}" in text and advice in text
+    assert serve_token not in text
+    assert elapsed < 15, "non-retryable: no retry loop"
+
+
+async def test_continue_as_new_through_several_runs(client, run_worker, tmp_path):
+    records = [{"id": f"e{i}", "input": {"n": i}} for i in range(1_000)]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    output = tmp_path / "out"
+    batch = BatchInferenceInput(
+        input_uri=str(source),
+        output_uri=str(output),
+        model="echo",
+        tuning=Tuning(
+            shard_size=50, checkpoint_every=25, max_concurrent_shards=4, continue_as_new_after_shards=6
+        ),
+    )
+    async with run_worker() as queue:
+        result = await execute(client, queue, batch)
+    results, errors = read_outputs(output)
+    assert result.runs == 4 and result.shards == 20
+    assert sorted(r["id"] for r in results) == sorted(r["id"] for r in records)
+    assert all(r["prediction"] == {"n": int(r["id"][1:])} for r in results)
+    assert not errors and result.succeeded == 1_000
+
+
+async def test_missing_input_and_unknown_model_are_clear(client, run_worker, tmp_path):
+    async with run_worker() as queue:
+        with pytest.raises(WorkflowFailureError) as err:
+            await execute(
+                client,
+                queue,
+                BatchInferenceInput(input_uri=str(tmp_path / "nope.jsonl"), output_uri=str(tmp_path / "o")),
+            )
+        assert "input not found" in str(err.value.cause.cause)
+        source = write_jsonl(tmp_path / "in.jsonl", iris_records(3))
+        with pytest.raises(WorkflowFailureError) as err:
+            await execute(
+                client,
+                queue,
+                BatchInferenceInput(input_uri=str(source), output_uri=str(tmp_path / "o"), model="gpt9"),
+            )
+        assert "unknown model 'gpt9'" in str(err.value.cause.cause)
+
+
+async def test_temporal_cli_line_from_the_readme(client, run_worker, temporal_server, tmp_path):
+    """The exact `temporal workflow start` form the README shows, with the real CLI."""
+    import asyncio
+
+    from services.local.stack import venv_bin
+
+    source = write_jsonl(tmp_path / "in.jsonl", iris_records(120))
+    output = tmp_path / "out"
+    workflow_id = f"cli-{uuid.uuid4().hex[:8]}"
+    payload = json.dumps({"input_uri": str(source), "output_uri": str(output), "model": "iris"})
+    async with run_worker() as queue:
+        proc = await asyncio.create_subprocess_exec(
+            venv_bin("temporal"), "workflow", "start",
+            "--address", temporal_server.address,
+            "--type", c.WORKFLOW_NAME, "--task-queue", queue,
+            "--workflow-id", workflow_id, "--input", payload,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
+        result = await client.get_workflow_handle(workflow_id, result_type=BatchInferenceOutput).result()
+    assert result.succeeded == 120
+    results, _ = read_outputs(output)
+    assert sorted(r["id"] for r in results) == sorted(r["id"] for r in iris_records(120))
+
+
+async def test_cancel_stops_shards_and_marks_the_summary(client, run_worker, tmp_path):
+    import asyncio
+
+    from temporalio.exceptions import CancelledError
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "input": i} for i in range(4_000)])
+    output = tmp_path / "out"
+    batch = BatchInferenceInput(
+        input_uri=str(source),
+        output_uri=str(output),
+        model="echo",
+        tuning=Tuning(shard_size=2_000, checkpoint_every=50, micro_batch_size=1, max_in_flight=1),
+    )
+    async with run_worker() as queue:
+        handle = await client.start_workflow(
+            c.WORKFLOW_NAME, batch, id=f"cancel-{uuid.uuid4().hex[:8]}", task_queue=queue,
+            result_type=BatchInferenceOutput,
+        )  # fmt: skip
+        for _ in range(200):
+            if list((output / "_parts").glob("*/part-*.out.jsonl")):
+                break
+            await asyncio.sleep(0.1)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as err:
+            await handle.result()
+    assert isinstance(err.value.cause, CancelledError)
+    summary = json.loads((output / "_summary.json").read_text())
+    assert summary["status"] == "cancelled"
+    assert summary["succeeded"] < 4_000
+    assert not list(output.glob("shard-*.jsonl")), "no shard finished: nothing final was written"
+    assert list((output / "_parts").glob("*/part-*.out.jsonl")), "committed parts are kept"
