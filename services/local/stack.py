@@ -286,6 +286,6 @@ class LocalRayServe:
     def stop(self) -> None:
         if not self.started:
             return
-        self._run(venv_bin("serve"), "shutdown", "-y", "-a", self.dashboard, timeout=60)
+        # The cluster is ours alone: stopping its processes stops Serve too (no `serve shutdown`).
         stop_marked(CLUSTER_MARKER, self.marker)
         self.started = False

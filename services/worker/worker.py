@@ -39,6 +39,10 @@ def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -
         ],
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
+        # Heartbeats also deliver cancellation: send them often enough that a cancelled batch
+        # stops within seconds rather than 80% of the heartbeat timeout.
+        max_heartbeat_throttle_interval=timedelta(seconds=2),
+        default_heartbeat_throttle_interval=timedelta(seconds=2),
     )
 
 

@@ -15,6 +15,11 @@ def post(stack, path, token, body):
     return httpx.post(stack.url + path, json=body, headers=headers, timeout=30)
 
 
+def post_with_header(stack, path, header, body):
+    headers = {c.AUTH_HEADER: header} if header is not None else {}
+    return httpx.post(stack.url + path, json=body, headers=headers, timeout=30)
+
+
 def test_health_is_open(serve_stack):
     assert httpx.get(serve_stack.url + c.HEALTH_ROUTE, timeout=10).json() == {"status": "ok"}
 
@@ -25,14 +30,25 @@ def test_original_example_shape(serve_stack, serve_token):
     assert response.json() == {"prediction": {"text": "hello"}}
 
 
-@pytest.mark.parametrize(("token", "status"), [(None, 401), ("", 401), ("wrong-token", 403)])
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [(None, 401), ("Bearer", 401), ("Basic dXNlcjpwYXNz", 401), ("Bearer wrong-token", 403)],
+)
 @pytest.mark.parametrize("path", [c.INFERENCE_ROUTE, "/models/iris/inference"])
-def test_missing_and_wrong_tokens_are_rejected(serve_stack, serve_token, token, status, path):
-    response = post(serve_stack, path, token, {"inputs": [[5.1, 3.5, 1.4, 0.2]]})
+def test_missing_malformed_and_wrong_tokens_are_rejected(serve_stack, serve_token, header, status, path):
+    response = post_with_header(serve_stack, path, header, {"inputs": [[5.1, 3.5, 1.4, 0.2]]})
     assert response.status_code == status
     assert serve_token not in response.text
-    models = httpx.get(serve_stack.url + c.MODELS_ROUTE, timeout=10)
-    assert models.status_code == 401
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_models_route_needs_a_token(serve_stack, serve_token):
+    assert httpx.get(serve_stack.url + c.MODELS_ROUTE, timeout=10).status_code == 401
+    listed = httpx.get(
+        serve_stack.url + c.MODELS_ROUTE, headers={c.AUTH_HEADER: f"Bearer {serve_token}"}, timeout=10
+    )
+    assert listed.json() == {"models": ["echo", "iris"], "default": "echo"}
 
 
 def test_real_model_batch_with_a_bad_record(serve_stack, serve_token):
