@@ -358,7 +358,7 @@ async def test_submit_cli_job_runs_a_batch_to_the_end(tmp_path, client, temporal
         )
         assert argv[1:3] == ["submit", "--input"] and "--wait" in argv
         code, out, err = await run_process(argv, env, tmp_path)
-    assert code == 0, err[-3000:]
+    assert code == 0, f"exit code {code}\nstdout:\n{out[-2000:]}\nstderr:\n{err[-3000:]}"
     assert '"succeeded": 700' in out and "completed: 700 succeeded, 0 failed" in out
     _assert_every_id_once(records, output)
     workflow_id = job["metadata"]["name"]  # the downward-API job-name label
