@@ -200,7 +200,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve.start()
         print(
-            f"Ray Serve at {serve.url} (dashboard {serve.dashboard}); token file {token}\n"
+            f"Ray Serve at {serve.url} (dashboard {serve.dashboard}, metrics "
+            f"http://127.0.0.1:{serve.metrics_port}/metrics); token file {token}\n"
             f"worker: {c.ENV_SERVE_TOKEN_FILE}={token} {c.ENV_SERVE_URL}={serve.url} "
             "batch-inference worker",
             file=sys.stderr,
@@ -209,6 +210,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         serve.stop()
     return 0
+
+
+def _start_prometheus(state: Path, settings: WorkerSettings, serve):
+    """A local Prometheus scraping the worker and Ray with the alert rules, if installed."""
+    from services.local.stack import LocalPrometheus, free_port, prometheus_config
+
+    if not LocalPrometheus.available():
+        print("--prometheus: no 'prometheus' binary (apt-get install prometheus); skipped", file=sys.stderr)
+        return None
+    config = prometheus_config(
+        [f"127.0.0.1:{settings.metrics_port}"], [f"127.0.0.1:{serve.metrics_port}"], scrape_interval="5s"
+    )
+    prometheus = LocalPrometheus(state / "prometheus", config, port=free_port()).start()
+    print(
+        f"Prometheus {prometheus.url} (scraping the worker and Ray every 5s; alert rules loaded: "
+        f"{prometheus.url}/alerts)",
+        file=sys.stderr,
+    )
+    return prometheus
 
 
 async def _run_stack(args: argparse.Namespace) -> int:
@@ -221,6 +241,7 @@ async def _run_stack(args: argparse.Namespace) -> int:
     serve = LocalRayServe(state, token)
     stop = asyncio.Event()
     worker_task: asyncio.Task | None = None
+    prometheus = None
     try:
         t0 = time.monotonic()
         print(f"starting Temporal dev server ({state / 'temporal.db'}) ...", file=sys.stderr)
@@ -230,13 +251,21 @@ async def _run_stack(args: argparse.Namespace) -> int:
         print(
             f"Temporal {temporal.address} (UI http://127.0.0.1:{temporal.ui_port}), "
             f"Serve {serve.url}, Ray dashboard {serve.dashboard}, "
-            f"Ray metrics http://127.0.0.1:{serve.metrics_port}/metrics "
+            f"Ray metrics http://127.0.0.1:{serve.metrics_port}/metrics (ray_serve_*, ray_batch_inference_*) "
             f"[up in {time.monotonic() - t0:.1f}s]",
             file=sys.stderr,
         )
         os.environ[c.ENV_SERVE_TOKEN_FILE] = str(token)
         settings = WorkerSettings(address=temporal.address, serve_url=serve.url)
         worker_task = asyncio.create_task(run_worker(settings, stop, install_signals=False))
+        if settings.metrics_port:
+            print(
+                f"worker metrics http://{settings.metrics_host}:{settings.metrics_port}/metrics "
+                "(batch_inference_*, Temporal SDK temporal_*)",
+                file=sys.stderr,
+            )
+        if args.prometheus:
+            prometheus = _start_prometheus(state, settings, serve)
         client = await settings.connect()
         input_path = Path(args.input or SAMPLE_DATASET).resolve()
         output = (
@@ -258,6 +287,9 @@ async def _run_stack(args: argparse.Namespace) -> int:
         if worker_task:
             with contextlib.suppress(Exception):
                 await worker_task
+        if prometheus is not None:
+            print(f"stopping Prometheus (its data stays in {prometheus.state_dir})", file=sys.stderr)
+            await asyncio.to_thread(prometheus.stop)
         print("stopping Ray Serve and Temporal ...", file=sys.stderr)
         await asyncio.to_thread(serve.stop)
         await asyncio.to_thread(temporal.stop)
@@ -273,6 +305,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--input", help="JSONL input (default: the bundled 10,000-record Iris sample)")
     run.add_argument("--output", help="output folder (default: <state-dir>/output/<timestamp>)")
     run.add_argument("--model", default="iris", help="model name in the Serve config (default: iris)")
+    run.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also start a local Prometheus (if installed) scraping the worker and Ray; print its URL",
+    )
 
     t = sub.add_parser("temporal", help="run only the Temporal dev server")
     t.add_argument("--state-dir", type=Path, default=Path(".state"), help=state_help)

@@ -7,14 +7,17 @@ deployment (named after the model) so replicas and batch settings are set per mo
 
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve import metrics as serve_metrics
 from ray.serve.handle import DeploymentHandle
 
+from services import metrics as m
 from services.constants import (
     AUTH_HEADER,
     AUTH_SCHEME,
@@ -44,6 +47,17 @@ class AppArgs(BaseModel):
     max_records_per_request: int = Field(1024, ge=1)
 
 
+def _ray_metric(metric: m.Metric) -> serve_metrics.Counter | serve_metrics.Histogram:
+    """A ``ray.serve.metrics`` object for a definition in services/metrics.py (Ray adds the
+    deployment/replica/application/route tags and exports it as ``metric.prom``)."""
+    if metric.kind == "counter":
+        return serve_metrics.Counter(metric.name, description=metric.help, tag_keys=metric.labels)
+    assert metric.kind == "histogram" and metric.buckets, metric
+    return serve_metrics.Histogram(
+        metric.name, description=metric.help, boundaries=list(metric.buckets), tag_keys=metric.labels
+    )
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
@@ -56,6 +70,10 @@ class ModelServer:
     def __init__(self, import_path: str):
         self._model = load_model(import_path)
         self._validate = getattr(self._model, "validate", None)
+        self._batch_duration = _ray_metric(m.MODEL_BATCH_DURATION)
+        self._batch_size = _ray_metric(m.MODEL_BATCH_SIZE)
+        self._records = _ray_metric(m.MODEL_RECORDS)
+        self._record_errors = _ray_metric(m.MODEL_RECORD_ERRORS)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         settings = BatchSettings.model_validate(config or {})
@@ -97,7 +115,15 @@ class ModelServer:
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _predict_requests(self, requests: list[list[Any]]) -> list[list[dict[str, Any]]]:
         flat = [record for request in requests for record in request]
+        started = time.perf_counter()
         results = self._predict_records(flat)
+        self._batch_duration.observe(time.perf_counter() - started)
+        self._batch_size.observe(len(flat))
+        if flat:
+            self._records.inc(len(flat))
+        for result in results:
+            if "error" in result:
+                self._record_errors.inc(tags={m.REASON: m.failure_reason(m.STAGE_MODEL, result["error"])})
         out, start = [], 0
         for request in requests:
             out.append(results[start : start + len(request)])
@@ -121,11 +147,13 @@ class Ingress:
         self._default = default_model
         self._max_records = max_records
         self._tokens = TokenStore.from_env()
+        self._auth_failures = _ray_metric(m.AUTH_FAILURES)
 
     def _auth(self, request: Request) -> Response | None:
         try:
             self._tokens.check(request.headers.get(AUTH_HEADER))
         except AuthError as exc:
+            self._auth_failures.inc(tags={m.REASON: m.auth_failure_reason(exc.status, exc.reason)})
             headers = {"WWW-Authenticate": AUTH_SCHEME} if exc.status == 401 else None
             return _json({"detail": exc.reason}, exc.status, headers)
         return None

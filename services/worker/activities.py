@@ -15,7 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from services.constants import PARTS_DIR
-from services.worker import storage
+from services.worker import storage, telemetry
 from services.worker.models import (
     InlineInput,
     InlineOutput,
@@ -83,6 +83,7 @@ class BatchActivities:
         return PlanOutput(total_records=plan["total_records"], num_shards=len(plan["shards"]))
 
     @activity.defn
+    @telemetry.shard_activity
     async def process_shard(self, input: ShardInput) -> ShardOutput:
         info = activity.info()
         plan = await asyncio.to_thread(storage.read_json, storage.plan_uri(input.output_uri))
@@ -144,6 +145,7 @@ class BatchActivities:
                     succeeded=progress.succeeded + len(out),
                     failed=progress.failed + len(errors),
                 )
+                telemetry.record_part(input.model, out, errors)
                 state["progress"] = progress
                 activity.heartbeat(progress.model_dump())
         finally:
@@ -194,7 +196,7 @@ class BatchActivities:
 
         async def send(chunk: list[tuple[int, Any, Any]]) -> list[tuple[Any, str | None]]:
             async with limit:
-                return await self.serve.predict(input.model, [c[2] for c in chunk])
+                return await telemetry.serve_predict(self.serve, input.model, [c[2] for c in chunk])
 
         try:
             async with asyncio.TaskGroup() as group:
@@ -235,7 +237,7 @@ class BatchActivities:
     @activity.defn
     async def predict_inline(self, input: InlineInput) -> InlineOutput:
         pairs = [storage.split_record(r) for r in input.records]
-        results = await self.serve.predict(input.model, [p[1] for p in pairs])
+        results = await telemetry.serve_predict(self.serve, input.model, [p[1] for p in pairs])
         return InlineOutput(
             predictions=[
                 InlinePrediction(id=record_id, prediction=prediction, error=error)
@@ -247,6 +249,7 @@ class BatchActivities:
     async def write_summary(self, input: SummaryInput) -> str:
         uri = storage.summary_uri(input.output_uri)
         await asyncio.to_thread(storage.write_json, uri, input.summary)
+        telemetry.record_batch_finished(input.summary)
         if input.summary.get("status") == "completed":
             # Every shard committed its final files; a cancelled or failed batch keeps its parts.
             await asyncio.to_thread(storage.remove, storage.join(input.output_uri, PARTS_DIR), True)

@@ -8,6 +8,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 
 from services import constants as c
 
@@ -49,7 +50,8 @@ class TemporalSettings(BaseSettings):
             return self.api_key_file.read_text().strip() or None
         return self.api_key
 
-    async def connect(self) -> Client:
+    async def connect(self, runtime: Runtime | None = None) -> Client:
+        """A client; ``runtime`` carries the worker's metrics setup (None: the SDK's default)."""
         api_key = self.resolved_api_key()
         return await Client.connect(
             self.address,
@@ -57,6 +59,7 @@ class TemporalSettings(BaseSettings):
             tls=self.tls_config() if not api_key else (self.tls_config() or True),
             api_key=api_key,
             data_converter=pydantic_data_converter,
+            runtime=runtime,
         )
 
 
@@ -76,6 +79,12 @@ class WorkerSettings(TemporalSettings):
         le=65535,
         validation_alias=_env(c.ENV_WORKER_METRICS_PORT),
         description="HTTP port for /metrics (also the liveness probe); 0 disables",
+    )
+    batch_metrics_interval_s: float = Field(
+        15.0,
+        ge=0,
+        validation_alias=_env(c.ENV_WORKER_BATCH_METRICS_INTERVAL_S),
+        description="how often /metrics refreshes per-batch progress from Temporal; 0 disables",
     )
     max_concurrent_activities: int = Field(
         16, ge=1, validation_alias=_env(c.ENV_WORKER_MAX_CONCURRENT_ACTIVITIES)

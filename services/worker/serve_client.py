@@ -113,13 +113,13 @@ class ServeClient:
         timeout_s: float = 60.0,
         max_connections: int = 256,
         retry: RetrySettings | None = None,
-        on_attempt: Callable[[str, float], None] | None = None,
+        on_attempt: Callable[[str, float, str | None], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self._tokens = tokens
         self._retry = retry or RetrySettings()
-        self._on_attempt = on_attempt  # (outcome, seconds) for metrics
+        self._on_attempt = on_attempt  # (outcome, seconds, model) for metrics
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
@@ -166,7 +166,7 @@ class ServeClient:
                 status = response.status_code
                 outcome = str(status)
                 if status == 200:
-                    self._record(outcome, started)
+                    self._record(outcome, started, model)
                     payload = response.json()
                     predictions, errors = payload["predictions"], payload["errors"]
                     if len(predictions) != len(inputs):
@@ -177,7 +177,7 @@ class ServeClient:
                     return list(zip(predictions, errors, strict=True))
                 detail = _detail(response)
                 if status in NON_RETRYABLE or (400 <= status < 500 and status != 429):
-                    self._record(outcome, started)
+                    self._record(outcome, started, model)
                     advice = ADVICE.get(status, "the request was rejected")
                     raise ApplicationError(
                         f"Serve answered {status} ({detail}) at {url}: {advice}",
@@ -189,7 +189,7 @@ class ServeClient:
                     retry_after_seconds(response.headers.get("Retry-After")) or 0.0,
                     self._backoff(attempt),
                 )
-            self._record(outcome, started)
+            self._record(outcome, started, model)
             if attempt < self._retry.max_attempts:
                 await asyncio.sleep(delay)
         raise ApplicationError(
@@ -198,6 +198,6 @@ class ServeClient:
             next_retry_delay=timedelta(seconds=delay) if delay else None,
         )
 
-    def _record(self, outcome: str, started: float) -> None:
+    def _record(self, outcome: str, started: float, model: str | None) -> None:
         if self._on_attempt:
-            self._on_attempt(outcome, time.monotonic() - started)
+            self._on_attempt(outcome, time.monotonic() - started, model)

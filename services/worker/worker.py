@@ -9,17 +9,23 @@ their last heartbeat.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from datetime import timedelta
 
-from prometheus_client import start_http_server
 from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
 from services.worker.serve_client import ServeClient, TokenSource
+from services.worker.telemetry import (
+    BatchProgressPoller,
+    MetricsServer,
+    TemporalMetricsBridge,
+    record_serve_attempt,
+)
 from services.worker.workflows import BatchInferenceWorkflow
 
 log = logging.getLogger("services.worker")
@@ -54,11 +60,23 @@ async def run_worker(
         log.warning(
             "no Serve token configured (SERVE_AUTH_TOKEN / SERVE_AUTH_TOKEN_FILE): Serve will answer 401"
         )
+    metrics: MetricsServer | None = None
+    runtime = None
     if settings.metrics_port:
-        start_http_server(settings.metrics_port, addr=settings.metrics_host)
-        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
-    client = await settings.connect()
-    serve = ServeClient(settings.serve_url, tokens, timeout_s=settings.serve_timeout_s)
+        # One port for the project's metrics and the Temporal SDK's (bridged from a MetricBuffer).
+        bridge = TemporalMetricsBridge()
+        runtime = bridge.create_runtime()
+        metrics = MetricsServer(settings.metrics_host, settings.metrics_port, bridge).start()
+        log.info("metrics on %s", metrics.url)
+    client = await settings.connect(runtime=runtime)
+    serve = ServeClient(
+        settings.serve_url, tokens, timeout_s=settings.serve_timeout_s, on_attempt=record_serve_attempt
+    )
+    poller: asyncio.Task | None = None
+    if metrics and settings.batch_metrics_interval_s:
+        poller = asyncio.create_task(
+            BatchProgressPoller(client, settings.task_queue, settings.batch_metrics_interval_s).run()
+        )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
@@ -80,7 +98,13 @@ async def run_worker(
                 settings.graceful_shutdown_s,
             )
     finally:
+        if poller:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
         await serve.aclose()
+        if metrics:
+            metrics.stop()
         for sig in signals:
             loop.remove_signal_handler(sig)
     log.info("worker stopped")
