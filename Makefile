@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make run RUN_ARGS=--prometheus` also starts a local Prometheus (Debian's package) scraping both.
 run: install  ## start Temporal + Ray Serve + a worker, run the 10,000-record sample, stop all
-	$(BIN)/batch-inference run
+	$(BIN)/batch-inference run $(RUN_ARGS)
 
 test: install lint  ## every test tier that runs on this machine
 	$(BIN)/pytest -q

@@ -237,7 +237,7 @@ def _check_everything(prom: Prom, tmp_path: Path) -> None:
     samples = {}
     for metric in m.ALL_METRICS:
         name = metric.count if metric.kind == "histogram" else metric.prom
-        found = prom.series(f"last_over_time({name}[15m])")
+        found = prom.series(f"topk(1, last_over_time({name}[15m]))")
         if found:
             labels = {
                 k: v
