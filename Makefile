@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-unit lint format clean
+.PHONY: install run test test-unit lint format clean bench bench-large
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test-unit: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+bench: install  ## A/B/C/D side by side at 10k and 100k records (echo and iris); table, JSON, PNG
+	$(BIN)/python -m bench
+
+bench-large: install  ## the same plus 1,000,000 echo records
+	$(BIN)/python -m bench --large
 
 format: install
 	$(BIN)/ruff format .

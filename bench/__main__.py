@@ -1,0 +1,166 @@
+"""``make bench``: run A/B/C/D side by side, print a table, save JSON and a PNG plot.
+
+python -m bench [--sizes 10000 100000] [--large] [--models echo iris] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import harness
+from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token, free_port
+
+
+def machine() -> dict[str, Any]:
+    import os
+
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+async def run_all(env: harness.BenchEnv, sizes: list[int], models: list[str], large: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "runs": [],
+    }
+
+    def add(kind: str, model: str, figures: dict[str, Any]) -> None:
+        row = {"kind": kind, "model": model, **figures}
+        results["runs"].append(row)
+        print(json.dumps(row), flush=True)
+
+    for model in models:
+        micro_batch, concurrency, trials = await harness.sweep_direct(env, model)
+        results.setdefault("sweeps", {})[model] = trials
+        print(
+            f"# {model}: best direct client micro_batch={micro_batch} concurrency={concurrency}", flush=True
+        )
+        model_sizes = sizes + ([1_000_000] if large and model == "echo" else [])
+        for n in model_sizes:
+            add("A", model, await harness.run_project(env, n, model))
+            add("B", model, await harness.run_direct(env, n, model, micro_batch, concurrency))
+            add("D", model, await asyncio.to_thread(harness.run_ray_data, env, n, model))
+    for n in (1000, 2000, 10_000):
+        add("C", "echo", await harness.run_per_record(env, n, timeout_s=90 if n > 2000 else 600))
+    return results
+
+
+def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    by = {(r["kind"], r["model"], r["records"]): r for r in results["runs"]}
+    rows = []
+    for (kind, model, n), a in sorted(by.items()):
+        if kind != "A":
+            continue
+        row = {"model": model, "records": n, "A_rps": a["records_per_s"]}
+        for other in ("B", "D"):
+            o = by.get((other, model, n), {})
+            if o.get("records_per_s"):
+                row[f"A/{other}"] = round(a["records_per_s"] / o["records_per_s"], 3)
+        c2k = by.get(("C", "echo", 2000), {})
+        if c2k.get("records_per_s"):
+            row["A/C(2k)"] = round(a["records_per_s"] / c2k["records_per_s"], 1)
+        rows.append(row)
+    return rows
+
+
+def table(results: dict[str, Any]) -> str:
+    cols = [
+        ("kind", 4), ("model", 5), ("records", 8), ("records_per_s", 9), ("seconds", 8),
+        ("p50_batch_ms", 8), ("p99_batch_ms", 8), ("worker_peak_rss_mb", 9), ("ray_pss_mb", 9),
+        ("runs", 4), ("history_events_max_run", 10), ("history_events_per_1k", 9),
+    ]  # fmt: skip
+    lines = [" ".join(name[:width].rjust(width) for name, width in cols)]
+    for row in results["runs"]:
+        cells = []
+        for name, width in cols:
+            value = row.get(name, "")
+            cells.append(str(value if value is not None else "")[:width].rjust(width))
+        note = row.get("error") or row.get("skipped") or ""
+        lines.append(" ".join(cells) + (f"  {note[:120]}" if note else ""))
+    lines.append("")
+    for r in ratios(results):
+        lines.append("  ".join(f"{k}={v}" for k, v in r.items()))
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = [r for r in results["runs"] if r.get("records_per_s")]
+    labels = [f"{r['kind']} {r['model']} {r['records'] // 1000}k" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.6), 4))
+    colors = {"A": "tab:blue", "B": "tab:green", "C": "tab:red", "D": "tab:orange"}
+    ax.bar(labels, [r["records_per_s"] for r in rows], color=[colors[r["kind"]] for r in rows])
+    ax.set_ylabel("records/s")
+    ax.set_yscale("log")
+    ax.set_title("A project, B direct client, C activity/record, D Ray Data")
+    plt.setp(ax.get_xticklabels(), rotation=60, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--models", nargs="+", default=["echo", "iris"])
+    p.add_argument("--large", action="store_true", help="add 1,000,000 records (echo)")
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = p.parse_args()
+
+    state = Path(tempfile.mkdtemp(prefix="bench-"))
+    token = ensure_token(state / "serve-token")
+    temporal = TemporalDevServer(state / "temporal", port=free_port(), ui_port=free_port())
+    serve = LocalRayServe(
+        state,
+        token,
+        http_port=free_port(),
+        gcs_port=free_port(),
+        dashboard_port=free_port(),
+        metrics_port=free_port(),
+    )
+    try:
+        temporal.start()
+        serve.start()
+        ray_env = {k: v for k, v in serve.env().items() if k.startswith("RAY_AUTH")}
+        env = harness.BenchEnv(
+            temporal_address=temporal.address,
+            serve_url=serve.url,
+            token_file=token,
+            workdir=state,
+            ray_marker=serve.marker,
+            ray_address=f"127.0.0.1:{serve.gcs_port}",
+            ray_env=ray_env,
+        )
+        results = asyncio.run(run_all(env, args.sizes, args.models, args.large))
+    finally:
+        serve.stop()
+        temporal.stop()
+    results["ratios"] = ratios(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (args.out / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
+    plot(results, args.out / f"bench-{stamp}.png")
+    print(table(results))
+    print(f"\nsaved {args.out}/bench-{stamp}.json and .png")
+
+
+if __name__ == "__main__":
+    main()

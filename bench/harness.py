@@ -1,0 +1,348 @@
+"""Side-by-side benchmark on one machine, one Serve deployment, one run.
+
+A: the project end to end (submit -> outputs written -> summary), default settings, worker as
+   its own process (its peak RSS is measured).
+B: a tuned direct asyncio client on the same Serve endpoint (small sweep of micro-batch size
+   and concurrency), writing the same outputs: the practical upper bound.
+C: the original example's design, one activity per record gathered in one workflow.
+D: Ray Data ``map_batches`` calling the same model class in-process, on the same Ray cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from bench.per_record import BASELINE_WORKFLOW, PerRecordActivities, PerRecordBaseline
+from services import constants as c
+from services.local.stack import CLUSTER_MARKER, SAMPLE_DATASET, marked_pids
+from services.serve.models import BUILTIN_MODELS
+from services.worker import storage
+from services.worker.models import BatchInferenceInput, BatchInferenceOutput
+
+
+@dataclass
+class BenchEnv:
+    temporal_address: str
+    serve_url: str
+    token_file: Path
+    workdir: Path
+    ray_marker: str | None = None  # sums Ray's PSS over this cluster's processes
+    ray_address: str | None = None  # GCS address, for Ray Data
+    ray_env: dict[str, str] | None = None
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ray_pss_mb(marker: str | None) -> float | None:
+    if not marker:
+        return None
+    total = 0
+    for pid in marked_pids(CLUSTER_MARKER, marker):
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def make_dataset(path: Path, n: int, model: str) -> Path:
+    """``n`` records for ``model``; the iris records reuse the bundled sample's measurements."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features = []
+    if model == "iris":
+        with SAMPLE_DATASET.open() as fh:
+            features = [json.loads(line)["features"] for line in fh]
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as fh:
+        for i in range(n):
+            if model == "iris":
+                record = {"id": f"r{i}", "features": features[i % len(features)]}
+            else:
+                record = {"id": f"r{i}", "input": {"text": f"record number {i}", "n": i}}
+            fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+    tmp.rename(path)
+    return path
+
+
+def count_outputs(output: Path) -> int:
+    results, errors = 0, 0
+    for f in output.glob("shard-*.jsonl"):
+        with f.open("rb") as fh:
+            results += sum(1 for _ in fh)
+    for f in (output / "errors").glob("shard-*.jsonl"):
+        with f.open("rb") as fh:
+            errors += sum(1 for _ in fh)
+    return results + errors
+
+
+async def history_events(client: Client, workflow_id: str, first_run_id: str) -> list[int]:
+    """Event count of every run in the continue-as-new chain."""
+    counts, run_id = [], first_run_id
+    while run_id:
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        counts.append(len(history.events))
+        last = history.events[-1]
+        run_id = (
+            last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+            if last.HasField("workflow_execution_continued_as_new_event_attributes")
+            else ""
+        )
+    return counts
+
+
+async def connect(env: BenchEnv) -> Client:
+    return await Client.connect(env.temporal_address, data_converter=pydantic_data_converter)
+
+
+# --- A: the project ----------------------------------------------------------------------------
+
+
+def start_worker_process(env: BenchEnv, queue: str) -> subprocess.Popen:
+    proc_env = dict(os.environ)
+    proc_env.update(
+        {
+            c.ENV_TEMPORAL_ADDRESS: env.temporal_address,
+            c.ENV_TEMPORAL_TASK_QUEUE: queue,
+            c.ENV_SERVE_URL: env.serve_url,
+            c.ENV_SERVE_TOKEN_FILE: str(env.token_file),
+            c.ENV_WORKER_METRICS_PORT: "0",
+        }
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.worker"],
+        env=proc_env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # ready once it polls
+        if "worker polling" in line:
+            break
+    else:
+        raise RuntimeError(f"worker exited with {proc.wait()} before polling")
+    return proc
+
+
+async def run_project(env: BenchEnv, n: int, model: str, **batch: Any) -> dict[str, Any]:
+    source = make_dataset(env.workdir / "data" / f"{model}-{n}.jsonl", n, model)
+    output = env.workdir / "out" / f"A-{model}-{n}-{uuid.uuid4().hex[:6]}"
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    client = await connect(env)
+    worker = start_worker_process(env, queue)
+    try:
+        started = time.perf_counter()
+        handle = await client.start_workflow(
+            c.WORKFLOW_NAME,
+            BatchInferenceInput(input_uri=str(source), output_uri=str(output), model=model, **batch),
+            id=f"bench-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+            result_type=BatchInferenceOutput,
+        )
+        result = await handle.result()
+        seconds = time.perf_counter() - started
+        rss = peak_rss_mb(worker.pid)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    assert result.succeeded == n and count_outputs(output) == n, (result, count_outputs(output))
+    events = await history_events(client, handle.id, handle.first_execution_run_id or "")
+    return {
+        "records": n,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(n / seconds),
+        "worker_peak_rss_mb": round(rss, 1),
+        "ray_pss_mb": ray_pss_mb(env.ray_marker),
+        "runs": len(events),
+        "history_events_max_run": max(events),
+        "history_events_per_1k": round(sum(events) / (n / 1000), 1),
+    }
+
+
+# --- B: tuned direct client ------------------------------------------------------------------
+
+
+async def run_direct(
+    env: BenchEnv, n: int, model: str, micro_batch: int, concurrency: int, write: bool = True
+) -> dict[str, Any]:
+    source = make_dataset(env.workdir / "data" / f"{model}-{n}.jsonl", n, model)
+    output = env.workdir / "out" / f"B-{model}-{n}-{uuid.uuid4().hex[:6]}"
+    route = c.MODEL_INFERENCE_ROUTE.format(model=model)
+    headers = {c.AUTH_HEADER: f"{c.AUTH_SCHEME} {env.token}", "Content-Type": "application/json"}
+    latencies: list[float] = []
+    limit = asyncio.Semaphore(concurrency)
+    shard_size = 2000
+    started = time.perf_counter()
+    async with httpx.AsyncClient(
+        base_url=env.serve_url,
+        timeout=60,
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+    ) as http:
+
+        async def send(batch: list[tuple[Any, Any]]) -> list[bytes]:
+            async with limit:
+                t0 = time.perf_counter()
+                body = json.dumps({"inputs": [b[1] for b in batch]}).encode()
+                response = await http.post(route, content=body, headers=headers)
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+            payload = response.json()
+            return [
+                storage.dumps({"id": rid, "prediction": p})
+                for (rid, _), p in zip(batch, payload["predictions"], strict=True)
+            ]
+
+        async def shard(index: int, records: list[tuple[Any, Any]]) -> int:
+            chunks = [records[i : i + micro_batch] for i in range(0, len(records), micro_batch)]
+            lines = [line for part in await asyncio.gather(*(send(ch) for ch in chunks)) for line in part]
+            if write:
+                await asyncio.to_thread(storage.write_lines, storage.shard_uri(str(output), index), lines)
+            return len(lines)
+
+        tasks, records = [], []
+        with source.open("rb") as fh:
+            for line in fh:
+                records.append(storage.parse_line(line))
+                if len(records) == shard_size:
+                    tasks.append(asyncio.create_task(shard(len(tasks), records)))
+                    records = []
+        if records:
+            tasks.append(asyncio.create_task(shard(len(tasks), records)))
+        done = sum(await asyncio.gather(*tasks))
+    seconds = time.perf_counter() - started
+    assert done == n
+    return {
+        "records": n,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(n / seconds),
+        "micro_batch": micro_batch,
+        "concurrency": concurrency,
+        "p50_batch_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p99_batch_ms": round(percentile(latencies, 99) * 1000, 1),
+        "ray_pss_mb": ray_pss_mb(env.ray_marker),
+    }
+
+
+async def sweep_direct(env: BenchEnv, model: str, sample: int = 5000) -> tuple[int, int, list[dict]]:
+    trials = []
+    for micro_batch in (32, 64, 128):
+        for concurrency in (8, 16, 32):
+            trials.append(await run_direct(env, sample, model, micro_batch, concurrency, write=False))
+    best = max(trials, key=lambda t: t["records_per_s"])
+    return best["micro_batch"], best["concurrency"], trials
+
+
+# --- C: one activity per record ---------------------------------------------------------------
+
+
+async def run_per_record(env: BenchEnv, n: int, timeout_s: float = 120) -> dict[str, Any]:
+    client = await connect(env)
+    queue = f"bench-c-{uuid.uuid4().hex[:8]}"
+    activities = PerRecordActivities(env.serve_url, env.token)
+    records = [{"text": f"record {i}", "n": i} for i in range(n)]
+    workflow_id = f"bench-c-{uuid.uuid4().hex[:8]}"
+    out: dict[str, Any] = {"records": n}
+    try:
+        async with Worker(
+            client, task_queue=queue, workflows=[PerRecordBaseline], activities=[activities.predict_one]
+        ):
+            started = time.perf_counter()
+            handle = await client.start_workflow(
+                BASELINE_WORKFLOW, records, id=workflow_id, task_queue=queue,
+                execution_timeout=__import__("datetime").timedelta(seconds=timeout_s),
+            )  # fmt: skip
+            try:
+                done = await handle.result()
+                seconds = time.perf_counter() - started
+                out.update(seconds=round(seconds, 2), records_per_s=round(done / seconds))
+            except WorkflowFailureError as err:
+                out["error"] = f"{type(err.cause).__name__}: {err.cause}"[:300]
+            history = await handle.fetch_history()
+            out["history_events"] = len(history.events)
+            failures = [
+                e.workflow_task_failed_event_attributes.failure.message
+                for e in history.events
+                if e.HasField("workflow_task_failed_event_attributes")
+            ]
+            if failures:
+                out["workflow_task_failures"] = len(failures)
+                out["first_failure"] = failures[0][:300]
+    finally:
+        await activities.aclose()
+    return out
+
+
+# --- D: Ray Data ------------------------------------------------------------------------------
+
+
+def run_ray_data(env: BenchEnv, n: int, model: str) -> dict[str, Any]:
+    if not env.ray_address:
+        return {"records": n, "skipped": "no Ray address"}
+    source = make_dataset(env.workdir / "data" / f"{model}-{n}.jsonl", n, model)
+    output = env.workdir / "out" / f"D-{model}-{n}-{uuid.uuid4().hex[:6]}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.ray_data_run",
+            env.ray_address,
+            BUILTIN_MODELS[model],
+            str(source),
+            str(output),
+        ],
+        env={**os.environ, **(env.ray_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    if result.returncode != 0:
+        return {
+            "records": n,
+            "error": result.stderr.strip().splitlines()[-1][:300] if result.stderr else "failed",
+        }
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out["ray_pss_mb"] = ray_pss_mb(env.ray_marker)
+    return out

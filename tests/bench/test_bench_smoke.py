@@ -1,0 +1,39 @@
+"""The benchmark harness runs end to end on 200 records, so it cannot rot (figures not checked)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import harness
+from bench.__main__ import ratios, table
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def bench_env(temporal_server, serve_stack, serve_token_file, tmp_path):
+    return harness.BenchEnv(
+        temporal_address=temporal_server.address,
+        serve_url=serve_stack.url,
+        token_file=serve_token_file,
+        workdir=tmp_path,
+        ray_marker=serve_stack.marker,
+        ray_address=f"127.0.0.1:{serve_stack.gcs_port}",
+        ray_env={k: v for k, v in serve_stack.env().items() if k.startswith("RAY_AUTH")},
+    )
+
+
+async def test_harness_smoke(bench_env):
+    runs = [
+        {"kind": "A", "model": "iris", **await harness.run_project(bench_env, 200, "iris")},
+        {"kind": "B", "model": "iris", **await harness.run_direct(bench_env, 200, "iris", 32, 8)},
+        {"kind": "C", "model": "echo", **await harness.run_per_record(bench_env, 20)},
+        {"kind": "D", "model": "iris", **harness.run_ray_data(bench_env, 200, "iris")},
+    ]
+    for run in runs:
+        assert run["records"] in (200, 20)
+        assert run.get("records_per_s", 0) > 0, run
+    a = runs[0]
+    assert a["worker_peak_rss_mb"] > 0 and a["history_events_max_run"] > 0 and a["ray_pss_mb"] > 0
+    results = {"runs": runs}
+    assert "A=" not in table(results) and ratios(results)[0]["A/B"] > 0
