@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from services import constants as c
@@ -55,14 +57,23 @@ def _abs_uri(uri: str | None) -> str | None:
 
 
 async def start_batch(
-    client: Client, batch: BatchInferenceInput, task_queue: str, workflow_id: str | None = None
+    client: Client,
+    batch: BatchInferenceInput,
+    task_queue: str,
+    workflow_id: str | None = None,
+    use_existing: bool = False,
 ) -> WorkflowHandle:
+    """Start a batch; with ``use_existing`` a running batch of the same id is joined instead, so
+    a retried submitter (e.g. a Kubernetes Job) waits for the batch it already started."""
     return await client.start_workflow(
         c.WORKFLOW_NAME,
         batch,
         id=workflow_id or f"batch-{uuid.uuid4().hex[:12]}",
         task_queue=task_queue,
         result_type=BatchInferenceOutput,
+        id_conflict_policy=(
+            WorkflowIDConflictPolicy.USE_EXISTING if use_existing else WorkflowIDConflictPolicy.FAIL
+        ),
     )
 
 
@@ -136,7 +147,17 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     batch = build_input(args)
     settings = TemporalSettings()
     client = await settings.connect()
-    handle = await start_batch(client, batch, args.task_queue or settings.task_queue, args.id)
+    try:
+        handle = await start_batch(
+            client, batch, args.task_queue or settings.task_queue, args.id, args.id_conflict == "use-existing"
+        )
+    except WorkflowAlreadyStartedError:
+        print(
+            f"error: a batch with id {args.id!r} is already running; pass --id-conflict use-existing "
+            "to wait for it instead",
+            file=sys.stderr,
+        )
+        return 2
     print(f"started workflow {handle.id}", file=sys.stderr)
     if not args.wait:
         print(handle.id)
@@ -329,6 +350,12 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--max-error-ratio", type=float, default=0.0)
     sb.add_argument("--set", action="append", metavar="KEY=VALUE", help="tuning, e.g. micro_batch_size=64")
     sb.add_argument("--id", help="workflow id (default: batch-<random>)")
+    sb.add_argument(
+        "--id-conflict",
+        choices=["fail", "use-existing"],
+        default="fail",
+        help="when a batch with this --id is running: fail, or wait for it (retry-safe Jobs)",
+    )
     sb.add_argument("--task-queue", help=f"default: ${c.ENV_TEMPORAL_TASK_QUEUE} or {c.DEFAULT_TASK_QUEUE}")
     sb.add_argument("--wait", action="store_true", help="show progress and print the summary")
 
@@ -370,5 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entrypoint() -> None:
+    """Console script: exit without interpreter finalization, which can race the Temporal
+    client's native threads and abort a finished command ("PyGILState_Release")."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import uuid
@@ -67,7 +68,19 @@ def serve_stack(state_dir: Path, serve_token_file: Path):
 
 @pytest_asyncio.fixture(scope="session")
 async def client(temporal_server: TemporalDevServer) -> Client:
-    return await Client.connect(temporal_server.address, data_converter=pydantic_data_converter)
+    return await connect_when_ready(temporal_server.address)
+
+
+async def connect_when_ready(address: str, timeout_s: float = 30) -> Client:
+    """The dev server's port opens a moment before its frontend is healthy: retry until then."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            return await Client.connect(address, data_converter=pydantic_data_converter)
+        except RuntimeError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.3)
 
 
 @pytest_asyncio.fixture

@@ -229,7 +229,7 @@ class LocalRayServe:
             list(args), env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
         )
 
-    def start(self, timeout_s: float = 180) -> LocalRayServe:
+    def start(self, timeout_s: float = 180, attempt: int = 1) -> LocalRayServe:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             venv_bin("ray"), "start", "--head", "--node-ip-address", LOOPBACK,
@@ -251,6 +251,10 @@ class LocalRayServe:
         if self.num_cpus:
             cmd += ["--num-cpus", str(self.num_cpus)]
         result = self._run(*cmd)
+        if attempt < 3 and result.returncode != 0 and "used by other" in result.stdout + result.stderr:
+            # A port picked free a moment ago was taken meanwhile: clean up, retry once with new ones.
+            stop_marked(CLUSTER_MARKER, self.marker)
+            return self.start(timeout_s, attempt + 1)
         if result.returncode != 0:
             raise RuntimeError(f"ray start failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
         self.started = True

@@ -99,7 +99,7 @@ def test_env_var_names_are_the_ones_the_code_reads() -> None:
 def test_jobs_start_the_workflow_the_worker_runs() -> None:
     cli = load_k8s("job-submit-cli.yaml")["spec"]["template"]["spec"]["containers"][0]
     assert cli["command"] == ["batch-inference"] and cli["args"][0] == "submit"
-    assert PYPROJECT["project"]["scripts"]["batch-inference"] == "services.cli:main"
+    assert PYPROJECT["project"]["scripts"]["batch-inference"] == "services.cli:entrypoint"
     temporal = load_k8s("job-temporal-cli.yaml")["spec"]["template"]["spec"]["containers"][0]
     args = temporal["args"]
     assert args[args.index("--type") + 1] == c.WORKFLOW_NAME
