@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 from temporalio import activity
@@ -36,31 +37,79 @@ def _non_retryable(message: str, kind: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
+# Records repeating an earlier id go to the errors file; past this many the input is taken to be
+# broken (e.g. a file concatenated twice) and planning fails, saying so.
+MAX_DUPLICATE_RECORDS = 100_000
+
+
+def _mark_duplicates(input_uri: str, shards: list[dict[str, Any]], repeated: set[int], extra: int) -> int:
+    """Second scan, only when some id hash repeats: note in each shard's plan entry the lines
+    whose id an earlier line already has (``[line, first line]``); the first occurrence is
+    processed, later ones become errors. Returns how many records are duplicates."""
+    first_line: dict[str, int] = {}
+    found = 0
+    with storage.open_input(input_uri) as fh:
+        line = 1
+        for shard in shards:
+            records, _, line = storage.read_records(fh, shard["records"], line)
+            marked = []
+            for number, raw in records:
+                key = storage.record_key(raw)
+                if key is None or hash(key) not in repeated:
+                    continue
+                first = first_line.setdefault(key, number)
+                if first == number:
+                    continue
+                if extra > MAX_DUPLICATE_RECORDS:
+                    raise _non_retryable(
+                        f"more than {MAX_DUPLICATE_RECORDS} records repeat an earlier id (e.g. id "
+                        f"{key} at line {number} repeats line {first}): the input looks duplicated; "
+                        "remove the repeated records and resubmit",
+                        "DuplicateIds",
+                    )
+                marked.append([number, first])
+            if marked:
+                shard["duplicates"] = marked
+                found += len(marked)
+    return found
+
+
 def _plan(input: PlanInput) -> dict[str, Any]:
     """Count records once and note where each shard starts: a shard's number alone then fixes
     its records, so a retry redoes exactly the same ones."""
     if not storage.exists(input.input_uri):
         raise _non_retryable(f"input not found: {input.input_uri}", "InputNotFound")
-    shards: list[dict[str, int]] = []
+    shards: list[dict[str, Any]] = []
     total, offset, line = 0, 0, 1
-    with storage.open_input(input.input_uri) as fh:
-        while True:
-            records, consumed, next_line = storage.read_records(fh, input.shard_size, line)
-            if not records:
-                break
-            # The shard starts at its first record, not at blank lines before it.
-            shards.append({"offset": offset, "line": line, "records": len(records)})
-            total += len(records)
-            offset += consumed
-            line = next_line
-        size = offset
-    if total == 0:
-        raise _non_retryable(f"input has no records (empty file): {input.input_uri}", "EmptyInput")
+    ids = storage.DuplicateIds()
+    try:
+        with storage.open_input(input.input_uri) as fh:
+            while True:
+                records, consumed, next_line = storage.read_records(fh, input.shard_size, line)
+                if not records:
+                    break
+                # The shard starts at its first record, not at blank lines before it.
+                shards.append({"offset": offset, "line": line, "records": len(records)})
+                for _, raw in records:
+                    if (key := storage.record_key(raw)) is not None:
+                        ids.add(key)
+                total += len(records)
+                offset += consumed
+                line = next_line
+            size = offset
+        if total == 0:
+            raise _non_retryable(f"input has no records (empty file): {input.input_uri}", "EmptyInput")
+        repeated, extra = ids.repeated_hashes(MAX_DUPLICATE_RECORDS)
+    finally:
+        ids.close()
+    duplicates = _mark_duplicates(input.input_uri, shards, repeated, extra) if repeated else 0
     plan = {
+        "plan_id": uuid.uuid4().hex,  # tells this batch's checkpoints from leftovers in the folder
         "input_uri": input.input_uri,
         "input_bytes": size,
         "shard_size": input.shard_size,
         "total_records": total,
+        "duplicate_records": duplicates,
         "shards": shards,
     }
     try:
@@ -90,15 +139,15 @@ class BatchActivities:
         entry = plan["shards"][input.shard]
         if info.heartbeat_details:
             progress = ShardProgress.model_validate(info.heartbeat_details[0])
-            log.info(
-                "shard %d resumes at record %d (attempt %d)",
-                input.shard,
-                progress.done,
-                info.attempt,
-            )
         else:
             progress = ShardProgress(offset=entry["offset"], line=entry["line"])
+        # Heartbeats are throttled, so parts committed after the last one Temporal received may
+        # be on disk too: each part's checkpoint file says where the next part starts.
+        progress = await asyncio.to_thread(self._last_checkpoint, input, plan.get("plan_id"), progress)
+        if progress.done:
+            log.info("shard %d resumes at record %d (attempt %d)", input.shard, progress.done, info.attempt)
         resumed_from = progress.done
+        duplicates = {line: first for line, first in entry.get("duplicates", ())}
 
         state = {"progress": progress}
         interval = (
@@ -126,7 +175,7 @@ class BatchActivities:
                         f"more records at line {progress.line}, found {len(records)}",
                         "InputChanged",
                     )
-                out, errors = await self._predict_part(input, records)
+                out, errors = await self._predict_part(input, records, duplicates)
                 await asyncio.to_thread(
                     storage.write_lines,
                     storage.part_uri(input.output_uri, input.shard, progress.part, "out"),
@@ -137,6 +186,7 @@ class BatchActivities:
                     storage.part_uri(input.output_uri, input.shard, progress.part, "err"),
                     errors,
                 )
+                done_part = progress.part
                 progress = ShardProgress(
                     part=progress.part + 1,
                     offset=progress.offset + consumed,
@@ -144,6 +194,11 @@ class BatchActivities:
                     done=progress.done + want,
                     succeeded=progress.succeeded + len(out),
                     failed=progress.failed + len(errors),
+                )
+                await asyncio.to_thread(
+                    storage.write_json,
+                    storage.part_uri(input.output_uri, input.shard, done_part, "ckpt"),
+                    {"plan_id": plan.get("plan_id"), "progress": progress.model_dump()},
                 )
                 telemetry.record_part(input.model, out, errors)
                 state["progress"] = progress
@@ -164,7 +219,7 @@ class BatchActivities:
         )
 
     async def _predict_part(
-        self, input: ShardInput, records: list[tuple[int, bytes | None]]
+        self, input: ShardInput, records: list[tuple[int, bytes | None]], duplicates: dict[int, int]
     ) -> tuple[list[bytes], list[bytes]]:
         """Results and error lines for one part, in input order."""
         lines: list[bytes | None] = [None] * len(records)
@@ -186,6 +241,16 @@ class BatchActivities:
             except storage.BadRecord as exc:
                 errors[pos] = storage.dumps(
                     {"id": storage.id_hint(raw), "line": line, "stage": "parse", "reason": str(exc)}
+                )
+                continue
+            if line in duplicates:
+                errors[pos] = storage.dumps(
+                    {
+                        "id": record_id,
+                        "line": line,
+                        "stage": "duplicate",
+                        "reason": f"duplicate id: line {duplicates[line]} has the same id",
+                    }
                 )
                 continue
             good.append((pos, record_id, model_input))
@@ -221,8 +286,26 @@ class BatchActivities:
         return [line for line in lines if line is not None], [errors[p] for p in sorted(errors)]
 
     @staticmethod
+    def _last_checkpoint(input: ShardInput, plan_id: str | None, progress: ShardProgress) -> ShardProgress:
+        """Follow the checkpoint files of parts committed from ``progress`` on (only this batch's:
+        the plan id tells them from an earlier batch's leftovers in the same folder)."""
+        while plan_id:
+            uri = storage.part_uri(input.output_uri, input.shard, progress.part, "ckpt")
+            if not storage.exists(uri):
+                break
+            saved = storage.read_json(uri)
+            if saved.get("plan_id") != plan_id:
+                break
+            progress = ShardProgress.model_validate(saved["progress"])
+        return progress
+
+    @staticmethod
     def _commit_shard(input: ShardInput, parts: int) -> None:
-        """Join the committed parts into the shard's final files, then drop the parts."""
+        """Join the committed parts into the shard's final files.
+
+        The parts stay until the batch ends (``write_summary`` removes them): if this worker dies
+        after the join but before Temporal records the shard as done, the retry resumes from its
+        last heartbeat and joins the same parts again."""
         storage.concat(
             storage.shard_uri(input.output_uri, input.shard),
             [storage.part_uri(input.output_uri, input.shard, p, "out") for p in range(parts)],
@@ -231,8 +314,6 @@ class BatchActivities:
             storage.errors_uri(input.output_uri, input.shard),
             [storage.part_uri(input.output_uri, input.shard, p, "err") for p in range(parts)],
         )
-        first = storage.part_uri(input.output_uri, input.shard, 0, "out")
-        storage.remove(first.rsplit("/", 1)[0], recursive=True)
 
     @activity.defn
     async def predict_inline(self, input: InlineInput) -> InlineOutput:
@@ -253,4 +334,7 @@ class BatchActivities:
         if input.summary.get("status") == "completed":
             # Every shard committed its final files; a cancelled or failed batch keeps its parts.
             await asyncio.to_thread(storage.remove, storage.join(input.output_uri, PARTS_DIR), True)
+        else:
+            # ... but only those of unfinished shards: a shard with final files needs no parts.
+            await asyncio.to_thread(storage.remove_committed_parts, input.output_uri)
         return uri

@@ -44,6 +44,7 @@ class BatchState(_Strict):
     next_shard: int = 0
     succeeded: int = 0
     failed: int = 0
+    resumed_records: int = 0
     runs: int = 1
 
 
@@ -94,6 +95,9 @@ class BatchInferenceOutput(BaseModel):
     failed: int
     shards: int = 0
     runs: int = 1
+    resumed_records: int = Field(
+        0, description="records not re-sent after a retry thanks to the shards' heartbeated checkpoints"
+    )
     duration_s: float
     records_per_second: float
     output_uri: str | None = None

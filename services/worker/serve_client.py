@@ -4,7 +4,8 @@
 - 429/503/other 5xx, timeouts, connection errors: retried here with exponential backoff that
   honours ``Retry-After`` (so one overloaded moment does not throw away a shard's in-flight
   work); after ``max_attempts`` a retryable ``ApplicationError`` hands over to Temporal's
-  activity retry, which resumes the shard from its last checkpoint.
+  activity retry, which resumes the shard from its last checkpoint. Ray Serve's own plain-text
+  404 (no application on the route yet, as while Serve restarts) counts as retryable too.
 """
 
 from __future__ import annotations
@@ -102,6 +103,14 @@ def _detail(response: httpx.Response) -> str:
     return str(detail if detail is not None else response.text[:200])
 
 
+def _no_app_yet(response: httpx.Response) -> bool:
+    """Ray Serve's proxy answers a plain-text 404 for a route no application serves, as while
+    the application is still deploying; the application's own 404s (unknown model) are JSON."""
+    return response.status_code == 404 and not response.headers.get("content-type", "").startswith(
+        "application/json"
+    )
+
+
 class ServeClient:
     """One pooled ``httpx.AsyncClient`` per worker process, shared by all activities."""
 
@@ -176,7 +185,12 @@ class ServeClient:
                         )
                     return list(zip(predictions, errors, strict=True))
                 detail = _detail(response)
-                if status in NON_RETRYABLE or (400 <= status < 500 and status != 429):
+                if _no_app_yet(response):
+                    # Serve is up but the application is not (yet) deployed: transient while
+                    # Ray Serve restarts or redeploys, so retried like a 503.
+                    reason = f"Serve has no application at {url} yet ({detail})"
+                    delay = self._backoff(attempt)
+                elif status in NON_RETRYABLE or (400 <= status < 500 and status != 429):
                     self._record(outcome, started, model)
                     advice = ADVICE.get(status, "the request was rejected")
                     raise ApplicationError(
@@ -184,11 +198,12 @@ class ServeClient:
                         type=f"ServeHTTP{status}",
                         non_retryable=True,
                     )
-                reason = f"Serve answered {status} ({detail})"
-                delay = max(
-                    retry_after_seconds(response.headers.get("Retry-After")) or 0.0,
-                    self._backoff(attempt),
-                )
+                else:
+                    reason = f"Serve answered {status} ({detail})"
+                    delay = max(
+                        retry_after_seconds(response.headers.get("Retry-After")) or 0.0,
+                        self._backoff(attempt),
+                    )
             self._record(outcome, started, model)
             if attempt < self._retry.max_attempts:
                 await asyncio.sleep(delay)

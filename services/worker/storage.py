@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import uuid
+from array import array
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -95,6 +97,16 @@ def remove(uri: str, recursive: bool = False) -> None:
     fs, path = fsspec.core.url_to_fs(uri)
     with contextlib.suppress(FileNotFoundError):
         fs.rm(path, recursive=recursive)
+
+
+def remove_committed_parts(output_uri: str) -> None:
+    """Drop the parts of every shard whose final results and errors files both exist."""
+    fs, path = fsspec.core.url_to_fs(output_uri)
+    for final in fs.glob(join(path, SHARD_FILE.replace("{shard:05d}", "*"))):
+        name = final.rsplit("/", 1)[-1]
+        if fs.exists(join(path, ERRORS_DIR, name)):
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(join(path, PARTS_DIR, name.removesuffix(".jsonl")), recursive=True)
 
 
 def exists(uri: str) -> bool:
@@ -185,3 +197,87 @@ def read_records(
             records.append((line, raw))
         line += 1
     return records, consumed, line
+
+
+# --- Duplicate ids ---------------------------------------------------------------------------
+
+
+def record_key(raw: bytes | None) -> str | None:
+    """The id of a raw line as a canonical string (``1`` and ``"1"`` differ), or None for a line
+    that is not a valid record (that line becomes a parse error instead)."""
+    if raw is None:
+        return None
+    try:
+        obj = json.loads(raw)
+    except ValueError:  # malformed JSON or not UTF-8
+        return None
+    if not isinstance(obj, dict):
+        return None
+    record_id = obj.get("id")
+    if isinstance(record_id, bool) or not isinstance(record_id, str | int):
+        return None
+    return json.dumps(record_id)
+
+
+class DuplicateIds:
+    """Finds the records whose id repeats an earlier record's id, in bounded memory.
+
+    Pass 1 (``add`` for every record, during the planning scan): a 64-bit hash of each id goes
+    into one of 256 buckets (8 bytes per record; a bucket spills to an anonymous temp file past
+    64 KiB, so memory stays ~16 MiB however large the input). ``repeated_hashes`` then checks
+    one bucket at a time with a set. Only when a hash repeats does the caller rescan the input
+    and compare those ids exactly: a hash collision of two different ids is
+    not a duplicate. Hashes are Python's ``hash`` of the id: stable within one process, which is
+    all one planning activity needs.
+    """
+
+    BUCKETS = 256
+    SPILL_AT = 8192  # hashes per bucket held in memory before spilling
+
+    def __init__(self) -> None:
+        self._memory = [array("q") for _ in range(self.BUCKETS)]
+        self._files: dict[int, IO[bytes]] = {}
+        self._spill = True
+
+    def add(self, key: str) -> None:
+        h = hash(key)
+        bucket = self._memory[h & (self.BUCKETS - 1)]
+        bucket.append(h)
+        if self._spill and len(bucket) >= self.SPILL_AT:
+            index = h & (self.BUCKETS - 1)
+            try:
+                fh = self._files.get(index) or self._files.setdefault(index, tempfile.TemporaryFile())
+            except OSError:  # no writable temp dir (read-only root fs): keep it in memory
+                self._spill = False
+                return
+            bucket.tofile(fh)
+            del bucket[:]
+
+    def repeated_hashes(self, limit: int) -> tuple[set[int], int]:
+        """(hashes seen more than once, number of records repeating an earlier hash). Stops
+        collecting once more than ``limit`` records repeat."""
+        repeated: set[int] = set()
+        extra = 0
+        for index in range(self.BUCKETS):
+            hashes = array("q")
+            if index in self._files:
+                fh = self._files[index]
+                fh.seek(0)
+                hashes.frombytes(fh.read())
+            hashes.extend(self._memory[index])
+            seen: set[int] = set()
+            for h in hashes:
+                if h in seen:
+                    repeated.add(h)
+                    extra += 1
+                else:
+                    seen.add(h)
+            if extra > limit:
+                break
+        return repeated, extra
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+        self._memory = []

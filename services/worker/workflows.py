@@ -150,6 +150,7 @@ class BatchInferenceWorkflow:
                         result = task.result()  # a shard out of retries fails the batch here
                         state.succeeded += result.succeeded
                         state.failed += result.failed
+                        state.resumed_records += result.resumed_from
                 self._running = len(pending)
                 self._check_error_budget(input, state)
         except BaseException as exc:
@@ -197,6 +198,7 @@ class BatchInferenceWorkflow:
             failed=state.failed,
             shards=state.num_shards,
             runs=state.runs,
+            resumed_records=state.resumed_records,
             duration_s=round(duration, 3),
             records_per_second=round(done / duration, 1) if duration > 0 else 0.0,
             output_uri=input.output_uri,
