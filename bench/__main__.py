@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import harness
-from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token, free_port
+from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token
 
 
 def machine() -> dict[str, Any]:
@@ -127,27 +127,19 @@ def main() -> None:
 
     state = Path(tempfile.mkdtemp(prefix="bench-"))
     token = ensure_token(state / "serve-token")
-    temporal = TemporalDevServer(state / "temporal", port=free_port(), ui_port=free_port())
-    serve = LocalRayServe(
-        state,
-        token,
-        http_port=free_port(),
-        gcs_port=free_port(),
-        dashboard_port=free_port(),
-        metrics_port=free_port(),
-    )
+    temporal = TemporalDevServer.on_free_ports(state / "temporal")
+    serve = LocalRayServe.on_free_ports(state, token)
     try:
         temporal.start()
         serve.start()
-        ray_env = {k: v for k, v in serve.env().items() if k.startswith("RAY_AUTH")}
         env = harness.BenchEnv(
             temporal_address=temporal.address,
             serve_url=serve.url,
             token_file=token,
             workdir=state,
             ray_marker=serve.marker,
-            ray_address=f"127.0.0.1:{serve.gcs_port}",
-            ray_env=ray_env,
+            ray_address=serve.gcs_address,
+            ray_env=serve.auth_env(),
         )
         results = asyncio.run(run_all(env, args.sizes, args.models, args.large))
     finally:

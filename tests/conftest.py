@@ -20,7 +20,7 @@ import pytest_asyncio
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token, free_port
+from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token
 from services.worker.config import WorkerSettings
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
@@ -33,7 +33,7 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def temporal_server(state_dir: Path):
-    server = TemporalDevServer(state_dir / "temporal", port=free_port(), ui_port=free_port())
+    server = TemporalDevServer.on_free_ports(state_dir / "temporal")
     server.start()
     yield server
     server.stop()
@@ -51,14 +51,7 @@ def serve_token(serve_token_file: Path) -> str:
 
 @pytest.fixture(scope="session")
 def serve_stack(state_dir: Path, serve_token_file: Path):
-    stack = LocalRayServe(
-        state_dir / "ray",
-        serve_token_file,
-        http_port=free_port(),
-        gcs_port=free_port(),
-        dashboard_port=free_port(),
-        metrics_port=free_port(),
-    )
+    stack = LocalRayServe.on_free_ports(state_dir / "ray", serve_token_file)
     try:
         stack.start()
         yield stack

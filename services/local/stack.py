@@ -85,6 +85,17 @@ def _zombie(pid: int) -> bool:
     return True
 
 
+def terminate(proc: subprocess.Popen | None, timeout_s: float = 15) -> None:
+    """SIGTERM a child server, SIGKILL it if it is still there after ``timeout_s``."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -132,6 +143,10 @@ class TemporalDevServer:
         self.port, self.ui_port, self.metrics_port = port, ui_port, metrics_port
         self.proc: subprocess.Popen | None = None
 
+    @classmethod
+    def on_free_ports(cls, state_dir: Path) -> TemporalDevServer:
+        return cls(state_dir, port=free_port(), ui_port=free_port())
+
     @property
     def address(self) -> str:
         return f"{LOOPBACK}:{self.port}"
@@ -153,13 +168,7 @@ class TemporalDevServer:
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 class LocalRayServe:
@@ -189,9 +198,23 @@ class LocalRayServe:
         self.marker = secrets.token_hex(8)
         self.started = False
 
+    @classmethod
+    def on_free_ports(cls, state_dir: Path, token_file: Path, **kwargs: Any) -> LocalRayServe:
+        """A cluster that collides with no other local one (tests, benchmarks, `make run`)."""
+        ports = {name: free_port() for name in ("http_port", "gcs_port", "dashboard_port", "metrics_port")}
+        return cls(state_dir, token_file, **ports, **kwargs)
+
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def gcs_address(self) -> str:
+        return f"{LOOPBACK}:{self.gcs_port}"
+
+    def auth_env(self) -> dict[str, str]:
+        """What a Ray driver (e.g. Ray Data) needs to join this cluster's token auth."""
+        return {k: v for k, v in self.env().items() if k.startswith("RAY_AUTH")}
 
     @property
     def dashboard(self) -> str:
@@ -362,10 +385,4 @@ class LocalPrometheus:
         raise TimeoutError(f"prometheus not ready within {timeout_s:.0f}s")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)

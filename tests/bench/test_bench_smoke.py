@@ -18,8 +18,8 @@ def bench_env(temporal_server, serve_stack, serve_token_file, tmp_path):
         token_file=serve_token_file,
         workdir=tmp_path,
         ray_marker=serve_stack.marker,
-        ray_address=f"127.0.0.1:{serve_stack.gcs_port}",
-        ray_env={k: v for k, v in serve_stack.env().items() if k.startswith("RAY_AUTH")},
+        ray_address=serve_stack.gcs_address,
+        ray_env=serve_stack.auth_env(),
     )
 
 
