@@ -185,33 +185,65 @@ async def test_temporal_cli_line_from_the_readme(client, run_worker, temporal_se
 
 
 async def test_cancel_stops_shards_and_marks_the_summary(client, run_worker, tmp_path):
+    """Cancel mid-batch: running shards stop, finished shards keep their final files, unfinished
+    ones keep their committed parts, the summary says cancelled and counts what is final. A new
+    batch into the same folder then completes with every id exactly once."""
     import asyncio
 
     from temporalio.exceptions import CancelledError
 
-    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "input": i} for i in range(4_000)])
+    ids = list(range(3_000))
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "input": i} for i in ids])
     output = tmp_path / "out"
     batch = BatchInferenceInput(
         input_uri=str(source),
         output_uri=str(output),
         model="echo",
-        tuning=Tuning(shard_size=2_000, checkpoint_every=50, micro_batch_size=1, max_in_flight=1),
+        tuning=Tuning(
+            shard_size=500, checkpoint_every=50, micro_batch_size=2, max_in_flight=1, max_concurrent_shards=2
+        ),
     )
     async with run_worker() as queue:
         handle = await client.start_workflow(
             c.WORKFLOW_NAME, batch, id=f"cancel-{uuid.uuid4().hex[:8]}", task_queue=queue,
             result_type=BatchInferenceOutput,
         )  # fmt: skip
-        for _ in range(200):
-            if list((output / "_parts").glob("*/part-*.out.jsonl")):
+        for _ in range(600):
+            if (output / "shard-00000.jsonl").exists() and len(list((output / "_parts").glob("*/"))) >= 2:
                 break
             await asyncio.sleep(0.1)
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as err:
             await handle.result()
-    assert isinstance(err.value.cause, CancelledError)
-    summary = json.loads((output / "_summary.json").read_text())
-    assert summary["status"] == "cancelled"
-    assert summary["succeeded"] < 4_000
-    assert not list(output.glob("shard-*.jsonl")), "no shard finished: nothing final was written"
-    assert list((output / "_parts").glob("*/part-*.out.jsonl")), "committed parts are kept"
+        assert isinstance(err.value.cause, CancelledError)
+
+        def snapshot():
+            return sorted((p.name, p.stat().st_mtime_ns) for p in output.rglob("*.jsonl"))
+
+        before = snapshot()
+        await asyncio.sleep(2)
+        assert snapshot() == before, "no shard writes anything after the cancellation"
+
+        summary = json.loads((output / "_summary.json").read_text())
+        assert summary["status"] == "cancelled"
+        finished, final_errors = read_outputs(output)
+        assert not final_errors
+        assert 0 < summary["succeeded"] == len(finished) < len(ids), "the summary counts the final files"
+        unfinished = [d for d in (output / "_parts").iterdir() if not (output / f"{d.name}.jsonl").exists()]
+        assert unfinished, "a shard was running: its committed parts are kept"
+        assert len(list((output / "_parts").iterdir())) == len(unfinished), "finished shards' parts dropped"
+        partial = [
+            json.loads(line)["id"]
+            for d in unfinished
+            for f in d.glob("part-*.out.jsonl")
+            for line in f.open()
+        ]
+        assert len(partial) == len(set(partial)) and not set(partial) & {r["id"] for r in finished}
+        assert not (output / "shard-00005.jsonl").exists(), "shards not yet started never start"
+
+        # The same batch again, into the same folder, with other tuning: complete, exactly once.
+        batch.tuning = Tuning(shard_size=500, checkpoint_every=120, micro_batch_size=32)
+        result = await execute(client, queue, batch)
+    results, errors = read_outputs(output)
+    assert sorted(r["id"] for r in results) == ids and not errors
+    assert result.succeeded == len(ids) and not (output / "_parts").exists()
