@@ -150,19 +150,18 @@ def start_worker_process(env: BenchEnv, queue: str) -> subprocess.Popen:
             c.ENV_WORKER_METRICS_PORT: "0",
         }
     )
+    log_path = env.workdir / f"worker-{queue}.log"
+    log = log_path.open("w")
+    # stderr to a file, not a pipe: a pipe nobody reads blocks the worker once it is full.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.worker"],
-        env=proc_env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
+        [sys.executable, "-m", "services.worker"], env=proc_env, stderr=log, stdout=subprocess.DEVNULL
     )
-    assert proc.stderr is not None
-    for line in proc.stderr:  # ready once it polls
-        if "worker polling" in line:
-            break
-    else:
-        raise RuntimeError(f"worker exited with {proc.wait()} before polling")
+    log.close()
+    deadline = time.monotonic() + 60
+    while "worker polling" not in log_path.read_text():  # ready once it polls
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"worker not polling (exit {proc.poll()}): {log_path.read_text()[-2000:]}")
+        time.sleep(0.1)
     return proc
 
 

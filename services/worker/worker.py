@@ -112,4 +112,6 @@ async def run_worker(
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: thousands of lines a second at full speed.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     asyncio.run(run_worker(WorkerSettings()))
