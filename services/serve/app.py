@@ -134,7 +134,9 @@ class ModelServer:
         return await self._predict_requests(records)
 
 
-api = FastAPI(title="batch-inference", docs_url=None, redoc_url=None)
+# No /docs, /redoc or /openapi.json: every route but health needs a token, and the API description
+# would be one more open route.
+api = FastAPI(title="batch-inference", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @serve.deployment

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,10 @@ import pytest
 
 from services import constants as c
 from services.local.stack import REPO_ROOT, free_port
+from services.worker.config import WorkerSettings
 from services.worker.models import BatchInferenceOutput
+from services.worker.serve_client import ServeClient, TokenSource
+from services.worker.worker import build_worker
 from tests.conftest import read_outputs
 
 
@@ -214,3 +218,29 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(every)
+
+
+class Attempts:
+    """Every HTTP attempt of the worker's Serve client: (monotonic time, outcome)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[float, str]] = []
+
+    def __call__(self, outcome: str, seconds: float, *_: object) -> None:
+        self.log.append((time.monotonic(), outcome))
+
+    def count(self, outcome: str | None = None, since: float = 0.0, until: float = float("inf")) -> int:
+        return sum(1 for t, o in self.log if since <= t < until and (outcome is None or o == outcome))
+
+
+@contextlib.asynccontextmanager
+async def worker_on(client, serve_url: str, token_file: Path, attempts: Attempts) -> AsyncIterator[str]:
+    """An in-process worker (the same ``build_worker`` as the real one) on a fresh task queue."""
+    queue = f"serve-fault-{uuid.uuid4().hex[:8]}"
+    serve = ServeClient(serve_url, TokenSource(token_file=str(token_file)), on_attempt=attempts)
+    worker = build_worker(client, WorkerSettings(task_queue=queue, serve_url=serve_url), serve)
+    try:
+        async with worker:
+            yield queue
+    finally:
+        await serve.aclose()

@@ -15,7 +15,6 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -31,12 +30,17 @@ from services.local.stack import (
     load_serve_config,
     marked_pids,
 )
-from services.worker.config import WorkerSettings
 from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
-from services.worker.worker import build_worker
 from tests.conftest import write_jsonl
-from tests.faults.conftest import CountingProxy, assert_exactly_once, echo_records, wait_until
+from tests.faults.conftest import (
+    Attempts,
+    CountingProxy,
+    assert_exactly_once,
+    echo_records,
+    wait_until,
+    worker_on,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -79,32 +83,6 @@ def _alive(pid: int) -> bool:
         return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-
-
-class Attempts:
-    """Every HTTP attempt of the worker's Serve client: (monotonic time, outcome)."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[float, str]] = []
-
-    def __call__(self, outcome: str, seconds: float, *_: object) -> None:
-        self.log.append((time.monotonic(), outcome))
-
-    def count(self, outcome: str | None = None, since: float = 0.0, until: float = float("inf")) -> int:
-        return sum(1 for t, o in self.log if since <= t < until and (outcome is None or o == outcome))
-
-
-@contextlib.asynccontextmanager
-async def worker_on(client, serve_url: str, token_file: Path, attempts: Attempts) -> AsyncIterator[str]:
-    """An in-process worker (the same ``build_worker`` as the real one) on a fresh task queue."""
-    queue = f"serve-fault-{uuid.uuid4().hex[:8]}"
-    serve = ServeClient(serve_url, TokenSource(token_file=str(token_file)), on_attempt=attempts)
-    worker = build_worker(client, WorkerSettings(task_queue=queue, serve_url=serve_url), serve)
-    try:
-        async with worker:
-            yield queue
-    finally:
-        await serve.aclose()
 
 
 def overloaded_config(stack: LocalRayServe, model: str, retry_after_s: int) -> dict:
