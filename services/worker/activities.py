@@ -7,6 +7,7 @@ workflow. One ``ServeClient`` (one connection pool) is shared by every activity 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import uuid
@@ -164,18 +165,28 @@ class BatchActivities:
         fh = await asyncio.to_thread(storage.open_input, input.input_uri)
         try:
             await asyncio.to_thread(fh.seek, progress.offset)
+            # Two parts in flight: the next part's requests go out while the current one is
+            # committed, so Serve never idles at a checkpoint. One limit bounds both.
+            limit = asyncio.Semaphore(input.max_in_flight)
+            ahead: collections.deque[tuple[asyncio.Task, int, int, int]] = collections.deque()
+            read_done, read_line = progress.done, progress.line
             while progress.done < entry["records"]:
-                want = min(input.checkpoint_every, entry["records"] - progress.done)
-                records, consumed, next_line = await asyncio.to_thread(
-                    storage.read_records, fh, want, progress.line
-                )
-                if len(records) != want:
-                    raise _non_retryable(
-                        f"input changed while the batch ran: shard {input.shard} expected {want} "
-                        f"more records at line {progress.line}, found {len(records)}",
-                        "InputChanged",
+                while len(ahead) < 2 and read_done < entry["records"]:
+                    want = min(input.checkpoint_every, entry["records"] - read_done)
+                    records, consumed, next_line = await asyncio.to_thread(
+                        storage.read_records, fh, want, read_line
                     )
-                out, errors = await self._predict_part(input, records, duplicates)
+                    if len(records) != want:
+                        raise _non_retryable(
+                            f"input changed while the batch ran: shard {input.shard} expected {want} "
+                            f"more records at line {read_line}, found {len(records)}",
+                            "InputChanged",
+                        )
+                    task = asyncio.create_task(self._predict_part(input, records, duplicates, limit))
+                    ahead.append((task, want, consumed, next_line))
+                    read_done, read_line = read_done + want, next_line
+                task, want, consumed, next_line = ahead.popleft()
+                out, errors = await task
                 await asyncio.to_thread(
                     storage.write_lines,
                     storage.part_uri(input.output_uri, input.shard, progress.part, "out"),
@@ -204,6 +215,9 @@ class BatchActivities:
                 state["progress"] = progress
                 activity.heartbeat(progress.model_dump())
         finally:
+            for task, *_ in ahead:
+                task.cancel()
+            await asyncio.gather(*(task for task, *_ in ahead), return_exceptions=True)
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
@@ -219,7 +233,11 @@ class BatchActivities:
         )
 
     async def _predict_part(
-        self, input: ShardInput, records: list[tuple[int, bytes | None]], duplicates: dict[int, int]
+        self,
+        input: ShardInput,
+        records: list[tuple[int, bytes | None]],
+        duplicates: dict[int, int],
+        limit: asyncio.Semaphore,
     ) -> tuple[list[bytes], list[bytes]]:
         """Results and error lines for one part, in input order."""
         lines: list[bytes | None] = [None] * len(records)
@@ -257,7 +275,6 @@ class BatchActivities:
 
         size = input.micro_batch_size
         chunks = [good[i : i + size] for i in range(0, len(good), size)]
-        limit = asyncio.Semaphore(input.max_in_flight)
 
         async def send(chunk: list[tuple[int, Any, Any]]) -> list[tuple[Any, str | None]]:
             async with limit:

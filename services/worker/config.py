@@ -66,6 +66,13 @@ class TemporalSettings(BaseSettings):
 class WorkerSettings(TemporalSettings):
     serve_url: str = Field(c.DEFAULT_SERVE_URL, validation_alias=_env(c.ENV_SERVE_URL))
     serve_timeout_s: float = Field(60.0, gt=0, validation_alias=_env(c.ENV_SERVE_TIMEOUT_S))
+    serve_max_connections: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        validation_alias=_env(c.ENV_SERVE_MAX_CONNECTIONS),
+        description="requests in flight to Serve from this worker, all shards together",
+    )
     graceful_shutdown_s: float = Field(
         30.0,
         ge=0,

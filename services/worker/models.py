@@ -23,11 +23,11 @@ class _Strict(BaseModel):
 class Tuning(_Strict):
     """How a batch is cut and how hard it pushes Serve. Defaults are the tuned values."""
 
-    micro_batch_size: int = Field(32, ge=1, le=1024, description="records per HTTP request")
-    max_in_flight: int = Field(8, ge=1, le=256, description="concurrent requests per shard")
+    micro_batch_size: int = Field(128, ge=1, le=1024, description="records per HTTP request")
+    max_in_flight: int = Field(32, ge=1, le=256, description="concurrent requests per shard")
     max_concurrent_shards: int = Field(4, ge=1, le=500, description="sliding window width")
-    shard_size: int = Field(2000, ge=1, description="records per shard")
-    checkpoint_every: int = Field(1000, ge=1, description="records per committed part")
+    shard_size: int = Field(10_000, ge=1, description="records per shard")
+    checkpoint_every: int = Field(2000, ge=1, description="records per committed part")
     heartbeat_timeout_s: float = Field(30, gt=0, le=3600)
     shard_max_attempts: int = Field(20, ge=0, description="0 = retry until cancelled")
     continue_as_new_after_shards: int | None = Field(

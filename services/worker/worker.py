@@ -70,7 +70,11 @@ async def run_worker(
         log.info("metrics on %s", metrics.url)
     client = await settings.connect(runtime=runtime)
     serve = ServeClient(
-        settings.serve_url, tokens, timeout_s=settings.serve_timeout_s, on_attempt=record_serve_attempt
+        settings.serve_url,
+        tokens,
+        timeout_s=settings.serve_timeout_s,
+        max_connections=settings.serve_max_connections,
+        on_attempt=record_serve_attempt,
     )
     poller: asyncio.Task | None = None
     if metrics and settings.batch_metrics_interval_s:
