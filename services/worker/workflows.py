@@ -148,9 +148,7 @@ class BatchInferenceWorkflow:
                     if task in done:
                         del pending[shard]
                         result = task.result()  # a shard out of retries fails the batch here
-                        state.succeeded += result.succeeded
-                        state.failed += result.failed
-                        state.resumed_records += result.resumed_from
+                        self._count(state, result)
                 self._running = len(pending)
                 self._check_error_budget(input, state)
         except BaseException as exc:
@@ -158,6 +156,11 @@ class BatchInferenceWorkflow:
                 task.cancel()
             if pending:
                 await workflow.wait(pending.values())
+            for task in pending.values():
+                # A shard that finished before its cancellation took effect has committed its
+                # files: the summary counts it.
+                if not task.cancelled() and task.exception() is None:
+                    self._count(state, task.result())
             self._running = 0
             status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
             try:
@@ -174,6 +177,12 @@ class BatchInferenceWorkflow:
         summary_uri = await self._write_summary(input, state, "completed")
         self._progress = Progress(status="completed")
         return self._output(input, state, "completed", summary_uri)
+
+    @staticmethod
+    def _count(state: BatchState, result: ShardOutput) -> None:
+        state.succeeded += result.succeeded
+        state.failed += result.failed
+        state.resumed_records += result.resumed_from
 
     def _check_error_budget(self, input: BatchInferenceInput, state: BatchState) -> None:
         allowed = input.max_error_ratio * state.total_records

@@ -1,0 +1,76 @@
+"""A shard that finishes while the batch is being cancelled is counted in the summary.
+
+Workflow-level, on Temporal's time-skipping test server with fake activities: shard 0 ignores
+cancellation (it never heartbeats) and completes after the cancel request; before the fix its
+committed files were left out of the cancelled summary's counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from temporalio import activity
+from temporalio.client import WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from services.local.stack import venv_bin
+from services.worker.models import (
+    BatchInferenceInput,
+    PlanInput,
+    PlanOutput,
+    ShardInput,
+    ShardOutput,
+    SummaryInput,
+    Tuning,
+)
+from services.worker.workflows import BatchInferenceWorkflow
+
+
+async def test_a_shard_finishing_during_the_cancellation_is_counted():
+    started, summaries = asyncio.Event(), []
+
+    @activity.defn(name="plan_batch")
+    async def plan_batch(input: PlanInput) -> PlanOutput:
+        return PlanOutput(total_records=300, num_shards=3)
+
+    @activity.defn(name="process_shard")
+    async def process_shard(input: ShardInput) -> ShardOutput:
+        if input.shard == 0:
+            started.set()
+            await asyncio.sleep(1)  # no heartbeat: it never hears of the cancellation
+            return ShardOutput(shard=0, records=100, succeeded=99, failed=1)
+        while True:  # the others stop when cancelled
+            activity.heartbeat()
+            await asyncio.sleep(0.05)
+
+    @activity.defn(name="write_summary")
+    async def write_summary(input: SummaryInput) -> str:
+        summaries.append(input.summary)
+        return "/out/_summary.json"
+
+    async with await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=venv_bin("temporal-test-server")
+    ) as env:
+        queue = f"race-{uuid.uuid4().hex[:8]}"
+        async with Worker(
+            env.client, task_queue=queue, workflows=[BatchInferenceWorkflow],
+            activities=[plan_batch, process_shard, write_summary],
+        ):  # fmt: skip
+            batch = BatchInferenceInput(
+                input_uri="/in.jsonl",
+                output_uri="/out",
+                tuning=Tuning(shard_size=100, max_concurrent_shards=2, heartbeat_timeout_s=2),
+            )
+            handle = await env.client.start_workflow(
+                BatchInferenceWorkflow.run, batch, id=f"race-{uuid.uuid4().hex[:8]}", task_queue=queue
+            )
+            await started.wait()
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+    assert summaries[-1]["status"] == "cancelled"
+    assert (summaries[-1]["succeeded"], summaries[-1]["failed"]) == (99, 1)
