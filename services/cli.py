@@ -140,6 +140,18 @@ def _describe_failure(err: WorkflowFailureError) -> str:
     return " <- ".join(parts) or str(err)
 
 
+async def follow(handle: WorkflowHandle) -> BatchInferenceOutput | None:
+    """Watch a batch to its end and print its summary; None, after saying why, if it failed."""
+    started = time.monotonic()
+    try:
+        result = await watch(handle)
+    except WorkflowFailureError as err:
+        print(f"batch failed: {_describe_failure(err)}", file=sys.stderr)
+        return None
+    print_summary(result, time.monotonic() - started)
+    return result
+
+
 # --- commands --------------------------------------------------------------------------------
 
 
@@ -162,26 +174,14 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         print(handle.id)
         return 0
-    started = time.monotonic()
-    try:
-        result = await watch(handle)
-    except WorkflowFailureError as err:
-        print(f"batch failed: {_describe_failure(err)}", file=sys.stderr)
-        return 1
-    print_summary(result, time.monotonic() - started)
-    return 0
+    return 0 if await follow(handle) else 1
 
 
 async def cmd_progress(args: argparse.Namespace) -> int:
     client = await TemporalSettings().connect()
     handle = client.get_workflow_handle(args.workflow_id, result_type=BatchInferenceOutput)
     if args.watch:
-        try:
-            print_summary(await watch(handle))
-        except WorkflowFailureError as err:
-            print(f"batch failed: {_describe_failure(err)}", file=sys.stderr)
-            return 1
-        return 0
+        return 0 if await follow(handle) else 1
     progress = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
     print(progress.model_dump_json(indent=2))
     return 0
@@ -295,13 +295,9 @@ async def _run_stack(args: argparse.Namespace) -> int:
         batch = BatchInferenceInput(input_uri=str(input_path), output_uri=str(output), model=args.model)
         handle = await start_batch(client, batch, settings.task_queue)
         print(f"batch {handle.id}: {input_path} -> {output} (model {args.model})", file=sys.stderr)
-        started = time.monotonic()
-        try:
-            result = await watch(handle)
-        except WorkflowFailureError as err:
-            print(f"batch failed: {_describe_failure(err)}", file=sys.stderr)
+        result = await follow(handle)
+        if result is None:
             return 1
-        print_summary(result, time.monotonic() - started)
         return 0 if result.failed == 0 else 2
     finally:
         stop.set()
