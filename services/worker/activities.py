@@ -123,6 +123,17 @@ def _plan(input: PlanInput) -> dict[str, Any]:
     return plan
 
 
+async def _uninterrupted(fn: Any, *args: Any) -> Any:
+    """Blocking I/O in a thread that a cancellation cannot cut short: the activity ends only
+    after the write has, so a cancelled shard writes nothing after it reports back."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await work
+        raise
+
+
 class BatchActivities:
     def __init__(self, serve: ServeClient):
         self.serve = serve
@@ -187,12 +198,12 @@ class BatchActivities:
                     read_done, read_line = read_done + want, next_line
                 task, want, consumed, next_line = ahead.popleft()
                 out, errors = await task
-                await asyncio.to_thread(
+                await _uninterrupted(
                     storage.write_lines,
                     storage.part_uri(input.output_uri, input.shard, progress.part, "out"),
                     out,
                 )
-                await asyncio.to_thread(
+                await _uninterrupted(
                     storage.write_lines,
                     storage.part_uri(input.output_uri, input.shard, progress.part, "err"),
                     errors,
@@ -206,7 +217,7 @@ class BatchActivities:
                     succeeded=progress.succeeded + len(out),
                     failed=progress.failed + len(errors),
                 )
-                await asyncio.to_thread(
+                await _uninterrupted(
                     storage.write_json,
                     storage.part_uri(input.output_uri, input.shard, done_part, "ckpt"),
                     {"plan_id": plan.get("plan_id"), "progress": progress.model_dump()},
@@ -223,7 +234,11 @@ class BatchActivities:
                 await ticker
             fh.close()
 
-        await asyncio.to_thread(self._commit_shard, input, progress.part)
+        commit = asyncio.ensure_future(asyncio.to_thread(self._commit_shard, input, progress.part))
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            await commit  # cancelled while joining: the shard is done, so report it done
         return ShardOutput(
             shard=input.shard,
             records=progress.done,
@@ -245,31 +260,17 @@ class BatchActivities:
         errors: dict[int, bytes] = {}
         for pos, (line, raw) in enumerate(records):
             if raw is None:
-                errors[pos] = storage.dumps(
-                    {
-                        "id": None,
-                        "line": line,
-                        "stage": "parse",
-                        "reason": f"record longer than {storage.MAX_RECORD_BYTES} bytes",
-                    }
-                )
+                reason = f"record longer than {storage.MAX_RECORD_BYTES} bytes"
+                errors[pos] = storage.error_line(None, line, "parse", reason)
                 continue
             try:
                 record_id, model_input = storage.parse_line(raw)
             except storage.BadRecord as exc:
-                errors[pos] = storage.dumps(
-                    {"id": storage.id_hint(raw), "line": line, "stage": "parse", "reason": str(exc)}
-                )
+                errors[pos] = storage.error_line(storage.id_hint(raw), line, "parse", str(exc))
                 continue
             if line in duplicates:
-                errors[pos] = storage.dumps(
-                    {
-                        "id": record_id,
-                        "line": line,
-                        "stage": "duplicate",
-                        "reason": f"duplicate id: line {duplicates[line]} has the same id",
-                    }
-                )
+                reason = f"duplicate id: line {duplicates[line]} has the same id"
+                errors[pos] = storage.error_line(record_id, line, "duplicate", reason)
                 continue
             good.append((pos, record_id, model_input))
 
@@ -292,14 +293,7 @@ class BatchActivities:
                 if error is None:
                     lines[pos] = storage.dumps({"id": record_id, "prediction": prediction})
                 else:
-                    errors[pos] = storage.dumps(
-                        {
-                            "id": record_id,
-                            "line": records[pos][0],
-                            "stage": "model",
-                            "reason": error,
-                        }
-                    )
+                    errors[pos] = storage.error_line(record_id, records[pos][0], "model", error)
         return [line for line in lines if line is not None], [errors[p] for p in sorted(errors)]
 
     @staticmethod
