@@ -167,6 +167,11 @@ def dumps(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
+def error_line(record_id: Any, line: int, stage: str, reason: str) -> bytes:
+    """One line of an errors file: which record, where, at which stage, and why."""
+    return dumps({"id": record_id, "line": line, "stage": stage, "reason": reason})
+
+
 MAX_RECORD_BYTES = 1 << 20  # a longer line is a bad record, not an out-of-memory worker
 
 
