@@ -6,7 +6,12 @@ tuning, each in a fresh worker process (``python -m services.worker``), and prin
 process's peak RSS (``VmHWM`` in /proc/<pid>/status), its RSS when idle before the batch, and
 records/s. A script, not a test:
 
-    .venv/bin/python bench/load_rss.py [--sizes 10000 100000] [--json out.json]
+    .venv/bin/python bench/load_rss.py [--sizes 10000 100000] [--set shard_size=2500] [--json out.json]
+
+Peak RSS follows the number of shards running at once (``max_concurrent_shards``, each holding
+up to two parts of ``checkpoint_every`` records), not the batch size: with the default 10,000-
+record shards a 10k batch runs one shard and a 100k batch four at a time, so compare sizes at the
+same concurrency too (``--set shard_size=2500``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from services import constants as c
 from services.local.stack import REPO_ROOT, LocalRayServe, TemporalDevServer, ensure_token, free_port
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput
+from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
 
 BASE = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [6.3, 2.5, 4.9, 1.5]]
 
@@ -58,7 +63,9 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-async def one_batch(temporal: TemporalDevServer, serve: LocalRayServe, size: int, work: Path) -> dict:
+async def one_batch(
+    temporal: TemporalDevServer, serve: LocalRayServe, size: int, work: Path, tuning: dict
+) -> dict:
     source = write_input(work / f"in-{size}.jsonl", size)
     queue = f"rss-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "SERVE_", "WORKER_"))}
@@ -81,7 +88,12 @@ async def one_batch(temporal: TemporalDevServer, serve: LocalRayServe, size: int
             await asyncio.sleep(0.1)
         idle_kb = status_kb(worker.pid, "VmRSS")
         client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
-        batch = BatchInferenceInput(input_uri=str(source), output_uri=str(work / f"out-{size}"), model="iris")
+        batch = BatchInferenceInput(
+            input_uri=str(source),
+            output_uri=str(work / f"out-{size}-{queue}"),
+            model="iris",
+            tuning=Tuning(**tuning),
+        )
         started = time.monotonic()
         result = await client.execute_workflow(
             c.WORKFLOW_NAME, batch, id=f"rss-{size}-{uuid.uuid4().hex[:6]}", task_queue=queue,
@@ -106,7 +118,7 @@ async def one_batch(temporal: TemporalDevServer, serve: LocalRayServe, size: int
             worker.kill()
 
 
-async def main_async(sizes: list[int], out: Path | None) -> None:
+async def main_async(sizes: list[int], tuning: dict, out: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="bi-rss-", dir="/tmp") as tmp:
         work = Path(tmp)
         temporal = TemporalDevServer(work / "temporal", port=free_port(), ui_port=free_port())
@@ -119,7 +131,7 @@ async def main_async(sizes: list[int], out: Path | None) -> None:
             await asyncio.to_thread(serve.start)
             rows = []
             for size in sizes:
-                row = await one_batch(temporal, serve, size, work)
+                row = await one_batch(temporal, serve, size, work, tuning)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
@@ -137,7 +149,8 @@ async def main_async(sizes: list[int], out: Path | None) -> None:
         growth = rows[-1]["worker_peak_rss_mb"] - rows[0]["worker_peak_rss_mb"]
         print(f"peak RSS {rows[-1]['records'] // rows[0]['records']}x records: {growth:+.1f} MB")
     if out:
-        out.write_text(json.dumps({"machine_cpus": os.cpu_count(), "runs": rows}, indent=2) + "\n")
+        payload = {"machine_cpus": os.cpu_count(), "tuning": Tuning(**tuning).model_dump(), "runs": rows}
+        out.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def main() -> None:
@@ -145,9 +158,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="tuning, e.g. shard_size=2500"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
-    asyncio.run(main_async(args.sizes, args.json))
+    tuning = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
+    asyncio.run(main_async(args.sizes, tuning, args.json))
 
 
 if __name__ == "__main__":
