@@ -132,15 +132,7 @@ def main() -> None:
     try:
         temporal.start()
         serve.start()
-        env = harness.BenchEnv(
-            temporal_address=temporal.address,
-            serve_url=serve.url,
-            token_file=token,
-            workdir=state,
-            ray_marker=serve.marker,
-            ray_address=serve.gcs_address,
-            ray_env=serve.auth_env(),
-        )
+        env = harness.BenchEnv.for_stack(temporal.address, serve, token, state)
         results = asyncio.run(run_all(env, args.sizes, args.models, args.large))
     finally:
         serve.stop()

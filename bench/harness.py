@@ -29,7 +29,7 @@ from temporalio.worker import Worker
 
 from bench.per_record import BASELINE_WORKFLOW, PerRecordActivities, PerRecordBaseline
 from services import constants as c
-from services.local.stack import CLUSTER_MARKER, SAMPLE_DATASET, marked_pids
+from services.local.stack import CLUSTER_MARKER, SAMPLE_DATASET, LocalRayServe, marked_pids
 from services.serve.models import BUILTIN_MODELS
 from services.worker import storage
 from services.worker.models import BatchInferenceInput, BatchInferenceOutput
@@ -44,6 +44,21 @@ class BenchEnv:
     ray_marker: str | None = None  # sums Ray's PSS over this cluster's processes
     ray_address: str | None = None  # GCS address, for Ray Data
     ray_env: dict[str, str] | None = None
+
+    @classmethod
+    def for_stack(
+        cls, temporal_address: str, serve: LocalRayServe, token_file: Path, workdir: Path
+    ) -> BenchEnv:
+        """Everything the harness needs to know about one running local stack."""
+        return cls(
+            temporal_address=temporal_address,
+            serve_url=serve.url,
+            token_file=token_file,
+            workdir=workdir,
+            ray_marker=serve.marker,
+            ray_address=serve.gcs_address,
+            ray_env=serve.auth_env(),
+        )
 
     @property
     def token(self) -> str:

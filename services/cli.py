@@ -131,7 +131,8 @@ def print_summary(result: BatchInferenceOutput, wall_s: float | None = None) -> 
         print(f"results: {result.output_uri}/shard-*.jsonl   errors: {result.errors_uri}/")
 
 
-def _describe_failure(err: WorkflowFailureError) -> str:
+def describe_failure(err: WorkflowFailureError) -> str:
+    """The failure and its causes, outermost first: what the user needs to fix is usually last."""
     cause = err.cause
     parts = []
     while cause is not None:
@@ -146,7 +147,7 @@ async def follow(handle: WorkflowHandle) -> BatchInferenceOutput | None:
     try:
         result = await watch(handle)
     except WorkflowFailureError as err:
-        print(f"batch failed: {_describe_failure(err)}", file=sys.stderr)
+        print(f"batch failed: {describe_failure(err)}", file=sys.stderr)
         return None
     print_summary(result, time.monotonic() - started)
     return result

@@ -119,3 +119,17 @@ def read_outputs(output: Path) -> tuple[list[dict], list[dict]]:
 def iris_records(n: int, prefix: str = "r") -> list[dict]:
     base = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
     return [{"id": f"{prefix}{i}", "features": base[i % 3]} for i in range(n)]
+
+
+async def execute_batch(client: Client, queue: str, batch, prefix: str = "it"):
+    """Run a BatchInference workflow to its end on ``queue`` and return its typed result."""
+    from services import constants as c
+    from services.worker.models import BatchInferenceOutput
+
+    return await client.execute_workflow(
+        c.WORKFLOW_NAME,
+        batch,
+        id=f"{prefix}-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+        result_type=BatchInferenceOutput,
+    )

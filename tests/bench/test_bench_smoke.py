@@ -12,15 +12,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def bench_env(temporal_server, serve_stack, serve_token_file, tmp_path):
-    return harness.BenchEnv(
-        temporal_address=temporal_server.address,
-        serve_url=serve_stack.url,
-        token_file=serve_token_file,
-        workdir=tmp_path,
-        ray_marker=serve_stack.marker,
-        ray_address=serve_stack.gcs_address,
-        ray_env=serve_stack.auth_env(),
-    )
+    return harness.BenchEnv.for_stack(temporal_server.address, serve_stack, serve_token_file, tmp_path)
 
 
 async def test_harness_smoke(bench_env):

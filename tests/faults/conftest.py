@@ -29,10 +29,10 @@ import pytest
 from services import constants as c
 from services.local.stack import REPO_ROOT, free_port
 from services.worker.config import WorkerSettings
-from services.worker.models import BatchInferenceOutput
+from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
-from tests.conftest import read_outputs
+from tests.conftest import read_outputs, write_jsonl
 
 
 @dataclass
@@ -187,6 +187,20 @@ class CountingProxy:
 
 def echo_records(n: int, prefix: str = "e") -> list[dict]:
     return [{"id": f"{prefix}{i}", "input": {"n": i}} for i in range(n)]
+
+
+def echo_batch(
+    tmp_path: Path, total: int, prefix: str = "e", **tuning
+) -> tuple[list[dict], Path, BatchInferenceInput]:
+    """``total`` echo records in ``tmp_path/in.jsonl`` and a batch writing to ``tmp_path/out``:
+    (records, output folder, batch input)."""
+    records = echo_records(total, prefix)
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    output = tmp_path / "out"
+    batch = BatchInferenceInput(
+        input_uri=str(source), output_uri=str(output), model="echo", tuning=Tuning(**tuning)
+    )
+    return records, output, batch
 
 
 def assert_exactly_once(output: Path, ids: list, result: BatchInferenceOutput | None = None) -> None:

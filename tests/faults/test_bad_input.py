@@ -18,6 +18,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from services import constants as c
+from services.cli import describe_failure
 from services.cli import main as cli_main
 from services.local.stack import venv_bin
 from services.worker import activities, storage
@@ -28,7 +29,7 @@ from services.worker.models import (
     PlanInput,
     Tuning,
 )
-from tests.conftest import read_outputs
+from tests.conftest import execute_batch, read_outputs
 
 IRIS = {"features": [5.1, 3.5, 1.4, 0.2]}
 
@@ -37,22 +38,8 @@ def line(obj) -> bytes:
     return json.dumps(obj).encode() + b"\n"
 
 
-def failure_text(err: WorkflowFailureError) -> str:
-    chain, cause = [], err.cause
-    while cause is not None:
-        chain.append(str(cause))
-        cause = cause.cause
-    return " | ".join(chain)
-
-
 async def execute(client, queue: str, batch: BatchInferenceInput) -> BatchInferenceOutput:
-    return await client.execute_workflow(
-        c.WORKFLOW_NAME,
-        batch,
-        id=f"bad-{uuid.uuid4().hex[:8]}",
-        task_queue=queue,
-        result_type=BatchInferenceOutput,
-    )
+    return await execute_batch(client, queue, batch, prefix="bad")
 
 
 @pytest.mark.integration
@@ -124,7 +111,7 @@ async def test_over_budget_fails_says_so_and_the_summary_agrees(client, run_work
     async with run_worker() as queue:
         with pytest.raises(WorkflowFailureError) as err:
             await execute(client, queue, batch)
-    text = failure_text(err.value)
+    text = describe_failure(err.value)
     assert "error budget exceeded: 2 of 30 records failed (max_error_ratio=0.05 allows 1)" in text
     assert f"see {output}/errors" in text
     summary = json.loads((output / c.SUMMARY_FILE).read_text())
@@ -143,7 +130,7 @@ async def test_empty_input_fails_at_once(client, run_worker, tmp_path, content):
     async with run_worker() as queue:
         with pytest.raises(WorkflowFailureError) as err:
             await execute(client, queue, batch)
-    assert f"input has no records (empty file): {source}" in failure_text(err.value)
+    assert f"input has no records (empty file): {source}" in describe_failure(err.value)
 
 
 @pytest.mark.integration
@@ -156,7 +143,8 @@ async def test_unwritable_output_location_fails_at_once(client, run_worker, tmp_
     async with run_worker() as queue:
         with pytest.raises(WorkflowFailureError) as err:
             await execute(client, queue, batch)
-    assert f"cannot write to output location {blocker / 'out'}: Not a directory" in failure_text(err.value)
+    expected = f"cannot write to output location {blocker / 'out'}: Not a directory"
+    assert expected in describe_failure(err.value)
 
 
 async def temporal_cli(server, *args: str) -> tuple[int, str]:
@@ -195,7 +183,7 @@ async def test_invalid_input_through_the_temporal_cli_fails_the_workflow_clearly
         assert code == 0, out
         with pytest.raises(WorkflowFailureError) as err:
             await client.get_workflow_handle(workflow_id).result()
-    assert expected in failure_text(err.value)
+    assert expected in describe_failure(err.value)
 
 
 @pytest.mark.integration

@@ -30,14 +30,13 @@ from services.local.stack import (
     load_serve_config,
     marked_pids,
 )
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker.models import BatchInferenceOutput
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
-from tests.conftest import write_jsonl
 from tests.faults.conftest import (
     Attempts,
     CountingProxy,
     assert_exactly_once,
-    echo_records,
+    echo_batch,
     wait_until,
     worker_on,
 )
@@ -104,18 +103,15 @@ async def test_overloaded_serve_answers_503_and_the_batch_completes_without_erro
     await asyncio.to_thread(private_serve.deploy, overloaded_config(private_serve, "echo", retry_after))
     try:
         total = 3_000
-        records = echo_records(total, prefix="o")
-        source = write_jsonl(tmp_path / "in.jsonl", records)
-        output = tmp_path / "out"
-        tuning = Tuning(
+        records, output, batch = echo_batch(
+            tmp_path,
+            total,
+            "o",
             shard_size=1_000,
             checkpoint_every=250,
             micro_batch_size=8,
             max_in_flight=8,
             max_concurrent_shards=3,
-        )
-        batch = BatchInferenceInput(
-            input_uri=str(source), output_uri=str(output), model="echo", tuning=tuning
         )
         attempts = Attempts()
         started = time.monotonic()
@@ -153,10 +149,10 @@ async def test_serve_killed_mid_batch_then_back_no_retry_storm(
     client, private_serve: LocalRayServe, tmp_path: Path
 ):
     total = 6_000
-    records = echo_records(total, prefix="d")
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    tuning = Tuning(
+    records, output, batch = echo_batch(
+        tmp_path,
+        total,
+        "d",
         shard_size=1_500,
         checkpoint_every=100,
         micro_batch_size=8,
@@ -164,8 +160,7 @@ async def test_serve_killed_mid_batch_then_back_no_retry_storm(
         max_concurrent_shards=2,
         heartbeat_timeout_s=5,
     )
-    senders = tuning.max_in_flight * tuning.max_concurrent_shards
-    batch = BatchInferenceInput(input_uri=str(source), output_uri=str(output), model="echo", tuning=tuning)
+    senders = batch.tuning.max_in_flight * batch.tuning.max_concurrent_shards
     attempts = Attempts()
     async with worker_on(client, private_serve.url, private_serve.token_file, attempts) as queue:
         handle = await client.start_workflow(

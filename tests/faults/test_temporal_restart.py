@@ -18,9 +18,8 @@ from temporalio.service import RPCError
 
 from services import constants as c
 from services.local.stack import TemporalDevServer, free_port
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.conftest import write_jsonl
-from tests.faults.conftest import CountingProxy, assert_exactly_once, echo_records, wait_until
+from services.worker.models import BatchInferenceOutput
+from tests.faults.conftest import CountingProxy, assert_exactly_once, echo_batch, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -51,10 +50,10 @@ async def test_temporal_restarts_mid_batch_on_the_same_database(
     private_temporal: TemporalDevServer, serve_stack, serve_token_file, spawn_worker, tmp_path: Path
 ):
     total = 6_000
-    records = echo_records(total, prefix="t")
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    tuning = Tuning(
+    records, output, batch = echo_batch(
+        tmp_path,
+        total,
+        "t",
         shard_size=1_000,
         checkpoint_every=100,
         micro_batch_size=8,
@@ -62,7 +61,6 @@ async def test_temporal_restarts_mid_batch_on_the_same_database(
         max_concurrent_shards=2,
         heartbeat_timeout_s=5,
     )
-    batch = BatchInferenceInput(input_uri=str(source), output_uri=str(output), model="echo", tuning=tuning)
     queue = f"restart-{uuid.uuid4().hex[:8]}"
     client = await Client.connect(private_temporal.address, data_converter=pydantic_data_converter)
     with CountingProxy(serve_stack.url) as proxy:

@@ -15,9 +15,8 @@ import uuid
 import pytest
 
 from services import constants as c
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.conftest import write_jsonl
-from tests.faults.conftest import CountingProxy, assert_exactly_once, echo_records, wait_until
+from services.worker.models import BatchInferenceOutput
+from tests.faults.conftest import CountingProxy, assert_exactly_once, echo_batch, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -38,10 +37,10 @@ async def test_sigkill_the_worker_at_random_points(
     client, temporal_server, serve_stack, serve_token_file, spawn_worker, tmp_path
 ):
     total = 10_000
-    records = echo_records(total)
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    tuning = Tuning(
+    records, output, batch = echo_batch(
+        tmp_path,
+        total,
+        "e",
         shard_size=2_000,
         checkpoint_every=100,
         micro_batch_size=8,
@@ -49,7 +48,6 @@ async def test_sigkill_the_worker_at_random_points(
         max_concurrent_shards=2,
         heartbeat_timeout_s=3,
     )
-    batch = BatchInferenceInput(input_uri=str(source), output_uri=str(output), model="echo", tuning=tuning)
     queue = f"kill-{uuid.uuid4().hex[:8]}"
     rng = random.Random()
     seed = rng.randrange(1 << 30)
@@ -118,10 +116,10 @@ async def test_sigterm_shuts_down_within_the_graceful_timeout(
     that finishes in time is committed by this worker; one that does not is cancelled at the
     deadline and resumed by another worker from its checkpoint. Either way nothing is lost."""
     total = 4 * shard_size
-    records = echo_records(total, prefix="t")
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    tuning = Tuning(
+    records, output, batch = echo_batch(
+        tmp_path,
+        total,
+        "t",
         shard_size=shard_size,
         checkpoint_every=100,
         micro_batch_size=4,
@@ -129,7 +127,6 @@ async def test_sigterm_shuts_down_within_the_graceful_timeout(
         max_concurrent_shards=2,
         heartbeat_timeout_s=5,
     )
-    batch = BatchInferenceInput(input_uri=str(source), output_uri=str(output), model="echo", tuning=tuning)
     queue = f"term-{uuid.uuid4().hex[:8]}"
     env = {c.ENV_WORKER_GRACEFUL_SHUTDOWN_S: str(graceful_s)}
     worker = await spawn_worker(

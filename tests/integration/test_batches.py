@@ -11,20 +11,15 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from services import constants as c
+from services.cli import describe_failure
 from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.conftest import iris_records, read_outputs, write_jsonl
+from tests.conftest import execute_batch, iris_records, read_outputs, write_jsonl
 
 pytestmark = pytest.mark.integration
 
 
 async def execute(client, queue: str, batch: BatchInferenceInput) -> BatchInferenceOutput:
-    return await client.execute_workflow(
-        c.WORKFLOW_NAME,
-        batch,
-        id=f"it-{uuid.uuid4().hex[:8]}",
-        task_queue=queue,
-        result_type=BatchInferenceOutput,
-    )
+    return await execute_batch(client, queue, batch, prefix="it")
 
 
 async def test_original_two_request_example(client, run_worker):
@@ -108,11 +103,7 @@ async def test_auth_failures_fail_fast_and_say_why(
         with pytest.raises(WorkflowFailureError) as err:
             await execute(client, queue, batch)
     elapsed = time.monotonic() - started
-    chain, cause = [], err.value.cause
-    while cause is not None:
-        chain.append(str(cause))
-        cause = cause.cause
-    text = " | ".join(chain)
+    text = describe_failure(err.value)
     assert f"Serve answered {status}" in text and advice in text
     assert serve_token not in text
     assert elapsed < 15, "non-retryable: no retry loop"

@@ -20,6 +20,7 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from services import constants as c
+from services.cli import describe_failure
 from services.local.stack import free_port, venv_bin
 from services.worker.models import BatchInferenceInput, BatchInferenceOutput
 from tests.conftest import iris_records, write_jsonl
@@ -70,13 +71,10 @@ async def test_no_token_in_logs_metrics_history_errors_or_outputs(
             BatchInferenceInput(input_uri=str(source), output_uri=str(tmp_path / "out-bad"), model="iris"),
             id=ids["bad"], task_queue=queues["bad"], result_type=BatchInferenceOutput,
         )  # fmt: skip
-    failure, cause = [], err.value.cause
-    while cause is not None:
-        failure.append(str(cause))
-        cause = cause.cause
-    assert "Serve answered 403" in " ".join(failure)
+    failure = describe_failure(err.value)
+    assert "Serve answered 403" in failure
 
-    texts: dict[str, str] = {"failure text": "\n".join(failure)}
+    texts: dict[str, str] = {"failure text": failure}
     async with httpx.AsyncClient(timeout=30) as http:
         for name, port in ports.items():
             texts[f"{name} worker /metrics"] = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
