@@ -5,7 +5,6 @@ so the chart's RayService and the local stack deploy the same thing. Each model 
 deployment (named after the model) so replicas and batch settings are set per model there.
 """
 
-import json
 import logging
 import time
 from typing import Any
@@ -17,6 +16,7 @@ from ray import serve
 from ray.serve import metrics as serve_metrics
 from ray.serve.handle import DeploymentHandle
 
+from services import json_codec
 from services import metrics as m
 from services.constants import (
     AUTH_HEADER,
@@ -59,7 +59,7 @@ def _ray_metric(metric: m.Metric) -> serve_metrics.Counter | serve_metrics.Histo
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    body = json_codec.dumps(payload)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
@@ -186,7 +186,7 @@ class Ingress:
             known = ", ".join(sorted(self._models))
             return _json({"detail": f"unknown model {model!r}; available: {known}"}, 404)
         try:
-            body = json.loads(await request.body())
+            body = json_codec.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as exc:
             return _json({"detail": f"request body is not valid JSON: {exc}"}, 400)
         if isinstance(body, dict) and isinstance(body.get("inputs"), list):

@@ -19,6 +19,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from services import json_codec
 from services.constants import ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_FILE, SUMMARY_FILE
 
 
@@ -138,13 +139,12 @@ def split_record(obj: Any) -> tuple[Any, Any]:
 def parse_line(raw: bytes) -> tuple[Any, Any]:
     """Parse one JSONL line into (id, model input) or raise ``BadRecord``."""
     try:
-        text = raw.decode("utf-8")
+        obj = json_codec.loads_strict(raw)
     except UnicodeDecodeError as exc:
         raise BadRecord(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRecord(f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+    except json_codec.JSONDecodeError as exc:
+        where = f" at column {exc.colno}" if exc.doc else ""
+        raise BadRecord(f"malformed JSON: {exc.msg}{where}") from None
     if not isinstance(obj, dict):
         raise BadRecord(f"a record must be a JSON object, got {type(obj).__name__}")
     if "id" not in obj:
@@ -157,14 +157,14 @@ def parse_line(raw: bytes) -> tuple[Any, Any]:
 def id_hint(raw: bytes) -> Any:
     """Best-effort id of a bad line, for the errors file."""
     with contextlib.suppress(Exception):
-        obj = json.loads(raw)
+        obj = json_codec.loads(raw)
         if isinstance(obj, dict):
             return obj.get("id")
     return None
 
 
 def dumps(payload: dict[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return json_codec.dumps(payload, newline=True)
 
 
 def error_line(record_id: Any, line: int, stage: str, reason: str) -> bytes:
@@ -213,7 +213,7 @@ def record_key(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     try:
-        obj = json.loads(raw)
+        obj = json_codec.loads_strict(raw)
     except ValueError:  # malformed JSON or not UTF-8
         return None
     if not isinstance(obj, dict):
@@ -221,7 +221,7 @@ def record_key(raw: bytes | None) -> str | None:
     record_id = obj.get("id")
     if isinstance(record_id, bool) or not isinstance(record_id, str | int):
         return None
-    return json.dumps(record_id)
+    return json_codec.dumps(record_id).decode()
 
 
 class DuplicateIds:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import math
 import threading
@@ -38,6 +37,7 @@ from temporalio.runtime import (
 )
 
 from services import constants as c
+from services import json_codec
 from services import metrics as m
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def record_part(model: str | None, out: list[bytes], errors: list[bytes]) -> Non
     failures = []
     for line in errors:
         try:
-            error = json.loads(line)
+            error = json_codec.loads(line)
             failures.append((str(error.get("stage", "")), str(error.get("reason", ""))))
         except (ValueError, AttributeError):
             failures.append(("", ""))

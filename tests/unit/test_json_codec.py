@@ -1,0 +1,59 @@
+"""json_codec gives the standard library's values in every corner where orjson differs."""
+
+import json
+
+import pytest
+
+from services import json_codec
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"id":"r1","input":{"text":"caf\xc3\xa9 \xe2\x9c\x93","n":-3,"f":0.1,"l":[true,null]}}',
+        b'{"big":123456789012345678901234567890,"neg":-9223372036854775809}',
+        b'{"u64":18446744073709551615,"i64":-9223372036854775808}',
+        b'{"x":1e400}',
+        b'"\\ud800"',
+        b"[]",
+    ],
+)
+def test_loads_matches_json(text: bytes) -> None:
+    assert json_codec.loads(text) == json.loads(text.decode())
+    assert repr(json_codec.loads(text)) == repr(json.loads(text.decode()))
+
+
+def test_long_integers_keep_every_digit() -> None:
+    value = json_codec.loads(b'{"n":123456789012345678901234567890}')["n"]
+    assert value == 123456789012345678901234567890 and isinstance(value, int)
+    assert json_codec.dumps({"n": value}) == b'{"n":123456789012345678901234567890}'
+
+
+def test_nan_is_accepted_by_loads_refused_by_loads_strict() -> None:
+    assert json_codec.loads(b'{"x":NaN}')["x"] != json_codec.loads(b'{"x":NaN}')["x"]
+    with pytest.raises(json_codec.JSONDecodeError, match="NaN is not a JSON value"):
+        json_codec.loads_strict(b'{"x":NaN}')
+    with pytest.raises(json_codec.JSONDecodeError, match="Infinity is not a JSON value"):
+        json_codec.loads_strict(b'{"x":1234567890123456789012,"y":-Infinity}')
+
+
+def test_malformed_json_keeps_the_standard_message() -> None:
+    with pytest.raises(json_codec.JSONDecodeError) as err:
+        json_codec.loads_strict(b'{"id": 1, x}')
+    assert err.value.msg == "Expecting property name enclosed in double quotes" and err.value.colno == 11
+
+
+def test_utf8_only() -> None:
+    with pytest.raises(UnicodeDecodeError):
+        json_codec.loads(b'{"id":"\xff"}')
+    with pytest.raises(UnicodeDecodeError):
+        json_codec.loads('{"id":1}'.encode("utf-16"))  # json alone would guess UTF-16
+
+
+def test_dumps_is_compact_utf8_and_round_trips() -> None:
+    value = {"id": "r1", "prediction": {"label": "café", "p": [0.1, 1e-7, 3], "ok": True, "none": None}}
+    encoded = json_codec.dumps(value, newline=True)
+    assert encoded.endswith(b"\n") and b" " not in encoded.replace(b"caf", b"")
+    assert "café".encode() in encoded
+    assert json.loads(encoded) == value
+    assert json_codec.dumps("\ud800") == b'"\\ud800"'  # a lone surrogate, escaped like json
