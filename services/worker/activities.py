@@ -47,7 +47,7 @@ def _mark_duplicates(input_uri: str, shards: list[dict[str, Any]], repeated: set
     """Second scan, only when some id hash repeats: note in each shard's plan entry the lines
     whose id an earlier line already has (``[line, first line]``); the first occurrence is
     processed, later ones become errors. Returns how many records are duplicates."""
-    first_line: dict[str, int] = {}
+    first_line: dict[bytes, int] = {}
     found = 0
     with storage.open_input(input_uri) as fh:
         line = 1
@@ -64,7 +64,7 @@ def _mark_duplicates(input_uri: str, shards: list[dict[str, Any]], repeated: set
                 if extra > MAX_DUPLICATE_RECORDS:
                     raise _non_retryable(
                         f"more than {MAX_DUPLICATE_RECORDS} records repeat an earlier id (e.g. id "
-                        f"{key} at line {number} repeats line {first}): the input looks duplicated; "
+                        f"{key.decode()} at line {number} repeats line {first}): the input looks duplicated; "
                         "remove the repeated records and resubmit",
                         "DuplicateIds",
                     )
@@ -92,7 +92,7 @@ def _plan(input: PlanInput) -> dict[str, Any]:
                 # The shard starts at its first record, not at blank lines before it.
                 shards.append({"offset": offset, "line": line, "records": len(records)})
                 for _, raw in records:
-                    if (key := storage.record_key(raw)) is not None:
+                    if (key := storage.candidate_key(raw)) is not None:
                         ids.add(key)
                 total += len(records)
                 offset += consumed

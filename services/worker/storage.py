@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import uuid
 from array import array
@@ -184,22 +185,22 @@ def read_records(
     number). The planner and the shard reader both use this, so they agree on what a record is.
     """
     records: list[tuple[int, bytes | None]] = []
+    append, readline, limit = records.append, fh.readline, max_bytes + 1
     consumed = 0
     while len(records) < count:
-        raw = fh.readline(max_bytes + 1)
+        raw = readline(limit)
         if not raw:
             break
         consumed += len(raw)
-        too_long = len(raw) > max_bytes and not raw.endswith(b"\n")
-        while too_long and not raw.endswith(b"\n"):
-            raw = fh.readline(1 << 20)
-            if not raw:
-                break
-            consumed += len(raw)
-        if too_long:
-            records.append((line, None))
-        elif raw.strip():
-            records.append((line, raw))
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while not raw.endswith(b"\n"):  # skip the rest of the long line
+                raw = readline(1 << 20)
+                if not raw:
+                    break
+                consumed += len(raw)
+            append((line, None))
+        elif not raw.isspace():
+            append((line, raw))
         line += 1
     return records, consumed, line
 
@@ -207,8 +208,8 @@ def read_records(
 # --- Duplicate ids ---------------------------------------------------------------------------
 
 
-def record_key(raw: bytes | None) -> str | None:
-    """The id of a raw line as a canonical string (``1`` and ``"1"`` differ), or None for a line
+def record_key(raw: bytes | None) -> bytes | None:
+    """The id of a raw line as canonical JSON (``1`` and ``"1"`` differ), or None for a line
     that is not a valid record (that line becomes a parse error instead)."""
     if raw is None:
         return None
@@ -221,7 +222,21 @@ def record_key(raw: bytes | None) -> str | None:
     record_id = obj.get("id")
     if isinstance(record_id, bool) or not isinstance(record_id, str | int):
         return None
-    return json_codec.dumps(record_id).decode()
+    return json_codec.dumps(record_id)
+
+
+# An id that comes first, as a plain string (no escapes) or a short integer, is its own
+# canonical JSON: the bytes between the colon and the next comma are the key.
+_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*("[^"\\\x00-\x1f]*"|-?[1-9][0-9]{0,17}|0)\s*[,}]')
+
+
+def candidate_key(raw: bytes | None) -> bytes | None:
+    """``record_key`` without parsing the line in the usual layout (the id first, once): the
+    planning scan's first pass. Equal to ``record_key`` for every valid record; a broken line
+    may get a key here, which at worst triggers the exact second pass."""
+    if raw is not None and (match := _LEADING_ID.match(raw)) and raw.count(b'"id"') == 1:
+        return match.group(1)
+    return record_key(raw)
 
 
 class DuplicateIds:
@@ -244,7 +259,7 @@ class DuplicateIds:
         self._files: dict[int, IO[bytes]] = {}
         self._spill = True
 
-    def add(self, key: str) -> None:
+    def add(self, key: bytes) -> None:
         h = hash(key)
         bucket = self._memory[h & (self.BUCKETS - 1)]
         bucket.append(h)

@@ -62,3 +62,28 @@ def test_oversize_inline_input_is_refused_with_advice():
     records = [{"id": i, "text": "x" * 1000} for i in range(INLINE_LIMIT_BYTES // 1000 + 10)]
     with pytest.raises(ValueError, match="Write them to a JSONL file"):
         BatchInferenceInput(records=records)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"id":"r1","input":{"text":"a"}}\n',
+        b' { "id" : "caf\xc3\xa9" , "x": 1}\n',
+        b'{"id":42,"features":[1,2]}\n',
+        b'{"id":-7}\n',
+        b'{"id":0,"x":{"id":1}}\n',  # "id" twice: parsed
+        b'{"id":"a\\u0041"}\n',  # an escape: parsed ("aA")
+        b'{"id":"a","id":"b"}\n',  # the last wins, as in every parser
+        b'{"id":123456789012345678901234}\n',
+        b'{"x":1,"id":"later"}\n',
+        b'{"id":007}\n',
+        b'{"id":true}\n',
+        b'{"id":"r1", broken\n',
+        b"[1,2]\n",
+    ],
+)
+def test_candidate_key_equals_record_key_for_valid_records(line: bytes) -> None:
+    exact = storage.record_key(line)
+    if exact is not None:
+        assert storage.candidate_key(line) == exact
+    assert storage.candidate_key(b'{"id":"aA"}') == storage.record_key(b'{"id":"a\\u0041"}')
