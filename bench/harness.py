@@ -29,10 +29,18 @@ from temporalio.worker import Worker
 
 from bench.per_record import BASELINE_WORKFLOW, PerRecordActivities, PerRecordBaseline
 from services import constants as c
-from services.local.stack import CLUSTER_MARKER, SAMPLE_DATASET, LocalRayServe, marked_pids
+from services import metrics as m
+from services.local.stack import (
+    CLUSTER_MARKER,
+    LOOPBACK,
+    SAMPLE_DATASET,
+    LocalRayServe,
+    free_port,
+    marked_pids,
+)
 from services.serve.models import BUILTIN_MODELS
 from services.worker import storage
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput
+from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
 
 
 @dataclass
@@ -44,6 +52,7 @@ class BenchEnv:
     ray_marker: str | None = None  # sums Ray's PSS over this cluster's processes
     ray_address: str | None = None  # GCS address, for Ray Data
     ray_env: dict[str, str] | None = None
+    worker_metrics_port: int = 0  # set by run_project: A's latencies come from the worker's metrics
 
     @classmethod
     def for_stack(
@@ -87,6 +96,35 @@ def ray_pss_mb(marker: str | None) -> float | None:
         except OSError:
             continue
     return round(total / 1024, 1)
+
+
+def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float | None]:
+    """Quantiles of a Prometheus histogram (all label sets summed), interpolated within buckets
+    as PromQL's histogram_quantile does: as coarse as the buckets."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0
+    out: list[float | None] = []
+    for q in qs:
+        if not total:
+            out.append(None)
+            continue
+        rank, lower, below = q * total, 0.0, 0.0
+        for le in bounds:
+            if buckets[le] >= rank:
+                upper = le if le != float("inf") else lower
+                share = (rank - below) / (buckets[le] - below) if buckets[le] > below else 0.0
+                out.append(lower + (upper - lower) * share)
+                break
+            lower, below = le, buckets[le]
+    return out
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -162,7 +200,7 @@ def start_worker_process(env: BenchEnv, queue: str) -> subprocess.Popen:
             c.ENV_TEMPORAL_TASK_QUEUE: queue,
             c.ENV_SERVE_URL: env.serve_url,
             c.ENV_SERVE_TOKEN_FILE: str(env.token_file),
-            c.ENV_WORKER_METRICS_PORT: "0",
+            c.ENV_WORKER_METRICS_PORT: str(env.worker_metrics_port),
         }
     )
     log_path = env.workdir / f"worker-{queue}.log"
@@ -185,6 +223,7 @@ async def run_project(env: BenchEnv, n: int, model: str, **batch: Any) -> dict[s
     output = env.workdir / "out" / f"A-{model}-{n}-{uuid.uuid4().hex[:6]}"
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     client = await connect(env)
+    env.worker_metrics_port = free_port()
     worker = start_worker_process(env, queue)
     try:
         started = time.perf_counter()
@@ -198,6 +237,9 @@ async def run_project(env: BenchEnv, n: int, model: str, **batch: Any) -> dict[s
         result = await handle.result()
         seconds = time.perf_counter() - started
         rss = peak_rss_mb(worker.pid)
+        async with httpx.AsyncClient(timeout=10) as http:
+            metrics = (await http.get(f"http://{LOOPBACK}:{env.worker_metrics_port}/metrics")).text
+        p50, p99 = histogram_quantiles(metrics, m.SERVE_REQUEST_DURATION.name, (0.5, 0.99))
     finally:
         worker.terminate()
         worker.wait(60)
@@ -207,6 +249,10 @@ async def run_project(env: BenchEnv, n: int, model: str, **batch: Any) -> dict[s
         "records": n,
         "seconds": round(seconds, 2),
         "records_per_s": round(n / seconds),
+        "micro_batch": Tuning.model_validate(batch.get("tuning") or {}).micro_batch_size,
+        # from the worker's request-duration histogram, interpolated within its buckets
+        "p50_batch_ms": round(p50 * 1000, 1) if p50 is not None else None,
+        "p99_batch_ms": round(p99 * 1000, 1) if p99 is not None else None,
         "worker_peak_rss_mb": round(rss, 1),
         "ray_pss_mb": ray_pss_mb(env.ray_marker),
         "runs": len(events),
@@ -279,10 +325,16 @@ async def run_direct(
     }
 
 
-async def sweep_direct(env: BenchEnv, model: str, sample: int = 5000) -> tuple[int, int, list[dict]]:
+# B's sweep. Requests of up to 1,024 records (Serve's max_records_per_request) keep paying off
+# on these cores: per-request costs dominate (docs/performance.md).
+SWEEP_MICRO_BATCH = (250, 500, 1000)
+SWEEP_CONCURRENCY = (4, 8, 16, 32)
+
+
+async def sweep_direct(env: BenchEnv, model: str, sample: int = 20_000) -> tuple[int, int, list[dict]]:
     trials = []
-    for micro_batch in (32, 64, 128):
-        for concurrency in (8, 16, 32):
+    for micro_batch in SWEEP_MICRO_BATCH:
+        for concurrency in SWEEP_CONCURRENCY:
             trials.append(await run_direct(env, sample, model, micro_batch, concurrency, write=False))
     best = max(trials, key=lambda t: t["records_per_s"])
     return best["micro_batch"], best["concurrency"], trials

@@ -81,23 +81,21 @@ def _plan(input: PlanInput) -> dict[str, Any]:
     if not storage.exists(input.input_uri):
         raise _non_retryable(f"input not found: {input.input_uri}", "InputNotFound")
     shards: list[dict[str, Any]] = []
-    total, offset, line = 0, 0, 1
+    total = 0
     ids = storage.DuplicateIds()
     try:
         with storage.open_input(input.input_uri) as fh:
-            while True:
-                records, consumed, next_line = storage.read_records(fh, input.shard_size, line)
-                if not records:
-                    break
-                # The shard starts at its first record, not at blank lines before it.
-                shards.append({"offset": offset, "line": line, "records": len(records)})
-                for _, raw in records:
-                    if (key := storage.candidate_key(raw)) is not None:
-                        ids.add(key)
-                total += len(records)
-                offset += consumed
-                line = next_line
-            size = offset
+            add, key_of, shard_size = ids.add, storage.candidate_key, input.shard_size
+            for line, offset, raw in storage.scan_records(fh):
+                if total % shard_size == 0:
+                    # A shard starts at its first record, not at blank lines before it.
+                    shards.append({"offset": offset, "line": line, "records": 0})
+                if (key := key_of(raw)) is not None:
+                    add(key)
+                total += 1
+            size = fh.tell()
+            for i, shard in enumerate(shards):
+                shard["records"] = min(shard_size, total - i * shard_size)
         if total == 0:
             raise _non_retryable(f"input has no records (empty file): {input.input_uri}", "EmptyInput")
         repeated, extra = ids.repeated_hashes(MAX_DUPLICATE_RECORDS)

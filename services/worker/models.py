@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 class Tuning(_Strict):
     """How a batch is cut and how hard it pushes Serve. Defaults are the tuned values."""
 
-    micro_batch_size: int = Field(128, ge=1, le=1024, description="records per HTTP request")
+    micro_batch_size: int = Field(1000, ge=1, le=1024, description="records per HTTP request")
     max_in_flight: int = Field(32, ge=1, le=256, description="concurrent requests per shard")
     max_concurrent_shards: int = Field(4, ge=1, le=500, description="sliding window width")
     shard_size: int = Field(10_000, ge=1, description="records per shard")

@@ -205,6 +205,46 @@ def read_records(
     return records, consumed, line
 
 
+def scan_records(
+    fh: IO[bytes], max_bytes: int = MAX_RECORD_BYTES, chunk_bytes: int = 1 << 22
+) -> Iterator[tuple[int, int, bytes | None]]:
+    """(line number, byte offset, raw line or None if over ``max_bytes``) of every record from
+    ``fh``'s start: the records ``read_records`` gives, read in big chunks for the planning scan
+    (3-4x faster than a line at a time). A line past ``max_bytes`` is never held whole."""
+    line, offset = 1, 0
+    carry: list[bytes] = []  # the start of a line continued in the next chunk
+    carry_len = 0
+    while chunk := fh.read(chunk_bytes):
+        parts = chunk.split(b"\n")
+        tail = parts.pop()  # after the chunk's last newline: the start of the next line
+        head_len = -1  # the first line's length when it started in an earlier chunk
+        if parts and carry:
+            head_len = carry_len + len(parts[0])
+            parts[0] = b"".join(carry) + parts[0] if head_len <= max_bytes else b""
+            carry, carry_len = [], 0
+        for i, part in enumerate(parts):
+            size = head_len if i == 0 and head_len >= 0 else len(part)
+            if size > max_bytes:
+                yield line, offset, None
+            elif part and not part.isspace():
+                yield line, offset, part + b"\n"
+            line += 1
+            offset += size + 1
+        if tail:
+            carry_len += len(tail)
+            if carry_len <= max_bytes:
+                carry.append(tail)
+            else:
+                carry = [b"x"]  # too long already: keep only the fact that the line has content
+    if carry_len:
+        if carry_len > max_bytes:
+            yield line, offset, None
+        else:
+            raw = b"".join(carry)
+            if not raw.isspace():
+                yield line, offset, raw
+
+
 # --- Duplicate ids ---------------------------------------------------------------------------
 
 

@@ -87,3 +87,39 @@ def test_candidate_key_equals_record_key_for_valid_records(line: bytes) -> None:
     if exact is not None:
         assert storage.candidate_key(line) == exact
     assert storage.candidate_key(b'{"id":"aA"}') == storage.record_key(b'{"id":"a\\u0041"}')
+
+
+def _records_by_line(data: bytes, max_bytes: int) -> list[tuple[int, int, bytes | None]]:
+    fh, out, offset, line = io.BytesIO(data), [], 0, 1
+    while True:
+        fh.seek(offset)
+        records, consumed, next_line = storage.read_records(fh, 1, line, max_bytes)
+        if not records:
+            return out
+        # the record's own offset: blank lines before it are part of ``consumed``
+        (number, raw), skipped = records[0], 0
+        fh.seek(offset)
+        for _ in range(number - line):
+            skipped += len(fh.readline())
+        out.append((number, offset + skipped, raw))
+        offset, line = offset + consumed, next_line
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 3, 7, 16, 1 << 20])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"id":1}\n{"id":2}\n',
+        b'{"id":1}\n\n  \n{"id":2}',  # blank lines, no final newline
+        b"\n\n" + b"x" * 40 + b"\n" + b'{"id":3}\r\n' + b" \t\n",
+        b"y" * 25 + b"\n" + b"z" * 24 + b"\n" + b"w" * 26,  # around the limit, last line long
+        b"a" * 100,
+        b"",
+        b"   ",
+        b'{"id":"a"}\n' * 5 + b"q" * 60 + b"\n" + b'{"id":"b"}',
+    ],
+)
+def test_scan_records_finds_what_read_records_finds(data: bytes, chunk_bytes: int) -> None:
+    expected = _records_by_line(data, max_bytes=24)
+    got = list(storage.scan_records(io.BytesIO(data), max_bytes=24, chunk_bytes=chunk_bytes))
+    assert got == expected
