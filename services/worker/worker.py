@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from datetime import timedelta
@@ -87,6 +88,9 @@ async def run_worker(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, settings, serve)
+    # Everything built so far lives as long as the worker: out of the collector's way, a full
+    # collection no longer rescans it while records churn (-20% worker CPU, docs/performance.md).
+    gc.freeze()
     log.info(
         "worker polling task queue %r on %s (namespace %s), Serve at %s",
         settings.task_queue,
