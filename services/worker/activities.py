@@ -85,17 +85,15 @@ def _plan(input: PlanInput) -> dict[str, Any]:
     ids = storage.DuplicateIds()
     try:
         with storage.open_input(input.input_uri) as fh:
-            add, key_of, shard_size = ids.add, storage.candidate_key, input.shard_size
-            for line, offset, raw in storage.scan_records(fh):
-                if total % shard_size == 0:
-                    # A shard starts at its first record, not at blank lines before it.
+            for records in storage.scan_records(fh):
+                # A shard starts at its first record, not at blank lines before it.
+                for line, offset, _ in records[(-total) % input.shard_size :: input.shard_size]:
                     shards.append({"offset": offset, "line": line, "records": 0})
-                if (key := key_of(raw)) is not None:
-                    add(key)
-                total += 1
+                ids.add(storage.candidate_keys([raw for _, _, raw in records]))
+                total += len(records)
             size = fh.tell()
             for i, shard in enumerate(shards):
-                shard["records"] = min(shard_size, total - i * shard_size)
+                shard["records"] = min(input.shard_size, total - i * input.shard_size)
         if total == 0:
             raise _non_retryable(f"input has no records (empty file): {input.input_uri}", "EmptyInput")
         repeated, extra = ids.repeated_hashes(MAX_DUPLICATE_RECORDS)
@@ -196,16 +194,6 @@ class BatchActivities:
                     read_done, read_line = read_done + want, next_line
                 task, want, consumed, next_line = ahead.popleft()
                 out, errors = await task
-                await _uninterrupted(
-                    storage.write_lines,
-                    storage.part_uri(input.output_uri, input.shard, progress.part, "out"),
-                    out,
-                )
-                await _uninterrupted(
-                    storage.write_lines,
-                    storage.part_uri(input.output_uri, input.shard, progress.part, "err"),
-                    errors,
-                )
                 done_part = progress.part
                 progress = ShardProgress(
                     part=progress.part + 1,
@@ -215,11 +203,8 @@ class BatchActivities:
                     succeeded=progress.succeeded + len(out),
                     failed=progress.failed + len(errors),
                 )
-                await _uninterrupted(
-                    storage.write_json,
-                    storage.part_uri(input.output_uri, input.shard, done_part, "ckpt"),
-                    {"plan_id": plan.get("plan_id"), "progress": progress.model_dump()},
-                )
+                checkpoint = {"plan_id": plan.get("plan_id"), "progress": progress.model_dump()}
+                await _uninterrupted(self._write_part, input, done_part, out, errors, checkpoint)
                 telemetry.record_part(input.model, out, errors)
                 state["progress"] = progress
                 activity.heartbeat(progress.model_dump())
@@ -295,6 +280,21 @@ class BatchActivities:
         return [line for line in lines if line is not None], [errors[p] for p in sorted(errors)]
 
     @staticmethod
+    def _write_part(
+        input: ShardInput, part: int, out: list[bytes], errors: list[bytes], checkpoint: dict[str, Any]
+    ) -> None:
+        """A part's results, errors and checkpoint, the checkpoint last: on disk it means the
+        part is whole. No errors file for a part without errors (the join counts it empty), and
+        none left from an earlier attempt at the same part."""
+        storage.write_lines(storage.part_uri(input.output_uri, input.shard, part, "out"), out)
+        errors_uri = storage.part_uri(input.output_uri, input.shard, part, "err")
+        if errors:
+            storage.write_lines(errors_uri, errors)
+        else:
+            storage.remove(errors_uri)
+        storage.write_json(storage.part_uri(input.output_uri, input.shard, part, "ckpt"), checkpoint)
+
+    @staticmethod
     def _last_checkpoint(input: ShardInput, plan_id: str | None, progress: ShardProgress) -> ShardProgress:
         """Follow the checkpoint files of parts committed from ``progress`` on (only this batch's:
         the plan id tells them from an earlier batch's leftovers in the same folder)."""
@@ -322,6 +322,7 @@ class BatchActivities:
         storage.concat(
             storage.errors_uri(input.output_uri, input.shard),
             [storage.part_uri(input.output_uri, input.shard, p, "err") for p in range(parts)],
+            missing_ok=True,
         )
 
     @activity.defn

@@ -86,11 +86,18 @@ def read_json(uri: str) -> dict[str, Any]:
         return json.loads(fh.read())
 
 
-def concat(uri: str, sources: list[str]) -> None:
-    """Write the concatenation of ``sources`` to ``uri`` atomically, streaming."""
+def concat(uri: str, sources: list[str], missing_ok: bool = False) -> None:
+    """Write the concatenation of ``sources`` to ``uri`` atomically, streaming. With
+    ``missing_ok`` a source that does not exist counts as empty."""
     with atomic_writer(uri) as out:
         for src in sources:
-            with fsspec.open(src, "rb") as fh:
+            try:
+                fh = fsspec.open(src, "rb").open()
+            except FileNotFoundError:
+                if missing_ok:
+                    continue
+                raise
+            with fh:
                 while chunk := fh.read(1 << 20):
                     out.write(chunk)
 
@@ -205,12 +212,16 @@ def read_records(
     return records, consumed, line
 
 
+Scanned = list[tuple[int, int, bytes | None]]
+
+
 def scan_records(
     fh: IO[bytes], max_bytes: int = MAX_RECORD_BYTES, chunk_bytes: int = 1 << 22
-) -> Iterator[tuple[int, int, bytes | None]]:
-    """(line number, byte offset, raw line or None if over ``max_bytes``) of every record from
-    ``fh``'s start: the records ``read_records`` gives, read in big chunks for the planning scan
-    (3-4x faster than a line at a time). A line past ``max_bytes`` is never held whole."""
+) -> Iterator[Scanned]:
+    """Every record from ``fh``'s start as (line number, byte offset, raw line or None if over
+    ``max_bytes``), one list per chunk read: the records ``read_records`` gives, read in big
+    chunks for the planning scan (3-4x faster than a line at a time). A line past ``max_bytes``
+    is never held whole."""
     line, offset = 1, 0
     carry: list[bytes] = []  # the start of a line continued in the next chunk
     carry_len = 0
@@ -222,14 +233,17 @@ def scan_records(
             head_len = carry_len + len(parts[0])
             parts[0] = b"".join(carry) + parts[0] if head_len <= max_bytes else b""
             carry, carry_len = [], 0
+        found: Scanned = []
         for i, part in enumerate(parts):
             size = head_len if i == 0 and head_len >= 0 else len(part)
             if size > max_bytes:
-                yield line, offset, None
+                found.append((line, offset, None))
             elif part and not part.isspace():
-                yield line, offset, part + b"\n"
+                found.append((line, offset, part + b"\n"))
             line += 1
             offset += size + 1
+        if found:
+            yield found
         if tail:
             carry_len += len(tail)
             if carry_len <= max_bytes:
@@ -238,11 +252,11 @@ def scan_records(
                 carry = [b"x"]  # too long already: keep only the fact that the line has content
     if carry_len:
         if carry_len > max_bytes:
-            yield line, offset, None
+            yield [(line, offset, None)]
         else:
             raw = b"".join(carry)
             if not raw.isspace():
-                yield line, offset, raw
+                yield [(line, offset, raw)]
 
 
 # --- Duplicate ids ---------------------------------------------------------------------------
@@ -266,8 +280,14 @@ def record_key(raw: bytes | None) -> bytes | None:
 
 
 # An id that comes first, as a plain string (no escapes) or a short integer, is its own
-# canonical JSON: the bytes between the colon and the next comma are the key.
-_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*("[^"\\\x00-\x1f]*"|-?[1-9][0-9]{0,17}|0)\s*[,}]')
+# canonical JSON: the bytes between the colon and the next comma are the key. Nothing in it
+# crosses a newline, so on many lines at once it matches at most once per line.
+_SPACE = rb"[ \t\r\f\v]*"  # JSON whitespace but the newline
+_LEADING_ID = re.compile(
+    rb"^" + _SPACE + rb"\{" + _SPACE + rb'"id"' + _SPACE + rb":" + _SPACE
+    + rb'("[^"\\\x00-\x1f]*"|-?[1-9][0-9]{0,17}|0)' + _SPACE + rb"[,}]",
+    re.MULTILINE,
+)  # fmt: skip
 
 
 def candidate_key(raw: bytes | None) -> bytes | None:
@@ -279,10 +299,21 @@ def candidate_key(raw: bytes | None) -> bytes | None:
     return record_key(raw)
 
 
+def candidate_keys(raws: list[bytes | None]) -> list[bytes]:
+    """``candidate_key`` of many lines with one regex pass when all have the usual layout
+    (each line matched once and holding ``"id"`` once); line by line otherwise."""
+    if None not in raws:
+        text = b"".join(raws)  # type: ignore[arg-type]
+        keys = _LEADING_ID.findall(text)
+        if len(keys) == len(raws) and text.count(b'"id"') == len(raws):
+            return keys
+    return [key for raw in raws if (key := candidate_key(raw)) is not None]
+
+
 class DuplicateIds:
     """Finds the records whose id repeats an earlier record's id, in bounded memory.
 
-    Pass 1 (``add`` for every record, during the planning scan): a 64-bit hash of each id goes
+    Pass 1 (``add`` for every chunk of records, during the planning scan): a 64-bit hash of each id goes
     into one of 256 buckets (8 bytes per record; a bucket spills to an anonymous temp file past
     64 KiB, so memory stays ~16 MiB however large the input). ``repeated_hashes`` then checks
     one bucket at a time with a set. Only when a hash repeats does the caller rescan the input
@@ -299,12 +330,15 @@ class DuplicateIds:
         self._files: dict[int, IO[bytes]] = {}
         self._spill = True
 
-    def add(self, key: bytes) -> None:
-        h = hash(key)
-        bucket = self._memory[h & (self.BUCKETS - 1)]
-        bucket.append(h)
-        if self._spill and len(bucket) >= self.SPILL_AT:
-            index = h & (self.BUCKETS - 1)
+    def add(self, keys: list[bytes]) -> None:
+        memory, mask = self._memory, self.BUCKETS - 1
+        for h in map(hash, keys):
+            memory[h & mask].append(h)
+        if not self._spill:
+            return
+        for index, bucket in enumerate(memory):
+            if len(bucket) < self.SPILL_AT:
+                continue
             try:
                 fh = self._files.get(index) or self._files.setdefault(index, tempfile.TemporaryFile())
             except OSError:  # no writable temp dir (read-only root fs): keep it in memory

@@ -121,5 +121,18 @@ def _records_by_line(data: bytes, max_bytes: int) -> list[tuple[int, int, bytes 
 )
 def test_scan_records_finds_what_read_records_finds(data: bytes, chunk_bytes: int) -> None:
     expected = _records_by_line(data, max_bytes=24)
-    got = list(storage.scan_records(io.BytesIO(data), max_bytes=24, chunk_bytes=chunk_bytes))
+    chunks = list(storage.scan_records(io.BytesIO(data), max_bytes=24, chunk_bytes=chunk_bytes))
+    assert all(chunks)
+    got = [record for chunk in chunks for record in chunk]
     assert got == expected
+
+
+def test_candidate_keys_of_many_lines_equal_line_by_line() -> None:
+    usual = [f'{{"id":"r{i}","input":{{"n":{i}}}}}\n'.encode() for i in range(50)] + [b'{ "id" : 7 }']
+    odd = [b'{"x":1,"id":"later"}\n', b'{"id":0,"x":{"id":1}}\n', b"[1]\n", None]
+    for lines in (usual, usual[:10] + odd + usual[10:], odd):
+        expected = [k for raw in lines if (k := storage.candidate_key(raw)) is not None]
+        assert storage.candidate_keys(lines) == expected
+    assert (
+        storage.candidate_keys(usual)[:2] == [b'"r0"', b'"r1"'] and storage.candidate_keys(usual)[-1] == b"7"
+    )
