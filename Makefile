@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-unit lint format clean bench bench-large
+.PHONY: install run test test-unit lint format clean bench bench-large bench-high-throughput
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench: install  ## A/B/C/D side by side at 10k and 100k records (echo and iris);
 
 bench-large: install  ## the same plus 1,000,000 echo records
 	$(BIN)/python -m bench --large
+
+bench-high-throughput: install  ## bench-large against Serve in Ray's high-throughput mode (HAProxy)
+	$(BIN)/python -m bench --large --high-throughput
 
 format: install
 	$(BIN)/ruff format .

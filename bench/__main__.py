@@ -1,6 +1,7 @@
 """``make bench``: run A/B/C/D side by side, print a table, save JSON and a PNG plot.
 
-python -m bench [--sizes 10000 100000] [--large] [--models echo iris] [--out bench/results]
+python -m bench [--sizes 10000 100000] [--large] [--models echo iris] [--high-throughput]
+                [--out bench/results]
 """
 
 from __future__ import annotations
@@ -123,12 +124,17 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["echo", "iris"])
     p.add_argument("--large", action="store_true", help="add 1,000,000 records (echo)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument(
+        "--high-throughput",
+        action="store_true",
+        help="run Serve in Ray's high-throughput mode (HAProxy ingress) for every run",
+    )
     args = p.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="bench-"))
     token = ensure_token(state / "serve-token")
     temporal = TemporalDevServer.on_free_ports(state / "temporal")
-    serve = LocalRayServe.on_free_ports(state, token)
+    serve = LocalRayServe.on_free_ports(state, token, high_throughput=args.high_throughput)
     try:
         temporal.start()
         serve.start()
@@ -137,6 +143,7 @@ def main() -> None:
     finally:
         serve.stop()
         temporal.stop()
+    results["serve_mode"] = "high-throughput (HAProxy)" if args.high_throughput else "default proxy"
     results["ratios"] = ratios(results)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from temporalio.api.enums.v1 import WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -371,13 +372,20 @@ async def run_per_record(env: BenchEnv, n: int, timeout_s: float = 120) -> dict[
             history = await handle.fetch_history()
             out["history_events"] = len(history.events)
             failures = [
-                e.workflow_task_failed_event_attributes.failure.message
+                e.workflow_task_failed_event_attributes
                 for e in history.events
                 if e.HasField("workflow_task_failed_event_attributes")
             ]
             if failures:
                 out["workflow_task_failures"] = len(failures)
-                out["first_failure"] = failures[0][:300]
+                # The server's reason (e.g. PENDING_ACTIVITIES_LIMIT_EXCEEDED), not only the text.
+                causes = {
+                    WorkflowTaskFailedCause.Name(f.cause).removeprefix("WORKFLOW_TASK_FAILED_CAUSE_")
+                    for f in failures
+                }
+                out["workflow_task_failure_causes"] = sorted(causes)
+                if "error" in out:
+                    out["error"] += f" (workflow task failures: {', '.join(sorted(causes))})"
     finally:
         await activities.aclose()
     return out

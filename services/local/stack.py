@@ -188,6 +188,7 @@ class LocalRayServe:
         dashboard_port: int = 8265,
         metrics_port: int = c.RAY_METRICS_PORT,
         num_cpus: int | None = None,
+        high_throughput: bool = False,
     ):
         self.state_dir = Path(state_dir).resolve()
         self.token_file = Path(token_file)
@@ -195,6 +196,20 @@ class LocalRayServe:
         self.http_port, self.gcs_port = http_port, gcs_port
         self.dashboard_port, self.metrics_port = dashboard_port, metrics_port
         self.num_cpus = num_cpus
+        self.high_throughput = high_throughput
+        # HAProxy's own ports and the replicas' direct-ingress ports: Ray's defaults are fixed
+        # (8404, 9101, 8500, 9500, 30000+, 40000+), so two local clusters would collide.
+        self._haproxy_ports = {
+            name: free_port()
+            for name in (
+                "RAY_SERVE_HAPROXY_STATS_PORT",
+                "RAY_SERVE_HAPROXY_METRICS_PORT",
+                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+                "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+                "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT",
+            )
+        }
         self.marker = secrets.token_hex(8)
         self.started = False
 
@@ -245,7 +260,35 @@ class LocalRayServe:
             }
         )
         env.pop(c.ENV_SERVE_TOKENS, None)
+        if self.high_throughput:
+            env.update(self.high_throughput_env())
         return env
+
+    def haproxy_dir(self) -> Path:
+        """HAProxy's files: Ray adds a 56-character node id below it and the admin socket's
+        path must stay under 108 bytes, so a short directory of its own."""
+        return Path(tempfile.gettempdir()) / f"bi-haproxy-{self.marker[:8]}"
+
+    def high_throughput_env(self) -> dict[str, str]:
+        """Ray Serve's high-throughput mode, with this cluster's own HAProxy files and ports.
+
+        Ray binds the replicas' direct-ingress ports and HAProxy's stats and metrics ports on
+        all interfaces in this mode (Serve's own port stays on loopback); every route but
+        health still needs the bearer token."""
+        haproxy = self.haproxy_dir()
+        haproxy.mkdir(parents=True, exist_ok=True)
+        ports = {k: str(v) for k, v in self._haproxy_ports.items()}
+        for kind in ("HTTP", "GRPC"):  # a few ports per kind: replicas restarting need new ones
+            low = self._haproxy_ports[f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT"]
+            ports[f"RAY_SERVE_DIRECT_INGRESS_MAX_{kind}_PORT"] = str(low + 16)
+        return {
+            **c.SERVE_HIGH_THROUGHPUT_ENV,
+            **ports,
+            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
+        }
 
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -318,6 +361,7 @@ class LocalRayServe:
             return
         # The cluster is ours alone: stopping its processes stops Serve too (no `serve shutdown`).
         stop_marked(CLUSTER_MARKER, self.marker)
+        shutil.rmtree(self.haproxy_dir(), ignore_errors=True)
         self.started = False
 
 

@@ -87,6 +87,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             },
             "applicationArgs": {"default_model": "iris"},
             "extraEnv": [{"name": "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "value": "10"}],
+            "highThroughput": {"enabled": True},
             "workerGroups": [
                 {
                     "name": "cpu",

@@ -355,6 +355,15 @@ def test_rayservice_pods(rendered, name: str) -> None:
         )
 
 
+def test_high_throughput_mode_sets_the_same_env_as_the_local_stack(rendered) -> None:
+    for pod in ray_pods(rendered["everything"]):
+        env = env_of(pod["spec"]["containers"][0])
+        assert {k: env.get(k) for k in c.SERVE_HIGH_THROUGHPUT_ENV} == c.SERVE_HIGH_THROUGHPUT_ENV
+        assert env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == "10"  # extraEnv still there
+    for pod in ray_pods(rendered["defaults"]):
+        assert not set(c.SERVE_HIGH_THROUGHPUT_ENV) & set(env_of(pod["spec"]["containers"][0]))
+
+
 def test_rayservice_name_longer_than_kuberay_allows_fails_early() -> None:
     import helm_python
 

@@ -241,6 +241,14 @@ env:
     value: {{ printf "%s/%s" (include "batch-inference.authMountPath" .) (include "batch-inference.acceptedTokensKey" .) }}
   - name: RAY_USAGE_STATS_ENABLED
     value: "0"
+  {{- if .Values.serve.highThroughput.enabled }}
+  # Ray Serve's high-throughput mode: HAProxy as the ingress on the Serve port, direct gRPC
+  # between replicas (the env of services/constants.py SERVE_HIGH_THROUGHPUT_ENV).
+  - name: RAY_SERVE_ENABLE_HA_PROXY
+    value: "1"
+  - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+    value: "1"
+  {{- end }}
   {{- with .Values.serve.extraEnv }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
