@@ -97,6 +97,37 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The table and ratios as Markdown, as docs/performance.md shows them."""
+
+    def num(value: Any) -> str:
+        return f"{value:,}" if isinstance(value, int) else ("" if value is None else str(value))
+
+    lines = [
+        "| run | model | records | records/s | s | p50 / p99 ms per request | worker peak RSS MB "
+        "| Ray PSS MB | runs | events (max run) | events / 1k |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["runs"]:
+        latency = ""
+        if r.get("p50_batch_ms") is not None:
+            latency = f"{r['p50_batch_ms']} / {r['p99_batch_ms']} ({r.get('micro_batch')}"
+            latency += f" x {r['concurrency']})" if r.get("concurrency") else " per request)"
+        events = r.get("history_events_max_run") or r.get("history_events")
+        cells = [
+            r["kind"], r["model"], num(r["records"]), num(r.get("records_per_s")), num(r.get("seconds")),
+            latency, num(r.get("worker_peak_rss_mb")), num(r.get("ray_pss_mb")), num(r.get("runs")),
+            num(events), num(r.get("history_events_per_1k")),
+        ]  # fmt: skip
+        if r.get("error"):
+            cells[3] = f"fails: {r['error']}"
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for r in ratios(results):
+        lines.append("- " + ", ".join(f"{k} {num(v)}" for k, v in r.items()))
+    return "\n".join(lines)
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     try:
         import matplotlib
@@ -149,8 +180,9 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (args.out / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2))
     plot(results, args.out / f"bench-{stamp}.png")
+    (args.out / f"bench-{stamp}.md").write_text(markdown(results) + "\n")
     print(table(results))
-    print(f"\nsaved {args.out}/bench-{stamp}.json and .png")
+    print(f"\nsaved {args.out}/bench-{stamp}.json, .png and .md (the table for docs/performance.md)")
 
 
 if __name__ == "__main__":

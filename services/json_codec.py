@@ -15,18 +15,24 @@ so that no value changes silently:
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
 
 JSONDecodeError = json.JSONDecodeError  # orjson's error subclasses it
-_LONG_NUMBER = re.compile(rb"\d{19}")  # may exceed orjson's 64-bit integers
+# 19 digits in a row may be an integer past orjson's 64 bits: digits mapped to "0", then one
+# substring search (2x faster than a regex on every record).
+_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
+
+
+def _long_number(data: bytes) -> bool:
+    return _LONG_NUMBER in data.translate(_DIGITS)
 
 
 def loads(data: bytes) -> Any:  # raises JSONDecodeError, or UnicodeDecodeError if not UTF-8
     """``json.loads`` semantics, orjson speed for everything but long numbers and non-JSON."""
-    if _LONG_NUMBER.search(data) is None:
+    if not _long_number(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -36,7 +42,7 @@ def loads(data: bytes) -> Any:  # raises JSONDecodeError, or UnicodeDecodeError 
 
 def loads_strict(data: bytes) -> Any:
     """Like ``loads`` but ``NaN``/``Infinity`` (not JSON) raise ``JSONDecodeError`` too."""
-    if _LONG_NUMBER.search(data) is None:
+    if not _long_number(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import harness
-from bench.__main__ import ratios, table
+from bench.__main__ import markdown, ratios, table
 
 pytestmark = pytest.mark.integration
 
@@ -36,3 +36,4 @@ async def test_harness_smoke(bench_env):
         assert a[figure] > 0, (figure, a)
     results = {"runs": runs}
     assert "A=" not in table(results) and ratios(results)[0]["A/B"] > 0
+    assert "| A | iris | 200 |" in markdown(results)
