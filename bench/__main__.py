@@ -55,7 +55,7 @@ async def run_all(env: harness.BenchEnv, sizes: list[int], models: list[str], la
             add("B", model, await harness.run_direct(env, n, model, micro_batch, concurrency))
             add("D", model, await asyncio.to_thread(harness.run_ray_data, env, n, model))
     for n in (1000, 2000, 10_000):
-        add("C", "echo", await harness.run_per_record(env, n, timeout_s=90 if n > 2000 else 600))
+        add("C", "echo", await asyncio.to_thread(harness.run_per_record, env, n, 90 if n > 2000 else 600))
     return results
 
 

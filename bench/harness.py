@@ -24,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio.api.enums.v1 import WorkflowTaskFailedCause
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
 
-from bench.per_record import BASELINE_WORKFLOW, PerRecordActivities, PerRecordBaseline
 from services import constants as c
 from services import metrics as m
 from services.local.stack import (
@@ -347,48 +344,23 @@ async def sweep_direct(env: BenchEnv, model: str, sample: int = 20_000) -> tuple
 # --- C: one activity per record ---------------------------------------------------------------
 
 
-async def run_per_record(env: BenchEnv, n: int, timeout_s: float = 120) -> dict[str, Any]:
-    client = await connect(env)
-    queue = f"bench-c-{uuid.uuid4().hex[:8]}"
-    activities = PerRecordActivities(env.serve_url, env.token)
-    records = [{"text": f"record {i}", "n": i} for i in range(n)]
-    workflow_id = f"bench-c-{uuid.uuid4().hex[:8]}"
-    out: dict[str, Any] = {"records": n}
+def run_per_record(env: BenchEnv, n: int, timeout_s: float = 120) -> dict[str, Any]:
+    """C in a process of its own: a worker left with thousands of pending activities can hang
+    on shutdown (the SDK cannot evict the workflow), and must not hang the whole benchmark."""
+    cmd = [
+        sys.executable, "-m", "bench.per_record", env.temporal_address, env.serve_url,
+        str(env.token_file), str(n), str(timeout_s),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        async with Worker(
-            client, task_queue=queue, workflows=[PerRecordBaseline], activities=[activities.predict_one]
-        ):
-            started = time.perf_counter()
-            handle = await client.start_workflow(
-                BASELINE_WORKFLOW, records, id=workflow_id, task_queue=queue,
-                execution_timeout=__import__("datetime").timedelta(seconds=timeout_s),
-            )  # fmt: skip
-            try:
-                done = await handle.result()
-                seconds = time.perf_counter() - started
-                out.update(seconds=round(seconds, 2), records_per_s=round(done / seconds))
-            except WorkflowFailureError as err:
-                out["error"] = f"{type(err.cause).__name__}: {err.cause}"[:300]
-            history = await handle.fetch_history()
-            out["history_events"] = len(history.events)
-            failures = [
-                e.workflow_task_failed_event_attributes
-                for e in history.events
-                if e.HasField("workflow_task_failed_event_attributes")
-            ]
-            if failures:
-                out["workflow_task_failures"] = len(failures)
-                # The server's reason (e.g. PENDING_ACTIVITIES_LIMIT_EXCEEDED), not only the text.
-                causes = {
-                    WorkflowTaskFailedCause.Name(f.cause).removeprefix("WORKFLOW_TASK_FAILED_CAUSE_")
-                    for f in failures
-                }
-                out["workflow_task_failure_causes"] = sorted(causes)
-                if "error" in out:
-                    out["error"] += f" (workflow task failures: {', '.join(sorted(causes))})"
-    finally:
-        await activities.aclose()
-    return out
+        stdout, _ = proc.communicate(timeout=timeout_s + 120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, _ = proc.communicate()
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"records": n, "error": f"baseline C process ended without a result (exit {proc.returncode})"}
+    return json.loads(lines[-1])
 
 
 # --- D: Ray Data ------------------------------------------------------------------------------

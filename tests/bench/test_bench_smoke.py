@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bench import harness
@@ -19,7 +21,7 @@ async def test_harness_smoke(bench_env):
     runs = [
         {"kind": "A", "model": "iris", **await harness.run_project(bench_env, 200, "iris")},
         {"kind": "B", "model": "iris", **await harness.run_direct(bench_env, 200, "iris", 32, 8)},
-        {"kind": "C", "model": "echo", **await harness.run_per_record(bench_env, 20)},
+        {"kind": "C", "model": "echo", **await asyncio.to_thread(harness.run_per_record, bench_env, 20)},
         {"kind": "D", "model": "iris", **harness.run_ray_data(bench_env, 200, "iris")},
     ]
     for run in runs:
