@@ -197,19 +197,7 @@ class LocalRayServe:
         self.dashboard_port, self.metrics_port = dashboard_port, metrics_port
         self.num_cpus = num_cpus
         self.high_throughput = high_throughput
-        # HAProxy's own ports and the replicas' direct-ingress ports: Ray's defaults are fixed
-        # (8404, 9101, 8500, 9500, 30000+, 40000+), so two local clusters would collide.
-        self._haproxy_ports = {
-            name: free_port()
-            for name in (
-                "RAY_SERVE_HAPROXY_STATS_PORT",
-                "RAY_SERVE_HAPROXY_METRICS_PORT",
-                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
-                "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
-                "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
-                "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT",
-            )
-        }
+        self._haproxy_ports: dict[str, int] = {}  # picked once, when high_throughput is on
         self.marker = secrets.token_hex(8)
         self.started = False
 
@@ -277,6 +265,20 @@ class LocalRayServe:
         health still needs the bearer token."""
         haproxy = self.haproxy_dir()
         haproxy.mkdir(parents=True, exist_ok=True)
+        if not self._haproxy_ports:
+            # HAProxy's own ports and the replicas' direct-ingress ports: Ray's defaults are
+            # fixed (8404, 9101, 8500, 9500, 30000+, 40000+), so two local clusters would collide.
+            self._haproxy_ports = {
+                name: free_port()
+                for name in (
+                    "RAY_SERVE_HAPROXY_STATS_PORT",
+                    "RAY_SERVE_HAPROXY_METRICS_PORT",
+                    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+                    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT",
+                    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT",
+                    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT",
+                )
+            }
         ports = {k: str(v) for k, v in self._haproxy_ports.items()}
         for kind in ("HTTP", "GRPC"):  # a few ports per kind: replicas restarting need new ones
             low = self._haproxy_ports[f"RAY_SERVE_DIRECT_INGRESS_MIN_{kind}_PORT"]

@@ -162,9 +162,8 @@ class ServeClient:
         url = self.route(model)
         reason, delay = "", 0.0
         for attempt in range(1, self._retry.max_attempts + 1):
-            started = time.monotonic()
             try:
-                async with self._slots:
+                async with self._slots:  # the request's time starts with its connection
                     started = time.monotonic()
                     response = await self._client.post(url, content=body, headers=self._headers())
             except httpx.TimeoutException as exc:
