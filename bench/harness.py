@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 import os
 import statistics
@@ -28,6 +29,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from services import constants as c
+from services import json_codec
 from services import metrics as m
 from services.local.stack import (
     CLUSTER_MARKER,
@@ -281,35 +283,40 @@ async def run_direct(
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
     ) as http:
 
-        async def send(batch: list[tuple[Any, Any]]) -> list[bytes]:
+        async def send(ids: list[Any], inputs: list[Any]) -> list[bytes]:
             async with limit:
                 t0 = time.perf_counter()
-                body = json.dumps({"inputs": [b[1] for b in batch]}).encode()
+                body = json_codec.dumps({"inputs": inputs})
                 response = await http.post(route, content=body, headers=headers)
                 response.raise_for_status()
                 latencies.append(time.perf_counter() - t0)
-            payload = response.json()
-            return [
-                storage.dumps({"id": rid, "prediction": p})
-                for (rid, _), p in zip(batch, payload["predictions"], strict=True)
-            ]
+            return storage.result_lines(ids, json_codec.loads(response.content)["predictions"])
 
-        async def shard(index: int, records: list[tuple[Any, Any]]) -> int:
-            chunks = [records[i : i + micro_batch] for i in range(0, len(records), micro_batch)]
-            lines = [line for part in await asyncio.gather(*(send(ch) for ch in chunks)) for line in part]
-            if write:
-                await asyncio.to_thread(storage.write_lines, storage.shard_uri(str(output), index), lines)
-            return len(lines)
+        async def shard(index: int, raws: list[bytes]) -> int:
+            try:
+                parsed = storage.parse_lines(raws)  # the worker's own bulk parse: equal footing
+                if parsed is None:
+                    parsed = tuple(map(list, zip(*map(storage.parse_line, raws), strict=True)))
+                ids, inputs = parsed
+                steps = range(0, len(ids), micro_batch)
+                parts = await asyncio.gather(
+                    *(send(ids[i : i + micro_batch], inputs[i : i + micro_batch]) for i in steps)
+                )
+                lines = [line for part in parts for line in part]
+                if write:
+                    await asyncio.to_thread(storage.write_lines, storage.shard_uri(str(output), index), lines)
+                return len(lines)
+            finally:
+                pending.release()
 
-        tasks, records = [], []
+        # Streaming, as a tuned client would: records are read while earlier ones are in flight,
+        # with enough read ahead to keep every request slot busy and memory bounded.
+        pending = asyncio.Semaphore(max(4, 2 * concurrency * micro_batch // shard_size))
+        tasks = []
         with source.open("rb") as fh:
-            for line in fh:
-                records.append(storage.parse_line(line))
-                if len(records) == shard_size:
-                    tasks.append(asyncio.create_task(shard(len(tasks), records)))
-                    records = []
-        if records:
-            tasks.append(asyncio.create_task(shard(len(tasks), records)))
+            while raws := list(itertools.islice(fh, shard_size)):
+                await pending.acquire()
+                tasks.append(asyncio.create_task(shard(len(tasks), raws)))
         done = sum(await asyncio.gather(*tasks))
     seconds = time.perf_counter() - started
     gc.unfreeze()

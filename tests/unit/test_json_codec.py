@@ -57,3 +57,15 @@ def test_dumps_is_compact_utf8_and_round_trips() -> None:
     assert "café".encode() in encoded
     assert json.loads(encoded) == value
     assert json_codec.dumps("\ud800") == b'"\\ud800"'  # a lone surrogate, escaped like json
+
+
+def test_loads_lines_strict_declines_what_loads_strict_treats_specially() -> None:
+    assert json_codec.loads_lines_strict([b'{"a":1}\n', b"[2]"]) == [{"a": 1}, [2]]
+    for special in (b'{"x":NaN}', b'{"n":1234567890123456789012}', b'"\\ud800"', b"{x}"):
+        assert json_codec.loads_lines_strict([b'{"a":1}\n', special]) is None
+
+
+def test_dumps_lines_equals_dumps_per_value() -> None:
+    values = [{"a": 1}, "\ud800", 123456789012345678901234567890, float("nan")]
+    assert json_codec.dumps_lines(values) == [json_codec.dumps(v, newline=True) for v in values]
+    assert json_codec.dumps_lines(values[:1]) == [b'{"a":1}\n']

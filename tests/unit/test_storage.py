@@ -136,3 +136,35 @@ def test_candidate_keys_of_many_lines_equal_line_by_line() -> None:
     assert (
         storage.candidate_keys(usual)[:2] == [b'"r0"', b'"r1"'] and storage.candidate_keys(usual)[-1] == b"7"
     )
+
+
+GOOD_LINES = [b'{"id": 1, "input": [1, 2]}\n', b'{"id": "a", "features": [1]}\n', b'{"id":-3,"input":null}']
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"{bad json\n",
+        b'{"x": 1}\n',
+        b"[1, 2]\n",
+        b'{"id": true}\n',
+        b'{"id": 1.5}\n',
+        b'{"id": "\xff"}\n',
+        b'{"id": 1, "x": NaN}\n',
+        b'{"id": 1, "n": 123456789012345678901234567890}\n',
+    ],
+)
+def test_parse_lines_is_parse_line_in_bulk_or_declines(bad):
+    """The bulk path gives parse_line's values for good lines and declines (None) whenever a
+    line needs parse_line's own answer: an error, or json's value of a long integer."""
+    assert storage.parse_lines(GOOD_LINES) == tuple(map(list, zip(*map(storage.parse_line, GOOD_LINES))))
+    assert storage.parse_lines([*GOOD_LINES, bad]) is None
+
+
+def test_result_lines_are_one_json_line_per_record():
+    lines = storage.result_lines([1, "b", 3], [{"p": 0.5}, None, 123456789012345678901234567890])
+    assert lines == [
+        b'{"id":1,"prediction":{"p":0.5}}\n',
+        b'{"id":"b","prediction":null}\n',
+        b'{"id":3,"prediction":123456789012345678901234567890}\n',
+    ]
