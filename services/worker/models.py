@@ -26,7 +26,9 @@ class Tuning(_Strict):
     micro_batch_size: int = Field(1000, ge=1, le=1024, description="records per HTTP request")
     max_in_flight: int = Field(32, ge=1, le=256, description="concurrent requests per shard")
     max_concurrent_shards: int = Field(4, ge=1, le=500, description="sliding window width")
-    shard_size: int = Field(10_000, ge=1, description="records per shard")
+    shard_size: int = Field(
+        10_000, ge=1, description="most records per shard (shards are cut equal, filling the window)"
+    )
     checkpoint_every: int = Field(2000, ge=1, description="records per committed part")
     heartbeat_timeout_s: float = Field(30, gt=0, le=3600)
     shard_max_attempts: int = Field(20, ge=0, description="0 = retry until cancelled")
@@ -125,6 +127,7 @@ class PlanInput(_Strict):
     input_uri: str
     output_uri: str
     shard_size: int
+    max_concurrent_shards: int = 1  # shards are cut in a multiple of this
 
 
 class PlanOutput(BaseModel):

@@ -85,6 +85,7 @@ class BatchInferenceWorkflow:
                     input_uri=input.input_uri,
                     output_uri=input.output_uri,
                     shard_size=tuning.shard_size,
+                    max_concurrent_shards=tuning.max_concurrent_shards,
                 ),
                 start_to_close_timeout=timedelta(hours=2),
                 retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE_TYPES),

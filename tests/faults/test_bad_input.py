@@ -229,3 +229,16 @@ def test_duplicate_detection_spills_to_disk_and_stays_exact(tmp_path, monkeypatc
     assert marked == {3001: 8, 3002: 3000}
     assert plan["duplicate_records"] == 2 and plan["total_records"] == 3_003
     assert Counter(len(s.get("duplicates", [])) for s in plan["shards"]) == Counter({0: 3, 2: 1})
+
+
+def test_a_rerun_cut_into_fewer_shards_drops_the_earlier_runs_extra_shard_files(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"".join(line({"id": i}) for i in range(10)))
+    out = tmp_path / "out"
+    (out / "errors").mkdir(parents=True)
+    for name in ("shard-00001.jsonl", "shard-00007.jsonl", "errors/shard-00009.jsonl", "notes.jsonl"):
+        (out / name).write_text("earlier\n")
+    plan = activities._plan(PlanInput(input_uri=str(source), output_uri=str(out), shard_size=5))
+    assert len(plan["shards"]) == 2
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*.jsonl"))
+    assert left == ["notes.jsonl", "shard-00001.jsonl"]  # shard 1 is rewritten by this batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections import Counter
@@ -48,7 +49,8 @@ async def test_file_batch_writes_every_id_exactly_once(client, run_worker, tmp_p
     assert Counter(r["id"] for r in results) == Counter(r["id"] for r in records)
     assert not errors
     assert {r["prediction"]["label"] for r in results} == {"setosa", "versicolor", "virginica"}
-    assert (result.total_records, result.succeeded, result.failed, result.shards) == (2_345, 2_345, 0, 5)
+    # at most 500 records per shard, equal, a multiple of the window of 3: 6 shards of 390-391
+    assert (result.total_records, result.succeeded, result.failed, result.shards) == (2_345, 2_345, 0, 6)
     summary = json.loads((output / "_summary.json").read_text())
     assert summary["status"] == "completed" and summary["succeeded"] == 2_345
     assert not (output / "_parts").exists()
@@ -87,7 +89,8 @@ async def test_error_budget_exceeded_says_so(client, run_worker, tmp_path):
     async with run_worker() as queue:
         with pytest.raises(WorkflowFailureError) as err:
             await execute(client, queue, batch)
-    assert "error budget exceeded: 10 of 10 records failed" in str(err.value.cause)
+    # The batch stops at the first shard past the budget, whichever of the 4 shards ends first.
+    assert re.search(r"error budget exceeded: \d+ of 10 records failed", str(err.value.cause))
 
 
 @pytest.mark.parametrize(

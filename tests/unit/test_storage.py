@@ -122,14 +122,35 @@ def _records_by_line(data: bytes, max_bytes: int) -> list[tuple[int, int, bytes 
 def test_scan_records_finds_what_read_records_finds(data: bytes, chunk_bytes: int) -> None:
     expected = _records_by_line(data, max_bytes=24)
     chunks = list(storage.scan_records(io.BytesIO(data), max_bytes=24, chunk_bytes=chunk_bytes))
-    assert all(chunks)
-    got = [record for chunk in chunks for record in chunk]
-    assert got == expected
+    assert all(chunk.raws for chunk in chunks)
+    got = [record for chunk in chunks for record in zip(chunk.lines, chunk.offsets, chunk.raws, strict=True)]
+    assert got == [(line, offset, raw and raw.removesuffix(b"\n")) for line, offset, raw in expected]
+    index = storage.RecordIndex(stride=2)
+    for chunk in chunks:
+        index.add(chunk)
+    assert index.total == len(expected)
+    fh = io.BytesIO(data)
+    assert [index.locate(fh, i, max_bytes=24) for i in range(len(expected))] == [r[:2] for r in expected]
+
+
+@pytest.mark.parametrize(
+    ("total", "shard_size", "window", "sizes"),
+    [
+        (100_000, 10_000, 4, [8334] * 4 + [8333] * 8),
+        (10_000, 10_000, 4, [2500] * 4),
+        (1_000_000, 10_000, 4, [10_000] * 100),
+        (10, 4, 4, [3, 3, 2, 2]),
+        (3, 10, 4, [1, 1, 1]),
+        (25, 10, 1, [9, 8, 8]),
+    ],
+)
+def test_shard_sizes_are_equal_and_fill_the_window(total, shard_size, window, sizes):
+    assert storage.shard_sizes(total, shard_size, window) == sizes
 
 
 def test_candidate_keys_of_many_lines_equal_line_by_line() -> None:
-    usual = [f'{{"id":"r{i}","input":{{"n":{i}}}}}\n'.encode() for i in range(50)] + [b'{ "id" : 7 }']
-    odd = [b'{"x":1,"id":"later"}\n', b'{"id":0,"x":{"id":1}}\n', b"[1]\n", None]
+    usual = [f'{{"id":"r{i}","input":{{"n":{i}}}}}'.encode() for i in range(50)] + [b'{ "id" : 7 }']
+    odd = [b'{"x":1,"id":"later"}', b'{"id":0,"x":{"id":1}}', b"[1]", None]
     for lines in (usual, usual[:10] + odd + usual[10:], odd):
         expected = [k for raw in lines if (k := storage.candidate_key(raw)) is not None]
         assert storage.candidate_keys(lines) == expected
@@ -157,7 +178,8 @@ GOOD_LINES = [b'{"id": 1, "input": [1, 2]}\n', b'{"id": "a", "features": [1]}\n'
 def test_parse_lines_is_parse_line_in_bulk_or_declines(bad):
     """The bulk path gives parse_line's values for good lines and declines (None) whenever a
     line needs parse_line's own answer: an error, or json's value of a long integer."""
-    assert storage.parse_lines(GOOD_LINES) == tuple(map(list, zip(*map(storage.parse_line, GOOD_LINES))))
+    one_by_one = [storage.parse_line(raw) for raw in GOOD_LINES]
+    assert storage.parse_lines(GOOD_LINES) == ([i for i, _ in one_by_one], [x for _, x in one_by_one])
     assert storage.parse_lines([*GOOD_LINES, bad]) is None
 
 
