@@ -259,7 +259,7 @@ class Records(NamedTuple):
 
 
 def scan_records(
-    fh: IO[bytes], max_bytes: int = MAX_RECORD_BYTES, chunk_bytes: int = 1 << 22
+    fh: IO[bytes], max_bytes: int = MAX_RECORD_BYTES, chunk_bytes: int = 1 << 20
 ) -> Iterator[Records]:
     """Every record from ``fh``'s start, one ``Records`` per chunk read: the records
     ``read_records`` gives, read in big chunks for the planning scan. A chunk without blank or
@@ -412,7 +412,7 @@ class DuplicateIds:
 
     Pass 1 (``add`` for every chunk of records, during the planning scan): a 64-bit hash of each id goes
     into one of 256 buckets (8 bytes per record; a bucket spills to an anonymous temp file past
-    64 KiB, so memory stays ~16 MiB however large the input). ``repeated_hashes`` then checks
+    16 KiB, so the buckets take at most 4 MiB however large the input). ``repeated_hashes`` then checks
     one bucket at a time with a set. Only when a hash repeats does the caller rescan the input
     and compare those ids exactly: a hash collision of two different ids is
     not a duplicate. Hashes are Python's ``hash`` of the id: stable within one process, which is
@@ -420,7 +420,7 @@ class DuplicateIds:
     """
 
     BUCKETS = 256
-    SPILL_AT = 8192  # hashes per bucket held in memory before spilling
+    SPILL_AT = 2048  # hashes per bucket held in memory before spilling
 
     def __init__(self) -> None:
         self._memory = [array("q") for _ in range(self.BUCKETS)]
