@@ -138,7 +138,11 @@ def exists(uri: str) -> bool:
 
 
 def open_input(uri: str) -> IO[bytes]:
-    return fsspec.open(uri, "rb").open()
+    fs, path = fsspec.core.url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        # The built-in reader: fsspec's local wrapper adds a Python call to every readline.
+        return open(path, "rb")
+    return fs.open(path, "rb")
 
 
 # --- Records ---------------------------------------------------------------------------------
