@@ -6,12 +6,11 @@ tuning, each in a fresh worker process (``python -m services.worker``), and prin
 process's peak RSS (``VmHWM`` in /proc/<pid>/status), its RSS when idle before the batch, and
 records/s. A script, not a test:
 
-    .venv/bin/python bench/load_rss.py [--sizes 10000 100000] [--set shard_size=2500] [--json out.json]
+    .venv/bin/python bench/load_rss.py [--sizes 10000 100000] [--set checkpoint_every=1000] [--json out.json]
 
-Peak RSS follows the number of shards running at once (``max_concurrent_shards``, each holding
-up to two parts of ``checkpoint_every`` records), not the batch size: with the default 10,000-
-record shards a 10k batch runs one shard and a 100k batch four at a time, so compare sizes at the
-same concurrency too (``--set shard_size=2500``).
+Peak RSS follows what the worker holds in flight (``max_concurrent_shards`` shards, each with up
+to two parts of ``checkpoint_every`` records), not the batch size; a batch smaller than that
+window (e.g. 10k: four shards of 2,500) holds less. Other tuning: ``--set key=value``.
 """
 
 from __future__ import annotations
