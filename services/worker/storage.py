@@ -109,14 +109,16 @@ def remove(uri: str, recursive: bool = False) -> None:
         fs.rm(path, recursive=recursive)
 
 
+_SHARD_PREFIX, _SHARD_SUFFIX = SHARD_FILE.split("{shard:05d}")
+_SHARD_GLOB = f"{_SHARD_PREFIX}*{_SHARD_SUFFIX}"
+
+
 def remove_extra_shards(output_uri: str, count: int) -> None:
     """Drop final files of shards numbered ``count`` and up: left by an earlier batch into the
     same folder that was cut into more shards; they would otherwise read as this batch's."""
     fs, path = fsspec.core.url_to_fs(output_uri)
-    prefix, suffix = SHARD_FILE.split("{shard:05d}")
-    pattern = f"{prefix}*{suffix}"
-    for final in fs.glob(join(path, pattern)) + fs.glob(join(path, ERRORS_DIR, pattern)):
-        number = final.rsplit("/", 1)[-1].removeprefix(prefix).removesuffix(suffix)
+    for final in fs.glob(join(path, _SHARD_GLOB)) + fs.glob(join(path, ERRORS_DIR, _SHARD_GLOB)):
+        number = final.rsplit("/", 1)[-1].removeprefix(_SHARD_PREFIX).removesuffix(_SHARD_SUFFIX)
         if number.isdigit() and int(number) >= count:
             with contextlib.suppress(FileNotFoundError):
                 fs.rm(final)
@@ -125,7 +127,7 @@ def remove_extra_shards(output_uri: str, count: int) -> None:
 def remove_committed_parts(output_uri: str) -> None:
     """Drop the parts of every shard whose final results and errors files both exist."""
     fs, path = fsspec.core.url_to_fs(output_uri)
-    for final in fs.glob(join(path, SHARD_FILE.replace("{shard:05d}", "*"))):
+    for final in fs.glob(join(path, _SHARD_GLOB)):
         name = final.rsplit("/", 1)[-1]
         if fs.exists(join(path, ERRORS_DIR, name)):
             with contextlib.suppress(FileNotFoundError):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 
 import pytest
 
@@ -146,6 +147,18 @@ def test_scan_records_finds_what_read_records_finds(data: bytes, chunk_bytes: in
 )
 def test_shard_sizes_are_equal_and_fill_the_window(total, shard_size, window, sizes):
     assert storage.shard_sizes(total, shard_size, window) == sizes
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_shard_sizes_cover_every_record_within_the_limit(seed):
+    rng = random.Random(seed)
+    for _ in range(2000):
+        total, window = rng.randint(1, 10**6), rng.randint(1, 20)
+        shard_size = rng.randint(1, total + 5)
+        sizes = storage.shard_sizes(total, shard_size, window)
+        assert sum(sizes) == total and 1 <= min(sizes) and max(sizes) - min(sizes) <= 1
+        assert max(sizes) <= shard_size and len(sizes) >= -(-total // shard_size)
+        assert len(sizes) % window == 0 or len(sizes) == total  # fills the window when it can
 
 
 def test_candidate_keys_of_many_lines_equal_line_by_line() -> None:
