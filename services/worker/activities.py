@@ -113,7 +113,7 @@ def _plan(input: PlanInput) -> dict[str, Any]:
     }
     try:
         storage.write_json(storage.plan_uri(input.output_uri), plan)
-        storage.remove_extra_shards(input.output_uri, len(shards))
+        storage.remove_final_shards(input.output_uri)
     except (PermissionError, NotADirectoryError, FileExistsError, OSError) as exc:
         raise _non_retryable(
             f"cannot write to output location {input.output_uri}: {exc.strerror or exc}",
@@ -354,9 +354,21 @@ class BatchActivities:
     @activity.defn
     async def write_summary(self, input: SummaryInput) -> str:
         uri = storage.summary_uri(input.output_uri)
-        await asyncio.to_thread(storage.write_json, uri, input.summary)
-        telemetry.record_batch_finished(input.summary)
-        if input.summary.get("status") == "completed":
+        summary = input.summary
+        if input.unsettled_shards:
+            # A shard can commit its final files and still end cancelled in the workflow (its
+            # result and the cancellation arriving together): its files say what it did.
+            ok, failed = await asyncio.to_thread(
+                storage.count_final, input.output_uri, input.unsettled_shards
+            )
+            summary = {
+                **summary,
+                "succeeded": summary["succeeded"] + ok,
+                "failed": summary["failed"] + failed,
+            }
+        await asyncio.to_thread(storage.write_json, uri, summary)
+        telemetry.record_batch_finished(summary)
+        if summary.get("status") == "completed":
             # Every shard committed its final files; a cancelled or failed batch keeps its parts.
             await asyncio.to_thread(storage.remove, storage.join(input.output_uri, PARTS_DIR), True)
         else:

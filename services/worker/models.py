@@ -177,3 +177,4 @@ class InlineOutput(BaseModel):
 class SummaryInput(_Strict):
     output_uri: str
     summary: dict[str, Any]
+    unsettled_shards: list[int] = []  # stopped shards whose final files, if any, count too

@@ -113,15 +113,29 @@ _SHARD_PREFIX, _SHARD_SUFFIX = SHARD_FILE.split("{shard:05d}")
 _SHARD_GLOB = f"{_SHARD_PREFIX}*{_SHARD_SUFFIX}"
 
 
-def remove_extra_shards(output_uri: str, count: int) -> None:
-    """Drop final files of shards numbered ``count`` and up: left by an earlier batch into the
-    same folder that was cut into more shards; they would otherwise read as this batch's."""
+def remove_final_shards(output_uri: str) -> None:
+    """Drop the final shard files an earlier batch left in this folder: this batch writes its
+    own, and one it does not finish must not show an earlier batch's results as its own."""
     fs, path = fsspec.core.url_to_fs(output_uri)
     for final in fs.glob(join(path, _SHARD_GLOB)) + fs.glob(join(path, ERRORS_DIR, _SHARD_GLOB)):
-        number = final.rsplit("/", 1)[-1].removeprefix(_SHARD_PREFIX).removesuffix(_SHARD_SUFFIX)
-        if number.isdigit() and int(number) >= count:
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm(final)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(final)
+
+
+def count_final(output_uri: str, shards: list[int]) -> tuple[int, int]:
+    """(results, errors) in the final files of those of ``shards`` that have both."""
+    succeeded = failed = 0
+    for shard in shards:
+        results, errors = shard_uri(output_uri, shard), errors_uri(output_uri, shard)
+        if exists(results) and exists(errors):
+            succeeded += _count_lines(results)
+            failed += _count_lines(errors)
+    return succeeded, failed
+
+
+def _count_lines(uri: str) -> int:
+    with fsspec.open(uri, "rb") as fh:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
 
 
 def remove_committed_parts(output_uri: str) -> None:

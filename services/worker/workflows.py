@@ -157,15 +157,19 @@ class BatchInferenceWorkflow:
                 task.cancel()
             if pending:
                 await workflow.wait(pending.values())
-            for task in pending.values():
+            unsettled = []
+            for shard, task in pending.items():
                 # A shard that finished before its cancellation took effect has committed its
-                # files: the summary counts it.
+                # files: the summary counts it. One whose result came with the cancellation ends
+                # cancelled here all the same: the summary activity counts its files instead.
                 if not task.cancelled() and task.exception() is None:
                     self._count(state, task.result())
+                else:
+                    unsettled.append(shard)
             self._running = 0
             status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
             try:
-                await self._write_summary(input, state, status)
+                await self._write_summary(input, state, status, unsettled)
             except Exception as summary_exc:  # the original error matters more
                 workflow.logger.warning("could not write the %s summary: %s", status, summary_exc)
             raise
@@ -216,7 +220,9 @@ class BatchInferenceWorkflow:
             summary_uri=summary_uri,
         )
 
-    async def _write_summary(self, input: BatchInferenceInput, state: BatchState, status: str) -> str:
+    async def _write_summary(
+        self, input: BatchInferenceInput, state: BatchState, status: str, unsettled: list[int] | None = None
+    ) -> str:
         assert input.output_uri
         output = self._output(input, state, status, None)
         summary = output.model_dump(mode="json", exclude={"predictions", "summary_uri"})
@@ -228,7 +234,7 @@ class BatchInferenceWorkflow:
         )
         return await workflow.execute_activity_method(
             BatchActivities.write_summary,
-            SummaryInput(output_uri=input.output_uri, summary=summary),
+            SummaryInput(output_uri=input.output_uri, summary=summary, unsettled_shards=unsettled or []),
             start_to_close_timeout=timedelta(minutes=5),
         )
 

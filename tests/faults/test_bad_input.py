@@ -231,7 +231,7 @@ def test_duplicate_detection_spills_to_disk_and_stays_exact(tmp_path, monkeypatc
     assert Counter(len(s.get("duplicates", [])) for s in plan["shards"]) == Counter({0: 3, 2: 1})
 
 
-def test_a_rerun_cut_into_fewer_shards_drops_the_earlier_runs_extra_shard_files(tmp_path):
+def test_a_new_batch_drops_the_final_files_an_earlier_batch_left_in_its_folder(tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"".join(line({"id": i}) for i in range(10)))
     out = tmp_path / "out"
@@ -240,5 +240,12 @@ def test_a_rerun_cut_into_fewer_shards_drops_the_earlier_runs_extra_shard_files(
         (out / name).write_text("earlier\n")
     plan = activities._plan(PlanInput(input_uri=str(source), output_uri=str(out), shard_size=5))
     assert len(plan["shards"]) == 2
-    left = sorted(str(p.relative_to(out)) for p in out.rglob("*.jsonl"))
-    assert left == ["notes.jsonl", "shard-00001.jsonl"]  # shard 1 is rewritten by this batch
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.jsonl")) == ["notes.jsonl"]
+
+
+def test_final_files_of_stopped_shards_are_counted_only_when_whole(tmp_path):
+    (tmp_path / "errors").mkdir()
+    (tmp_path / "shard-00001.jsonl").write_text('{"id":1}\n{"id":2}\n')
+    (tmp_path / "errors" / "shard-00001.jsonl").write_text('{"id":3}\n')
+    (tmp_path / "shard-00002.jsonl").write_text('{"id":4}\n')  # no errors file: not committed
+    assert storage.count_final(str(tmp_path), [1, 2, 3]) == (2, 1)

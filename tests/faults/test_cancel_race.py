@@ -74,3 +74,68 @@ async def test_a_shard_finishing_during_the_cancellation_is_counted():
                 await handle.result()
     assert summaries[-1]["status"] == "cancelled"
     assert (summaries[-1]["succeeded"], summaries[-1]["failed"]) == (99, 1)
+
+
+async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
+    """The shard's completion and the cancel request reach the workflow in one task (no
+    workflow worker runs between them): the SDK then ends the shard's task cancelled, its result
+    unseen. The workflow hands such shards to the summary activity, which counts their final
+    files (``storage.count_final``), so what the shard committed is still counted."""
+    started, finish, summaries = asyncio.Event(), asyncio.Event(), []
+
+    @activity.defn(name="plan_batch")
+    async def plan_batch(input: PlanInput) -> PlanOutput:
+        return PlanOutput(total_records=300, num_shards=3)
+
+    @activity.defn(name="process_shard")
+    async def process_shard(input: ShardInput) -> ShardOutput:
+        if input.shard == 0:
+            started.set()
+            await finish.wait()
+            return ShardOutput(shard=0, records=100, succeeded=99, failed=1)
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(0.05)
+
+    @activity.defn(name="write_summary")
+    async def write_summary(input: SummaryInput) -> str:
+        summaries.append(input)
+        return "/out/_summary.json"
+
+    async with await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter, test_server_existing_path=venv_bin("temporal-test-server")
+    ) as env:
+        queue = f"race-{uuid.uuid4().hex[:8]}"
+
+        def workflow_worker() -> Worker:  # no cache: each task goes to whichever worker polls
+            return Worker(
+                env.client, task_queue=queue, workflows=[BatchInferenceWorkflow], max_cached_workflows=0
+            )
+
+        activities = [plan_batch, process_shard, write_summary]
+        async with Worker(env.client, task_queue=queue, activities=activities):
+            batch = BatchInferenceInput(
+                input_uri="/in.jsonl",
+                output_uri="/out",
+                tuning=Tuning(shard_size=100, max_concurrent_shards=2, heartbeat_timeout_s=2),
+            )
+            async with workflow_worker():
+                handle = await env.client.start_workflow(
+                    BatchInferenceWorkflow.run, batch, id=f"race-{uuid.uuid4().hex[:8]}", task_queue=queue
+                )
+                await started.wait()
+            # No workflow worker now: the cancel request and shard 0's completion queue up.
+            await handle.cancel()
+            finish.set()
+            for _ in range(200):
+                history = await handle.fetch_history()
+                if any(e.HasField("activity_task_completed_event_attributes") for e in history.events[3:]):
+                    break
+                await asyncio.sleep(0.05)
+            async with workflow_worker():
+                with pytest.raises(WorkflowFailureError):
+                    await handle.result()
+    summary = summaries[-1]
+    assert summary.summary["status"] == "cancelled"
+    counted = (summary.summary["succeeded"], summary.summary["failed"]) == (99, 1)
+    assert counted or 0 in summary.unsettled_shards, summary
