@@ -109,8 +109,7 @@ def remove(uri: str, recursive: bool = False) -> None:
         fs.rm(path, recursive=recursive)
 
 
-_SHARD_PREFIX, _SHARD_SUFFIX = SHARD_FILE.split("{shard:05d}")
-_SHARD_GLOB = f"{_SHARD_PREFIX}*{_SHARD_SUFFIX}"
+_SHARD_GLOB = SHARD_FILE.replace("{shard:05d}", "*")
 
 
 def remove_final_shards(output_uri: str) -> None:

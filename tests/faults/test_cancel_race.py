@@ -30,12 +30,13 @@ from services.worker.models import (
 from services.worker.workflows import BatchInferenceWorkflow
 
 
+@activity.defn(name="plan_batch")
+async def plan_batch(input: PlanInput) -> PlanOutput:
+    return PlanOutput(total_records=300, num_shards=3)
+
+
 async def test_a_shard_finishing_during_the_cancellation_is_counted():
     started, summaries = asyncio.Event(), []
-
-    @activity.defn(name="plan_batch")
-    async def plan_batch(input: PlanInput) -> PlanOutput:
-        return PlanOutput(total_records=300, num_shards=3)
 
     @activity.defn(name="process_shard")
     async def process_shard(input: ShardInput) -> ShardOutput:
@@ -82,10 +83,6 @@ async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
     unseen. The workflow hands such shards to the summary activity, which counts their final
     files (``storage.count_final``), so what the shard committed is still counted."""
     started, finish, summaries = asyncio.Event(), asyncio.Event(), []
-
-    @activity.defn(name="plan_batch")
-    async def plan_batch(input: PlanInput) -> PlanOutput:
-        return PlanOutput(total_records=300, num_shards=3)
 
     @activity.defn(name="process_shard")
     async def process_shard(input: ShardInput) -> ShardOutput:
