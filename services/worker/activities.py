@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from temporalio import activity
@@ -83,10 +85,12 @@ def _plan(input: PlanInput) -> dict[str, Any]:
         raise _non_retryable(f"input not found: {input.input_uri}", "InputNotFound")
     index = storage.RecordIndex()
     ids = storage.DuplicateIds()
+    long_lines = False
     try:
         with storage.open_input(input.input_uri) as fh:
             for records in storage.scan_records(fh):
                 index.add(records)
+                long_lines = long_lines or None in records.raws
                 ids.add(storage.candidate_keys(records.raws))
             size, total = fh.tell(), index.total
             if total == 0:
@@ -108,6 +112,7 @@ def _plan(input: PlanInput) -> dict[str, Any]:
         "input_bytes": size,
         "shard_size": input.shard_size,
         "total_records": total,
+        "short_lines": not long_lines,  # no line over MAX_RECORD_BYTES: shards read in bulk
         "duplicate_records": duplicates,
         "shards": shards,
     }
@@ -162,17 +167,20 @@ class BatchActivities:
 
         state = {"progress": progress}
         interval = (
-            max(0.5, min(5.0, info.heartbeat_timeout.total_seconds() / 3)) if info.heartbeat_timeout else 5.0
+            max(0.2, min(1.0, info.heartbeat_timeout.total_seconds() / 3)) if info.heartbeat_timeout else 1.0
         )
 
         async def keep_alive() -> None:
-            # Heartbeats while waiting on Serve: the last committed checkpoint, never more.
+            # The only heartbeats: the last committed checkpoint, never more, every second or so
+            # (they also deliver cancellation). The SDK sends at most one per throttle interval
+            # anyway, so one per part would only cost the worker a conversion per part.
             while True:
                 await asyncio.sleep(interval)
                 activity.heartbeat(state["progress"].model_dump())
 
         ticker = asyncio.create_task(keep_alive())
         fh = await asyncio.to_thread(storage.open_input, input.input_uri)
+        short_lines = bool(plan.get("short_lines"))
         try:
             await asyncio.to_thread(fh.seek, progress.offset)
             # Two parts in flight: the next part's requests go out while the current one is
@@ -183,16 +191,16 @@ class BatchActivities:
             while progress.done < entry["records"]:
                 while len(ahead) < 2 and read_done < entry["records"]:
                     want = min(input.checkpoint_every, entry["records"] - read_done)
-                    records, consumed, next_line = await asyncio.to_thread(
-                        storage.read_records, fh, want, read_line
+                    lines, raws, consumed, next_line = await asyncio.to_thread(
+                        storage.read_part, fh, want, read_line, short_lines
                     )
-                    if len(records) != want:
+                    if len(raws) != want:
                         raise _non_retryable(
                             f"input changed while the batch ran: shard {input.shard} expected {want} "
-                            f"more records at line {read_line}, found {len(records)}",
+                            f"more records at line {read_line}, found {len(raws)}",
                             "InputChanged",
                         )
-                    task = asyncio.create_task(self._predict_part(input, records, duplicates, limit))
+                    task = asyncio.create_task(self._predict_part(input, lines, raws, duplicates, limit))
                     ahead.append((task, want, consumed, next_line))
                     read_done, read_line = read_done + want, next_line
                 task, want, consumed, next_line = ahead.popleft()
@@ -210,7 +218,6 @@ class BatchActivities:
                 await _uninterrupted(self._write_part, input, done_part, out, errors, checkpoint)
                 telemetry.record_part(input.model, out, errors)
                 state["progress"] = progress
-                activity.heartbeat(progress.model_dump())
         finally:
             for task, *_ in ahead:
                 task.cancel()
@@ -236,21 +243,21 @@ class BatchActivities:
     async def _predict_part(
         self,
         input: ShardInput,
-        records: list[tuple[int, bytes | None]],
+        lines: Sequence[int],
+        raws: list[bytes | None],
         duplicates: dict[int, int],
         limit: asyncio.Semaphore,
     ) -> tuple[list[bytes], list[bytes]]:
         """Results and error lines for one part, in input order. The worker's hottest code: a
         part of good records is parsed and written in bulk, line by line only if some are bad."""
-        raws = [raw for _, raw in records]
         parsed = None if duplicates or None in raws else storage.parse_lines(raws)  # type: ignore[arg-type]
         errors: dict[int, bytes] = {}
         if parsed is not None:
             ids, inputs = parsed
-            positions: range | list[int] = range(len(records))
+            positions: range | list[int] = range(len(raws))
         else:
             positions, ids, inputs = [], [], []
-            for pos, (line, raw) in enumerate(records):
+            for pos, (line, raw) in enumerate(zip(lines, raws, strict=True)):
                 if raw is None:
                     reason = f"record longer than {storage.MAX_RECORD_BYTES} bytes"
                     errors[pos] = storage.error_line(None, line, "parse", reason)
@@ -270,7 +277,7 @@ class BatchActivities:
 
         size = input.micro_batch_size
 
-        async def send(start: int) -> list[tuple[Any, str | None]]:
+        async def send(start: int) -> tuple[list[Any], list[Any]]:
             async with limit:
                 return await telemetry.serve_predict(self.serve, input.model, inputs[start : start + size])
 
@@ -281,18 +288,19 @@ class BatchActivities:
             # Surface the first real error (e.g. a non-retryable ApplicationError) as itself,
             # so Temporal's retry policy sees its type.
             raise group_error.exceptions[0] from None
-        results = [result for task in tasks for result in task.result()]
-        if all(error is None for _, error in results):
-            out = storage.result_lines(ids, [prediction for prediction, _ in results])
-            return out, [errors[p] for p in sorted(errors)]
-        kept_ids, predictions = [], []
-        for pos, record_id, (prediction, error) in zip(positions, ids, results, strict=True):
+        replies = [task.result() for task in tasks]
+        predictions = list(itertools.chain.from_iterable(reply[0] for reply in replies))
+        model_errors = list(itertools.chain.from_iterable(reply[1] for reply in replies))
+        if model_errors.count(None) == len(model_errors):  # no record rejected: the usual case
+            return storage.result_lines(ids, predictions), [errors[p] for p in sorted(errors)]
+        kept_ids, kept = [], []
+        for pos, record_id, prediction, error in zip(positions, ids, predictions, model_errors, strict=True):
             if error is None:
                 kept_ids.append(record_id)
-                predictions.append(prediction)
+                kept.append(prediction)
             else:
-                errors[pos] = storage.error_line(record_id, records[pos][0], "model", error)
-        return storage.result_lines(kept_ids, predictions), [errors[p] for p in sorted(errors)]
+                errors[pos] = storage.error_line(record_id, lines[pos], "model", error)
+        return storage.result_lines(kept_ids, kept), [errors[p] for p in sorted(errors)]
 
     @staticmethod
     def _write_part(
@@ -343,11 +351,11 @@ class BatchActivities:
     @activity.defn
     async def predict_inline(self, input: InlineInput) -> InlineOutput:
         pairs = [storage.split_record(r) for r in input.records]
-        results = await telemetry.serve_predict(self.serve, input.model, [p[1] for p in pairs])
+        predictions, errors = await telemetry.serve_predict(self.serve, input.model, [p[1] for p in pairs])
         return InlineOutput(
             predictions=[
                 InlinePrediction(id=record_id, prediction=prediction, error=error)
-                for (record_id, _), (prediction, error) in zip(pairs, results, strict=True)
+                for (record_id, _), prediction, error in zip(pairs, predictions, errors, strict=True)
             ]
         )
 

@@ -158,6 +158,12 @@ class ServeClient:
 
     async def predict(self, model: str | None, inputs: list[Any]) -> list[tuple[Any, str | None]]:
         """Predictions for ``inputs`` in order, as (prediction, error) pairs."""
+        predictions, errors = await self.predict_lists(model, inputs)
+        return list(zip(predictions, errors, strict=True))
+
+    async def predict_lists(self, model: str | None, inputs: list[Any]) -> tuple[list[Any], list[str | None]]:
+        """Predictions for ``inputs`` in order and, beside them, each one's error or None: two
+        lists as Serve sends them, so a shard's hot path builds no pair per record."""
         body = json_codec.dumps({"inputs": inputs})
         url = self.route(model)
         reason, delay = "", 0.0
@@ -182,12 +188,13 @@ class ServeClient:
                     self._record(outcome, started, model)
                     payload = json_codec.loads(response.content)
                     predictions, errors = payload["predictions"], payload["errors"]
-                    if len(predictions) != len(inputs):
+                    if not len(predictions) == len(errors) == len(inputs):
                         raise ApplicationError(
-                            f"Serve returned {len(predictions)} predictions for {len(inputs)} inputs",
+                            f"Serve returned {len(predictions)} predictions and {len(errors)} errors "
+                            f"for {len(inputs)} inputs",
                             type="ServeProtocolError",
                         )
-                    return list(zip(predictions, errors, strict=True))
+                    return predictions, errors
                 detail = _detail(response)
                 if _no_app_yet(response):
                     # Serve is up but the application is not (yet) deployed: transient while

@@ -268,6 +268,38 @@ def read_records(
     return records, consumed, line
 
 
+def read_part(
+    fh: IO[bytes], count: int, line: int, short_lines: bool = False, max_bytes: int = MAX_RECORD_BYTES
+) -> tuple[Sequence[int], list[bytes | None], int, int]:
+    """``read_records`` as (line numbers, raw lines, bytes consumed, next line number).
+
+    With ``short_lines`` (the plan found no line longer than ``max_bytes``) lines are read in C,
+    and a stretch without blank lines, the usual case, costs no Python step per line: this is
+    what a shard reads its parts with."""
+    if not short_lines:
+        records, consumed, line = read_records(fh, count, line, max_bytes)
+        return [n for n, _ in records], [raw for _, raw in records], consumed, line
+    lines: list[int] = []
+    raws: list[bytes | None] = []
+    consumed = 0
+    while len(raws) < count:
+        batch = list(itertools.islice(fh, count - len(raws)))
+        if not batch:
+            break
+        consumed += sum(map(len, batch))
+        if min(batch)[:1] > b" ":  # no line empty or starting with whitespace: none is blank
+            lines.extend(range(line, line + len(batch)))
+            raws.extend(batch)
+            line += len(batch)
+            continue
+        for raw in batch:
+            if not raw.isspace():
+                lines.append(line)
+                raws.append(raw)
+            line += 1
+    return lines, raws, consumed, line
+
+
 class Records(NamedTuple):
     """Records found by ``scan_records``: raw lines without their newline (None if longer than
     the limit), with each one's line number and byte offset."""

@@ -203,3 +203,34 @@ def test_result_lines_are_one_json_line_per_record():
         b'{"id":"b","prediction":null}\n',
         b'{"id":3,"prediction":123456789012345678901234567890}\n',
     ]
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 100])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"id":1}\n{"id":2}\n{"id":3}\n',
+        b'{"id":1}\n\n  \n{"id":2}\n\n{"id":3}',  # blank lines, no final newline
+        b'\n\n{"id":1}\r\n \t\n{"id":2}\n',
+        b"",
+        b"   \n\n",
+    ],
+)
+def test_read_part_reads_what_read_records_reads(data: bytes, count: int) -> None:
+    """The bulk reader a shard uses when the plan saw no overlong line: the same records, line
+    numbers and offsets as the careful reader, part after part."""
+    careful, bulk = io.BytesIO(data), io.BytesIO(data)
+    line_a = line_b = 1
+    while True:
+        records, consumed_a, line_a = storage.read_records(careful, count, line_a)
+        lines, raws, consumed_b, line_b = storage.read_part(bulk, count, line_b, short_lines=True)
+        assert (list(lines), raws) == ([n for n, _ in records], [raw for _, raw in records])
+        assert (consumed_a, line_a, careful.tell()) == (consumed_b, line_b, bulk.tell())
+        if not records:
+            break
+
+
+def test_read_part_without_short_lines_flags_an_overlong_line():
+    data = b'{"id":1}\n' + b"x" * 50 + b"\n" + b'{"id":2}\n'
+    lines, raws, consumed, line = storage.read_part(io.BytesIO(data), 10, 1, max_bytes=20)
+    assert (list(lines), raws, consumed, line) == ([1, 2, 3], [b'{"id":1}\n', None, b'{"id":2}\n'], len(data), 4)
