@@ -22,7 +22,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from services import json_codec
-from services.constants import ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_FILE, SUMMARY_FILE
+from services.constants import DUPLICATES_FILE, ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_FILE, SUMMARY_FILE
 
 
 def join(base: str, *parts: str) -> str:
@@ -39,12 +39,15 @@ def errors_uri(output_uri: str, shard: int | None = None) -> str:
 
 
 def part_uri(output_uri: str, shard: int, part: int, kind: str) -> str:
-    name = SHARD_FILE.format(shard=shard).removesuffix(".jsonl")
-    return join(output_uri, PARTS_DIR, name, f"part-{part:05d}.{kind}.jsonl")
+    return join(shard_parts_uri(output_uri, shard), f"part-{part:05d}.{kind}.jsonl")
 
 
 def plan_uri(output_uri: str) -> str:
     return join(output_uri, PLAN_FILE)
+
+
+def duplicates_uri(output_uri: str) -> str:
+    return join(output_uri, DUPLICATES_FILE)
 
 
 def summary_uri(output_uri: str) -> str:
@@ -125,11 +128,22 @@ def count_final(output_uri: str, shards: list[int]) -> tuple[int, int]:
     """(results, errors) in the final files of those of ``shards`` that have both."""
     succeeded = failed = 0
     for shard in shards:
-        results, errors = shard_uri(output_uri, shard), errors_uri(output_uri, shard)
-        if exists(results) and exists(errors):
-            succeeded += _count_lines(results)
-            failed += _count_lines(errors)
+        if (counts := final_counts(output_uri, shard)) is not None:
+            succeeded, failed = succeeded + counts[0], failed + counts[1]
     return succeeded, failed
+
+
+def final_counts(output_uri: str, shard: int) -> tuple[int, int] | None:
+    """(results, errors) of a shard whose final files are both written, else None: the errors
+    file is written last, so both there means the shard is whole."""
+    results, errors = shard_uri(output_uri, shard), errors_uri(output_uri, shard)
+    if exists(results) and exists(errors):
+        return _count_lines(results), _count_lines(errors)
+    return None
+
+
+def shard_parts_uri(output_uri: str, shard: int) -> str:
+    return join(output_uri, PARTS_DIR, SHARD_FILE.format(shard=shard).removesuffix(".jsonl"))
 
 
 def _count_lines(uri: str) -> int:

@@ -233,4 +233,9 @@ def test_read_part_reads_what_read_records_reads(data: bytes, count: int) -> Non
 def test_read_part_without_short_lines_flags_an_overlong_line():
     data = b'{"id":1}\n' + b"x" * 50 + b"\n" + b'{"id":2}\n'
     lines, raws, consumed, line = storage.read_part(io.BytesIO(data), 10, 1, max_bytes=20)
-    assert (list(lines), raws, consumed, line) == ([1, 2, 3], [b'{"id":1}\n', None, b'{"id":2}\n'], len(data), 4)
+    assert (list(lines), raws, consumed, line) == (
+        [1, 2, 3],
+        [b'{"id":1}\n', None, b'{"id":2}\n'],
+        len(data),
+        4,
+    )
