@@ -61,7 +61,6 @@ SHARD_FILE = "shard-{shard:05d}.jsonl"
 ERRORS_DIR = "errors"
 PARTS_DIR = "_parts"
 PLAN_FILE = "_plan.json"
-DUPLICATES_FILE = "_duplicates.json"  # repeated ids, found while the first shards run
 SUMMARY_FILE = "_summary.json"
 
 # --- Metrics --------------------------------------------------------------------------------

@@ -48,7 +48,6 @@ class BatchState(_Strict):
     failed: int = 0
     resumed_records: int = 0
     runs: int = 1
-    duplicates_checked: bool = False
 
 
 class BatchInferenceInput(_Strict):
@@ -136,14 +135,6 @@ class PlanOutput(BaseModel):
     num_shards: int
 
 
-class DuplicatesInput(_Strict):
-    output_uri: str  # the plan there names the input and its shards
-
-
-class DuplicatesOutput(BaseModel):
-    duplicate_records: int
-
-
 class ShardInput(_Strict):
     input_uri: str
     output_uri: str
@@ -164,9 +155,6 @@ class ShardProgress(BaseModel):
     done: int = 0
     succeeded: int = 0
     failed: int = 0
-    # Parts up to this line were committed before the batch's repeated ids were known: if one
-    # of them holds a repeated id, the shard starts over (rare: only inputs with repeated ids).
-    unchecked_until: int = 0
 
 
 class ShardOutput(BaseModel):

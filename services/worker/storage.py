@@ -22,7 +22,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from services import json_codec
-from services.constants import DUPLICATES_FILE, ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_FILE, SUMMARY_FILE
+from services.constants import ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_FILE, SUMMARY_FILE
 
 
 def join(base: str, *parts: str) -> str:
@@ -44,10 +44,6 @@ def part_uri(output_uri: str, shard: int, part: int, kind: str) -> str:
 
 def plan_uri(output_uri: str) -> str:
     return join(output_uri, PLAN_FILE)
-
-
-def duplicates_uri(output_uri: str) -> str:
-    return join(output_uri, DUPLICATES_FILE)
 
 
 def summary_uri(output_uri: str) -> str:

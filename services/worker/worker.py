@@ -40,7 +40,6 @@ def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -
         workflows=[BatchInferenceWorkflow],
         activities=[
             activities.plan_batch,
-            activities.find_duplicates,
             activities.process_shard,
             activities.predict_inline,
             activities.write_summary,

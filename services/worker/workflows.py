@@ -24,8 +24,6 @@ with workflow.unsafe.imports_passed_through():
         BatchInferenceInput,
         BatchInferenceOutput,
         BatchState,
-        DuplicatesInput,
-        DuplicatesOutput,
         InlineInput,
         InlinePrediction,
         PlanInput,
@@ -38,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
 # Continue-as-new well before Temporal's 51,200-event hard limit even if the server's
 # suggestion is late; each shard costs about six events.
 MAX_HISTORY_EVENTS = 20_000
-NON_RETRYABLE_TYPES = ["InputNotFound", "EmptyInput", "OutputNotWritable", "InputChanged", "DuplicateIds"]
+NON_RETRYABLE_TYPES = ["InputNotFound", "EmptyInput", "OutputNotWritable", "InputChanged"]
 
 
 @workflow.defn(name=WORKFLOW_NAME, failure_exception_types=[ValidationError])
@@ -97,17 +95,6 @@ class BatchInferenceWorkflow:
             )
         state = self._state = input.state
         self._progress = Progress(status="running")
-        # Repeated ids are looked for beside the first shards, not before them: each shard
-        # holds its final commit until they are known. The run that planned starts the search
-        # and sees it through before any continue-as-new.
-        duplicates: asyncio.Task[DuplicatesOutput] | None = None
-        if not state.duplicates_checked:
-            duplicates = workflow.start_activity_method(
-                BatchActivities.find_duplicates,
-                DuplicatesInput(output_uri=input.output_uri),
-                start_to_close_timeout=timedelta(hours=2),
-                retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE_TYPES),
-            )
         shard_policy = RetryPolicy(
             initial_interval=timedelta(seconds=1),
             maximum_interval=timedelta(seconds=60),
@@ -157,13 +144,7 @@ class BatchInferenceWorkflow:
                 self._running = len(pending)
                 if not pending:
                     break  # rolling over with nothing in flight
-                waiting: list[asyncio.Task] = list(pending.values())
-                if duplicates is not None and not state.duplicates_checked:
-                    waiting.append(duplicates)
-                done, _ = await workflow.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if duplicates in done:
-                    duplicates.result()  # past MAX_DUPLICATE_RECORDS this fails the batch
-                    state.duplicates_checked = True
+                done, _ = await workflow.wait(pending.values(), return_when=asyncio.FIRST_COMPLETED)
                 for shard, task in list(pending.items()):
                     if task in done:
                         del pending[shard]
@@ -171,12 +152,7 @@ class BatchInferenceWorkflow:
                         self._count(state, result)
                 self._running = len(pending)
                 self._check_error_budget(input, state)
-            if duplicates is not None and not state.duplicates_checked:
-                await duplicates
-                state.duplicates_checked = True
         except BaseException as exc:
-            if duplicates is not None and not duplicates.done():
-                duplicates.cancel()
             for task in pending.values():
                 task.cancel()
             if pending:

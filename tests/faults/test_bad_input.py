@@ -26,7 +26,6 @@ from services.worker.models import (
     INLINE_LIMIT_BYTES,
     BatchInferenceInput,
     BatchInferenceOutput,
-    DuplicatesInput,
     PlanInput,
     Tuning,
 )
@@ -91,7 +90,7 @@ async def test_every_bad_record_kind_lands_in_the_errors_file_with_its_line(clie
     assert (result.total_records, result.succeeded, result.failed) == (11, 5, 6)
     summary = json.loads((output / c.SUMMARY_FILE).read_text())
     assert (summary["status"], summary["succeeded"], summary["failed"]) == ("completed", 5, 6)
-    assert json.loads((output / c.DUPLICATES_FILE).read_text())["duplicate_records"] == 2
+    assert json.loads((output / c.PLAN_FILE).read_text())["duplicate_records"] == 2
 
 
 @pytest.mark.integration
@@ -204,12 +203,7 @@ def test_oversize_inline_input_is_refused_by_the_project_cli_with_advice(tmp_pat
     assert "the limit is 256 KiB. Write them to a JSONL file and pass 'input_uri'" in err
 
 
-def plan_and_find_duplicates(source, output, shard_size: int) -> tuple[dict, dict]:
-    plan = activities._plan(PlanInput(input_uri=str(source), output_uri=str(output), shard_size=shard_size))
-    return plan, activities._find_duplicates(DuplicatesInput(output_uri=str(output)))
-
-
-def test_a_mostly_duplicated_input_is_refused_with_an_example(tmp_path, monkeypatch):
+def test_a_mostly_duplicated_input_fails_planning_with_an_example(tmp_path, monkeypatch):
     """Past MAX_DUPLICATE_RECORDS the input is taken to be broken (e.g. concatenated twice)."""
     monkeypatch.setattr(activities, "MAX_DUPLICATE_RECORDS", 3)
     source = tmp_path / "in.jsonl"
@@ -218,7 +212,7 @@ def test_a_mostly_duplicated_input_is_refused_with_an_example(tmp_path, monkeypa
         Exception,
         match=r"more than 3 records repeat an earlier id \(e.g. id \d at line \d+ repeats line \d\)",
     ) as err:
-        plan_and_find_duplicates(source, tmp_path / "out", shard_size=4)
+        activities._plan(PlanInput(input_uri=str(source), output_uri=str(tmp_path / "out"), shard_size=4))
     assert err.value.type == "DuplicateIds" and err.value.non_retryable
 
 
@@ -228,12 +222,13 @@ def test_duplicate_detection_spills_to_disk_and_stays_exact(tmp_path, monkeypatc
     source = tmp_path / "in.jsonl"
     ids = [f"id-{i}" for i in range(3_000)] + ["id-7", "id-2999", 7]
     source.write_bytes(b"".join(line({"id": i}) for i in ids))
-    plan, found = plan_and_find_duplicates(source, tmp_path / "out", shard_size=1_000)
-    marked = {n: first for lines in found["shards"].values() for n, first in lines}
+    plan = activities._plan(
+        PlanInput(input_uri=str(source), output_uri=str(tmp_path / "out"), shard_size=1_000)
+    )
+    marked = {n: first for s in plan["shards"] for n, first in s.get("duplicates", [])}
     assert marked == {3001: 8, 3002: 3000}
-    assert found["duplicate_records"] == 2 and plan["total_records"] == 3_003
-    assert len(plan["shards"]) == 4 and list(found["shards"]) == ["3"]
-    assert found["plan_id"] == plan["plan_id"]
+    assert plan["duplicate_records"] == 2 and plan["total_records"] == 3_003
+    assert Counter(len(s.get("duplicates", [])) for s in plan["shards"]) == Counter({0: 3, 2: 1})
 
 
 def test_a_new_batch_drops_the_final_files_an_earlier_batch_left_in_its_folder(tmp_path):

@@ -20,8 +20,6 @@ from temporalio.worker import Worker
 from services.local.stack import venv_bin
 from services.worker.models import (
     BatchInferenceInput,
-    DuplicatesInput,
-    DuplicatesOutput,
     PlanInput,
     PlanOutput,
     ShardInput,
@@ -35,11 +33,6 @@ from services.worker.workflows import BatchInferenceWorkflow
 @activity.defn(name="plan_batch")
 async def plan_batch(input: PlanInput) -> PlanOutput:
     return PlanOutput(total_records=300, num_shards=3)
-
-
-@activity.defn(name="find_duplicates")
-async def find_duplicates(input: DuplicatesInput) -> DuplicatesOutput:
-    return DuplicatesOutput(duplicate_records=0)
 
 
 async def test_a_shard_finishing_during_the_cancellation_is_counted():
@@ -66,7 +59,7 @@ async def test_a_shard_finishing_during_the_cancellation_is_counted():
         queue = f"race-{uuid.uuid4().hex[:8]}"
         async with Worker(
             env.client, task_queue=queue, workflows=[BatchInferenceWorkflow],
-            activities=[plan_batch, find_duplicates, process_shard, write_summary],
+            activities=[plan_batch, process_shard, write_summary],
         ):  # fmt: skip
             batch = BatchInferenceInput(
                 input_uri="/in.jsonl",
@@ -116,7 +109,7 @@ async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
                 env.client, task_queue=queue, workflows=[BatchInferenceWorkflow], max_cached_workflows=0
             )
 
-        activities = [plan_batch, find_duplicates, process_shard, write_summary]
+        activities = [plan_batch, process_shard, write_summary]
         async with Worker(env.client, task_queue=queue, activities=activities):
             batch = BatchInferenceInput(
                 input_uri="/in.jsonl",

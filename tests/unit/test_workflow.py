@@ -9,7 +9,6 @@ import pytest
 from temporalio import activity
 from temporalio.client import WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -17,8 +16,6 @@ from services.local.stack import venv_bin
 from services.worker.models import (
     BatchInferenceInput,
     BatchInferenceOutput,
-    DuplicatesInput,
-    DuplicatesOutput,
     InlineInput,
     InlineOutput,
     InlinePrediction,
@@ -56,18 +53,11 @@ class FakeActivities:
         self.summaries: list[dict] = []
         self.release = asyncio.Event()
         self.release.set()
-        self.duplicates_error = ""
 
     @activity.defn(name="plan_batch")
     async def plan_batch(self, input: PlanInput) -> PlanOutput:
         self.shard_size = input.shard_size
         return PlanOutput(total_records=self.total, num_shards=-(-self.total // input.shard_size))
-
-    @activity.defn(name="find_duplicates")
-    async def find_duplicates(self, input: DuplicatesInput) -> DuplicatesOutput:
-        if self.duplicates_error:
-            raise ApplicationError(self.duplicates_error, type="DuplicateIds", non_retryable=True)
-        return DuplicatesOutput(duplicate_records=0)
 
     @activity.defn(name="process_shard")
     async def process_shard(self, input: ShardInput) -> ShardOutput:
@@ -95,13 +85,7 @@ class FakeActivities:
         return input.output_uri + "/_summary.json"
 
     def all(self):
-        return [
-            self.plan_batch,
-            self.find_duplicates,
-            self.process_shard,
-            self.predict_inline,
-            self.write_summary,
-        ]
+        return [self.plan_batch, self.process_shard, self.predict_inline, self.write_summary]
 
 
 async def run(env, fake: FakeActivities, batch: BatchInferenceInput) -> BatchInferenceOutput:
@@ -148,17 +132,6 @@ async def test_error_budget_fails_the_batch_with_a_clear_message(env):
     assert "error budget exceeded: 10 of 400 records failed" in str(err.value.cause)
     assert sorted(fake.calls) == [0, 1], "stops scheduling once over budget"
     assert fake.summaries[-1]["status"] == "failed"
-
-
-async def test_a_mostly_duplicated_input_fails_the_batch_while_shards_run(env):
-    """The repeated-id search runs beside the shards; its refusal stops them and the batch."""
-    fake = FakeActivities(total=3000, delay=0.5)
-    fake.duplicates_error = "more than 100000 records repeat an earlier id"
-    with pytest.raises(WorkflowFailureError) as err:
-        await run(env, fake, file_batch(shard_size=1000, max_concurrent_shards=1))
-    assert "repeat an earlier id" in str(err.value.cause.cause)
-    assert fake.summaries[-1]["status"] == "failed"
-    assert len(fake.calls) < 3, "no new shards once the input is refused"
 
 
 async def test_progress_query_reports_counts_while_running(env):
