@@ -9,7 +9,7 @@ records/s. A script, not a test:
     .venv/bin/python bench/load_rss.py [--sizes 10000 100000] [--set checkpoint_every=1000] [--json out.json]
 
 Peak RSS follows what the worker holds in flight (``max_concurrent_shards`` shards, each with up
-to two parts of ``checkpoint_every`` records), not the batch size; a batch smaller than that
+to ``parts_in_flight`` parts of ``checkpoint_every`` records), not the batch size; a batch smaller than that
 window (e.g. 10k: four shards of 2,500) holds less. Other tuning: ``--set key=value``.
 """
 

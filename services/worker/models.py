@@ -30,6 +30,9 @@ class Tuning(_Strict):
         25_000, ge=1, description="most records per shard (shards are cut equal, filling the window)"
     )
     checkpoint_every: int = Field(2000, ge=1, description="records per committed part")
+    parts_in_flight: int = Field(
+        4, ge=1, le=64, description="parts a shard has read and sent ahead of its next commit"
+    )
     heartbeat_timeout_s: float = Field(30, gt=0, le=3600)
     shard_max_attempts: int = Field(20, ge=0, description="0 = retry until cancelled")
     continue_as_new_after_shards: int | None = Field(
@@ -143,6 +146,7 @@ class ShardInput(_Strict):
     micro_batch_size: int
     max_in_flight: int
     checkpoint_every: int
+    parts_in_flight: int = 2  # what shards scheduled before this field existed did
 
 
 class ShardProgress(BaseModel):

@@ -16,9 +16,10 @@ import tempfile
 import uuid
 from array import array
 from collections.abc import Iterator, Sequence
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 import fsspec
+import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from services import json_codec
@@ -310,13 +311,36 @@ def read_part(
     return lines, raws, consumed, line
 
 
-class Records(NamedTuple):
-    """Records found by ``scan_records``: raw lines without their newline (None if longer than
-    the limit), with each one's line number and byte offset."""
+class Records:
+    """Records found by ``scan_records``: each one's line number and byte offset and, as
+    ``raws``, the raw lines without their newline (None if longer than the limit). A chunk
+    without blank or overlong lines keeps its text whole (``text``) and splits it only if
+    ``raws`` is asked for: the planning scan never asks."""
 
-    raws: list[bytes | None]
-    lines: Sequence[int]
-    offsets: Sequence[int]
+    __slots__ = ("_raws", "lines", "offsets", "text")
+
+    def __init__(
+        self,
+        raws: list[bytes | None] | None,
+        lines: Sequence[int],
+        offsets: Sequence[int],
+        text: bytes | None = None,
+    ) -> None:
+        self._raws, self.lines, self.offsets, self.text = raws, lines, offsets, text
+
+    @property
+    def raws(self) -> list[bytes | None]:
+        if self._raws is None:
+            self._raws = self.text.split(b"\n") if self.text else []  # type: ignore[assignment]
+        return self._raws  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @property
+    def long_lines(self) -> bool:
+        """Whether a line is longer than the scan's limit."""
+        return self.text is None and None in self.raws
 
 
 def scan_records(
@@ -324,39 +348,42 @@ def scan_records(
 ) -> Iterator[Records]:
     """Every record from ``fh``'s start, one ``Records`` per chunk read: the records
     ``read_records`` gives, read in big chunks for the planning scan. A chunk without blank or
-    overlong lines (the usual case) costs no Python step per line. A line past ``max_bytes`` is
-    never held whole."""
+    overlong lines (the usual case) costs no Python step per line: its newlines are found by
+    numpy, its lines never split. A line past ``max_bytes`` is never held whole."""
     line, offset = 1, 0
     carry: list[bytes] = []  # the start of a line continued in the next chunk
     carry_len = 0
     while chunk := fh.read(chunk_bytes):
-        parts = chunk.split(b"\n")
-        tail = parts.pop()  # after the chunk's last newline: the start of the next line
-        head_len = -1  # the first line's length when it started in an earlier chunk
-        if parts and carry:
-            head_len = carry_len + len(parts[0])
-            parts[0] = b"".join(carry) + parts[0] if head_len <= max_bytes else b""
+        cut = chunk.rfind(b"\n")
+        if cut < 0:  # no line ends in this chunk
+            tail, body = chunk, b""
+        else:
+            tail, body = chunk[cut + 1 :], chunk[:cut]
+        if cut >= 0 and carry_len <= max_bytes and (fast := _clean_lines(carry, body, max_bytes)):
+            text, starts = fast
+            yield Records(None, range(line, line + len(starts)), offset + starts, text)
+            line, offset = line + len(starts), offset + len(text) + 1
             carry, carry_len = [], 0
-        if parts:
+        elif cut >= 0:
+            parts = body.split(b"\n")
+            head_len = -1  # the first line's length when it started in an earlier chunk
+            if carry:
+                head_len = carry_len + len(parts[0])
+                parts[0] = b"".join(carry) + parts[0] if head_len <= max_bytes else b""
+                carry, carry_len = [], 0
             lengths = list(map(len, parts))
             if head_len >= 0:
                 lengths[0] = head_len
-            # No line empty or starting with whitespace (the smallest line shows it): none blank.
-            if max(lengths) <= max_bytes and min(parts)[:1] > b" ":
-                ends = list(itertools.accumulate(map((1).__add__, lengths), initial=offset))
-                yield Records(parts, range(line, line + len(parts)), ends[:-1])  # type: ignore[arg-type]
-                line, offset = line + len(parts), ends[-1]
-            else:
-                found = Records([], [], [])
-                for part, size in zip(parts, lengths, strict=True):
-                    if size > max_bytes or (part and not part.isspace()):
-                        found.raws.append(None if size > max_bytes else part)
-                        found.lines.append(line)  # type: ignore[attr-defined]
-                        found.offsets.append(offset)  # type: ignore[attr-defined]
-                    line += 1
-                    offset += size + 1
-                if found.raws:
-                    yield found
+            found = Records([], [], [])
+            for part, size in zip(parts, lengths, strict=True):
+                if size > max_bytes or (part and not part.isspace()):
+                    found.raws.append(None if size > max_bytes else part)
+                    found.lines.append(line)  # type: ignore[attr-defined]
+                    found.offsets.append(offset)  # type: ignore[attr-defined]
+                line += 1
+                offset += size + 1
+            if found.raws:
+                yield found
         if tail:
             carry_len += len(tail)
             if carry_len <= max_bytes:
@@ -370,6 +397,24 @@ def scan_records(
             raw = b"".join(carry)
             if not raw.isspace():
                 yield Records([raw], [line], [offset])
+
+
+def _clean_lines(carry: list[bytes], body: bytes, max_bytes: int) -> tuple[bytes, Any] | None:
+    """(text, where each of its lines starts) when ``carry + body`` holds only lines that are
+    records for sure: none empty, none starting with whitespace (no byte at or below b" " at a
+    line's start), none over ``max_bytes``; else None, and the caller goes line by line."""
+    text = b"".join((*carry, body)) if carry else body
+    if not text or text.endswith(b"\n"):  # the last line empty
+        return None
+    data = np.frombuffer(text, dtype=np.uint8)
+    newlines = np.flatnonzero(data == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    if (data[starts] <= 32).any():
+        return None
+    ends = np.append(newlines, len(text))
+    if int((ends - starts).max()) > max_bytes:
+        return None
+    return text, starts
 
 
 class RecordIndex:
@@ -386,7 +431,7 @@ class RecordIndex:
         first = (-self.total) % self.stride
         self._lines.extend(records.lines[first :: self.stride])
         self._offsets.extend(records.offsets[first :: self.stride])
-        self.total += len(records.raws)
+        self.total += len(records)
 
     def locate(self, fh: IO[bytes], index: int, max_bytes: int = MAX_RECORD_BYTES) -> tuple[int, int]:
         """(line number, byte offset) of record ``index`` (from 0)."""
@@ -457,6 +502,16 @@ def candidate_key(raw: bytes | None) -> bytes | None:
     return record_key(raw)
 
 
+def chunk_keys(records: Records) -> list[bytes]:
+    """``candidate_keys`` of a scanned chunk, its text searched whole when it has one."""
+    if records.text is not None:
+        text = b"\n" + records.text
+        keys = _LINE_ID.findall(text)
+        if len(keys) == len(records) and text.count(b'"id"') == len(records):
+            return keys
+    return candidate_keys(records.raws)
+
+
 def candidate_keys(raws: list[bytes | None]) -> list[bytes]:
     """``candidate_key`` of many lines with one regex pass when all have the usual layout
     (each line matched once and holding ``"id"`` once); line by line otherwise."""
@@ -471,67 +526,75 @@ def candidate_keys(raws: list[bytes | None]) -> list[bytes]:
 class DuplicateIds:
     """Finds the records whose id repeats an earlier record's id, in bounded memory.
 
-    Pass 1 (``add`` for every chunk of records, during the planning scan): a 64-bit hash of each id goes
-    into one of 256 buckets (8 bytes per record; a bucket spills to an anonymous temp file past
-    16 KiB, so the buckets take at most 4 MiB however large the input). ``repeated_hashes`` then checks
-    one bucket at a time with a set. Only when a hash repeats does the caller rescan the input
-    and compare those ids exactly: a hash collision of two different ids is
-    not a duplicate. Hashes are Python's ``hash`` of the id: stable within one process, which is
-    all one planning activity needs.
+    Pass 1 (``add`` for every chunk of records, during the planning scan): a 64-bit hash of each
+    id (8 bytes per record) is kept in memory up to ``SPILL_AT`` hashes (1 MiB), then spilled,
+    ordered by bucket (256 of them, by numpy), to an anonymous temp file, so memory stays
+    bounded however large the input. ``repeated_hashes`` then sorts one bucket at a time (or
+    all that is in memory, if nothing spilled) and compares neighbours. Only when a hash
+    repeats does the caller rescan the input and compare those ids exactly: a hash collision
+    of two different ids is not a duplicate. Hashes are Python's ``hash`` of the id: stable
+    within one process, which is all one planning activity needs.
     """
 
     BUCKETS = 256
-    SPILL_AT = 2048  # hashes per bucket held in memory before spilling
+    SPILL_AT = 1 << 17  # hashes held in memory (1 MiB) before spilling
 
     def __init__(self) -> None:
-        self._memory = [array("q") for _ in range(self.BUCKETS)]
-        self._files: dict[int, IO[bytes]] = {}
+        self._memory: list[Any] = []  # numpy int64 arrays
+        self._held = 0
+        self._spilled: list[tuple[IO[bytes], Any]] = []  # (file, where each bucket starts in it)
         self._spill = True
 
     def add(self, keys: list[bytes]) -> None:
-        memory, mask = self._memory, self.BUCKETS - 1
-        for h in map(hash, keys):
-            memory[h & mask].append(h)
-        if not self._spill:
-            return
-        for index, bucket in enumerate(memory):
-            if len(bucket) < self.SPILL_AT:
-                continue
+        self._memory.append(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
+        self._held += len(keys)
+        if self._held >= self.SPILL_AT and self._spill:
             try:
-                fh = self._files.get(index) or self._files.setdefault(index, tempfile.TemporaryFile())
-            except OSError:  # no writable temp dir (read-only root fs): keep it in memory
+                fh = tempfile.TemporaryFile()
+            except OSError:  # no writable temp dir (read-only root fs): keep them in memory
                 self._spill = False
                 return
-            bucket.tofile(fh)
-            del bucket[:]
+            hashes, bounds = self._by_bucket()
+            fh.write(hashes.tobytes())
+            self._spilled.append((fh, bounds))
+            self._memory, self._held = [], 0
+
+    def _by_bucket(self) -> tuple[Any, Any]:
+        """The hashes in memory ordered by bucket, and where each bucket starts among them."""
+        hashes = np.concatenate(self._memory) if self._memory else np.empty(0, dtype=np.int64)
+        buckets = (hashes & (self.BUCKETS - 1)).astype(np.uint8)
+        order = np.argsort(buckets, kind="stable")
+        return hashes[order], np.searchsorted(buckets[order], np.arange(self.BUCKETS + 1))
+
+    def _bucket(self, index: int, held: Any, held_bounds: Any) -> Any:
+        parts = [held[held_bounds[index] : held_bounds[index + 1]]]
+        for fh, bounds in self._spilled:
+            fh.seek(int(bounds[index]) * 8)
+            parts.append(np.frombuffer(fh.read(int(bounds[index + 1] - bounds[index]) * 8), dtype=np.int64))
+        return np.concatenate(parts)
 
     def repeated_hashes(self, limit: int) -> tuple[set[int], int]:
         """(hashes seen more than once, number of records repeating an earlier hash). Stops
         collecting once more than ``limit`` records repeat."""
+        if self._spilled:
+            held, bounds = self._by_bucket()
+            groups: Iterator[Any] = (self._bucket(index, held, bounds) for index in range(self.BUCKETS))
+        else:
+            groups = iter([np.concatenate(self._memory)] if self._memory else [])
         repeated: set[int] = set()
         extra = 0
-        for index in range(self.BUCKETS):
-            hashes = array("q")
-            if index in self._files:
-                fh = self._files[index]
-                fh.seek(0)
-                hashes.frombytes(fh.read())
-            hashes.extend(self._memory[index])
-            if len(set(hashes)) == len(hashes):
-                continue  # no repeat in this bucket: the usual case, checked in C
-            seen: set[int] = set()
-            for h in hashes:
-                if h in seen:
-                    repeated.add(h)
-                    extra += 1
-                else:
-                    seen.add(h)
+        for hashes in groups:
+            hashes = np.sort(hashes)
+            again = hashes[1:][hashes[1:] == hashes[:-1]]  # a hash once per extra record
+            if len(again):
+                extra += len(again)
+                repeated.update(np.unique(again)[: limit + 1].tolist())
             if extra > limit:
                 break
         return repeated, extra
 
     def close(self) -> None:
-        for fh in self._files.values():
+        for fh, _ in self._spilled:
             fh.close()
-        self._files.clear()
-        self._memory = []
+        self._spilled.clear()
+        self._memory, self._held = [], 0

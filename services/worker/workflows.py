@@ -132,6 +132,7 @@ class BatchInferenceWorkflow:
                             micro_batch_size=tuning.micro_batch_size,
                             max_in_flight=tuning.max_in_flight,
                             checkpoint_every=tuning.checkpoint_every,
+                            parts_in_flight=tuning.parts_in_flight,
                         ),
                         start_to_close_timeout=timedelta(hours=6),
                         heartbeat_timeout=timedelta(seconds=tuning.heartbeat_timeout_s),

@@ -239,3 +239,46 @@ def test_read_part_without_short_lines_flags_an_overlong_line():
         len(data),
         4,
     )
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 64, 1 << 20])
+def test_chunk_keys_are_the_candidate_keys_of_the_chunks_lines(chunk_bytes: int) -> None:
+    rng = random.Random(7)
+    lines = []
+    for i in range(300):
+        kind = rng.random()
+        if kind < 0.05:
+            lines.append(b"")  # blank
+        elif kind < 0.1:
+            lines.append(b'{"x": 1, "id": "late"}')  # id not first: the careful path
+        else:
+            lines.append(json.dumps({"id": rng.choice([f"k{i}", i, f"k{i % 7}"]), "n": i}).encode())
+    data = b"\n".join(lines) + b"\n"
+    for chunk in storage.scan_records(io.BytesIO(data), chunk_bytes=chunk_bytes):
+        assert storage.chunk_keys(chunk) == storage.candidate_keys(chunk.raws)
+
+
+@pytest.mark.parametrize("spill_at", [3, 1 << 17])
+def test_duplicate_ids_finds_every_repeat_in_memory_or_spilled(spill_at: int, monkeypatch) -> None:
+    monkeypatch.setattr(storage.DuplicateIds, "SPILL_AT", spill_at)
+    keys = [f'"id{i}"'.encode() for i in range(5000)] + [b'"id7"', b'"id7"', b'"id4999"']
+    ids = storage.DuplicateIds()
+    for start in range(0, len(keys), 100):
+        ids.add(keys[start : start + 100])
+    assert bool(ids._spilled) == (spill_at == 3)
+    repeated, extra = ids.repeated_hashes(limit=100)
+    ids.close()
+    assert repeated == {hash(b'"id7"'), hash(b'"id4999"')} and extra == 3
+
+
+def test_duplicate_ids_keep_hashes_in_memory_without_a_temp_dir(monkeypatch) -> None:
+    monkeypatch.setattr(storage.DuplicateIds, "SPILL_AT", 3)
+
+    def no_temp_dir():
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(storage.tempfile, "TemporaryFile", no_temp_dir)
+    ids = storage.DuplicateIds()
+    ids.add([b"1", b"2", b"3", b"4"])
+    ids.add([b"2", b"5"])
+    assert ids.repeated_hashes(limit=10) == ({hash(b"2")}, 1)
