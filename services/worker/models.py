@@ -27,7 +27,7 @@ class Tuning(_Strict):
     max_in_flight: int = Field(32, ge=1, le=256, description="concurrent requests per shard")
     max_concurrent_shards: int = Field(4, ge=1, le=500, description="sliding window width")
     shard_size: int = Field(
-        25_000, ge=1, description="most records per shard (shards are cut equal, filling the window)"
+        50_000, ge=1, description="most records per shard (shards are cut equal, filling the window)"
     )
     checkpoint_every: int = Field(2000, ge=1, description="records per committed part")
     parts_in_flight: int = Field(
