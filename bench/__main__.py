@@ -1,7 +1,10 @@
 """``make bench``: run A/B/C/D side by side, print a table, save JSON and a PNG plot.
 
 python -m bench [--sizes 10000 100000] [--large] [--models echo iris] [--high-throughput]
-                [--out bench/results]
+                [--pairs 3] [--out bench/results]
+
+A and B run as ``--pairs`` pairs per size, in alternating order (A B, B A, A B, ...): on two
+shared cores one run moves by ±15%, so each ratio is the median of the pairs' ratios.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import argparse
 import asyncio
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +35,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-async def run_all(env: harness.BenchEnv, sizes: list[int], models: list[str], large: bool) -> dict[str, Any]:
+async def run_all(
+    env: harness.BenchEnv, sizes: list[int], models: list[str], large: bool, pairs: int = 3
+) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": machine(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -51,8 +57,13 @@ async def run_all(env: harness.BenchEnv, sizes: list[int], models: list[str], la
         )
         model_sizes = sizes + ([1_000_000] if large and model == "echo" else [])
         for n in model_sizes:
-            add("A", model, await harness.run_project(env, n, model))
-            add("B", model, await harness.run_direct(env, n, model, micro_batch, concurrency))
+            for pair in range(pairs):
+                for kind in "AB" if pair % 2 == 0 else "BA":
+                    if kind == "A":
+                        figures = await harness.run_project(env, n, model)
+                    else:
+                        figures = await harness.run_direct(env, n, model, micro_batch, concurrency)
+                    add(kind, model, {**figures, "pair": pair})
             add("D", model, await asyncio.to_thread(harness.run_ray_data, env, n, model))
     for n in (1000, 2000, 10_000):
         add("C", "echo", await asyncio.to_thread(harness.run_per_record, env, n, 90 if n > 2000 else 600))
@@ -60,26 +71,37 @@ async def run_all(env: harness.BenchEnv, sizes: list[int], models: list[str], la
 
 
 def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
-    by = {(r["kind"], r["model"], r["records"]): r for r in results["runs"]}
+    """Per model and size: A's median records/s, and A/B as the median of the pairs' ratios
+    (with the lowest and highest), A/D, A/C(2k)."""
+    runs = results["runs"]
     rows = []
-    for (kind, model, n), a in sorted(by.items()):
-        if kind != "A":
-            continue
-        row = {"model": model, "records": n, "A_rps": a["records_per_s"]}
-        for other in ("B", "D"):
-            o = by.get((other, model, n), {})
-            if o.get("records_per_s"):
-                row[f"A/{other}"] = round(a["records_per_s"] / o["records_per_s"], 3)
-        c2k = by.get(("C", "echo", 2000), {})
-        if c2k.get("records_per_s"):
-            row["A/C(2k)"] = round(a["records_per_s"] / c2k["records_per_s"], 1)
+    for model, n in sorted({(r["model"], r["records"]) for r in runs if r["kind"] == "A"}):
+
+        def rps(kind: str, model: str = model, n: int = n) -> dict[int, float]:
+            return {
+                r.get("pair", 0): r["records_per_s"]
+                for r in runs
+                if (r["kind"], r["model"], r["records"]) == (kind, model, n) and r.get("records_per_s")
+            }
+
+        a, b = rps("A"), rps("B")
+        row: dict[str, Any] = {"model": model, "records": n, "A_rps": round(statistics.median(a.values()))}
+        pair_ratios = sorted(a[p] / b[p] for p in a if p in b)
+        if pair_ratios:
+            row["A/B"] = round(statistics.median(pair_ratios), 3)
+            if len(pair_ratios) > 1:
+                row["A/B range"] = f"{pair_ratios[0]:.3f}-{pair_ratios[-1]:.3f} ({len(pair_ratios)} pairs)"
+        if d := rps("D"):
+            row["A/D"] = round(row["A_rps"] / statistics.median(d.values()), 3)
+        if c2k := rps("C", "echo", 2000):
+            row["A/C(2k)"] = round(row["A_rps"] / statistics.median(c2k.values()), 1)
         rows.append(row)
     return rows
 
 
 def table(results: dict[str, Any]) -> str:
     cols = [
-        ("kind", 4), ("model", 5), ("records", 8), ("records_per_s", 9), ("seconds", 8),
+        ("kind", 4), ("model", 5), ("records", 8), ("pair", 4), ("records_per_s", 9), ("seconds", 8),
         ("p50_batch_ms", 8), ("p99_batch_ms", 8), ("worker_peak_rss_mb", 9), ("ray_pss_mb", 9),
         ("runs", 4), ("history_events_max_run", 10), ("history_events_per_1k", 9),
     ]  # fmt: skip
@@ -104,9 +126,9 @@ def markdown(results: dict[str, Any]) -> str:
         return f"{value:,}" if isinstance(value, int) else ("" if value is None else str(value))
 
     lines = [
-        "| run | model | records | records/s | s | p50 / p99 ms per request | worker peak RSS MB "
+        "| run | model | records | pair | records/s | s | p50 / p99 ms per request | worker peak RSS MB "
         "| Ray PSS MB | runs | events (max run) | events / 1k |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in results["runs"]:
         latency = ""
@@ -115,12 +137,13 @@ def markdown(results: dict[str, Any]) -> str:
             latency += f" x {r['concurrency']})" if r.get("concurrency") else " per request)"
         events = r.get("history_events_max_run") or r.get("history_events")
         cells = [
-            r["kind"], r["model"], num(r["records"]), num(r.get("records_per_s")), num(r.get("seconds")),
+            r["kind"], r["model"], num(r["records"]), num(r.get("pair")), num(r.get("records_per_s")),
+            num(r.get("seconds")),
             latency, num(r.get("worker_peak_rss_mb")), num(r.get("ray_pss_mb")), num(r.get("runs")),
             num(events), num(r.get("history_events_per_1k")),
         ]  # fmt: skip
         if r.get("error"):
-            cells[3] = f"fails: {r['error']}"
+            cells[4] = f"fails: {r['error']}"
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for r in ratios(results):
@@ -137,7 +160,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     except ImportError:
         return
     rows = [r for r in results["runs"] if r.get("records_per_s")]
-    labels = [f"{r['kind']} {r['model']} {r['records'] // 1000}k" for r in rows]
+    labels = [
+        f"{r['kind']} {r['model']} {r['records'] // 1000}k" + (f" #{r['pair']}" if "pair" in r else "")
+        for r in rows
+    ]
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.6), 4))
     colors = {"A": "tab:blue", "B": "tab:green", "C": "tab:red", "D": "tab:orange"}
     ax.bar(labels, [r["records_per_s"] for r in rows], color=[colors[r["kind"]] for r in rows])
@@ -154,6 +180,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--models", nargs="+", default=["echo", "iris"])
     p.add_argument("--large", action="store_true", help="add 1,000,000 records (echo)")
+    p.add_argument("--pairs", type=int, default=3, help="A/B pairs per size (ratios are their median)")
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     p.add_argument(
         "--high-throughput",
@@ -170,7 +197,7 @@ def main() -> None:
         temporal.start()
         serve.start()
         env = harness.BenchEnv.for_stack(temporal.address, serve, token, state)
-        results = asyncio.run(run_all(env, args.sizes, args.models, args.large))
+        results = asyncio.run(run_all(env, args.sizes, args.models, args.large, args.pairs))
     finally:
         serve.stop()
         temporal.stop()

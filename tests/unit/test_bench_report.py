@@ -1,0 +1,28 @@
+"""The benchmark's report: A/B is the median of paired runs' ratios, each pair run side by side."""
+
+from __future__ import annotations
+
+from bench.__main__ import markdown, ratios, table
+
+
+def run(kind: str, rps: float, pair: int, n: int = 1000, model: str = "echo") -> dict:
+    return {"kind": kind, "model": model, "records": n, "records_per_s": rps, "pair": pair}
+
+
+def test_ab_is_the_median_of_the_pairs_ratios_with_their_range():
+    runs = [
+        run("A", 90, 0), run("B", 100, 0),  # 0.9
+        run("B", 100, 1), run("A", 50, 1),  # 0.5: a slow moment for A alone
+        run("A", 95, 2), run("B", 100, 2),  # 0.95
+        run("D", 45, 0), run("C", 10, 0, n=2000),
+    ]  # fmt: skip
+    (row,) = ratios({"runs": runs})
+    assert row["A/B"] == 0.9 and row["A/B range"] == "0.500-0.950 (3 pairs)"
+    assert row["A_rps"] == 90 and row["A/D"] == 2.0 and row["A/C(2k)"] == 9.0
+    assert "| A | echo | 1,000 | 1 | 50 |" in markdown({"runs": runs})
+    assert "A/B=0.9" in table({"runs": runs})
+
+
+def test_a_run_that_failed_has_no_ratio():
+    runs = [run("A", 90, 0), {"kind": "B", "model": "echo", "records": 1000, "error": "boom", "pair": 0}]
+    assert "A/B" not in ratios({"runs": runs})[0]
