@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import json
 import platform
+import signal
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -189,6 +191,8 @@ def main() -> None:
     )
     args = p.parse_args()
 
+    # A SIGTERM ends the run through the finally below, which stops the servers it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     state = Path(tempfile.mkdtemp(prefix="bench-"))
     token = ensure_token(state / "serve-token")
     temporal = TemporalDevServer.on_free_ports(state / "temporal")
