@@ -8,7 +8,6 @@ overwrites, never appends.
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import json
 import os
@@ -20,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import fsspec
+import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from services import json_codec
@@ -403,8 +403,6 @@ def _clean_lines(carry: list[bytes], body: bytes, max_bytes: int) -> tuple[bytes
     """(text, where each of its lines starts) when ``carry + body`` holds only lines that are
     records for sure: none empty, none starting with whitespace (no byte at or below b" " at a
     line's start), none over ``max_bytes``; else None, and the caller goes line by line."""
-    import numpy as np  # imported by warm_up() at worker start; not needed to import this module
-
     text = b"".join((*carry, body)) if carry else body
     if not text or text.endswith(b"\n"):  # the last line empty
         return None
@@ -417,17 +415,6 @@ def _clean_lines(carry: list[bytes], body: bytes, max_bytes: int) -> tuple[bytes
     if int((ends - starts).max()) > max_bytes:
         return None
     return text, starts
-
-
-def warm_up() -> None:
-    """Import and run the planning scan once on a few bytes: a worker pays numpy's import
-    (~50 ms, ~15 MB) when it starts, not on the first batch it plans."""
-    with contextlib.closing(io.BytesIO(b'{"id": 1}\n{"id": 2}\n')) as fh:
-        ids = DuplicateIds()
-        for records in scan_records(fh):
-            ids.add(chunk_keys(records))
-        ids.repeated_hashes(1)
-        ids.close()
 
 
 class RecordIndex:
@@ -559,8 +546,6 @@ class DuplicateIds:
         self._spill = True
 
     def add(self, keys: list[bytes]) -> None:
-        import numpy as np
-
         self._memory.append(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
         self._held += len(keys)
         if self._held >= self.SPILL_AT and self._spill:
@@ -576,16 +561,12 @@ class DuplicateIds:
 
     def _by_bucket(self) -> tuple[Any, Any]:
         """The hashes in memory ordered by bucket, and where each bucket starts among them."""
-        import numpy as np
-
         hashes = np.concatenate(self._memory) if self._memory else np.empty(0, dtype=np.int64)
         buckets = (hashes & (self.BUCKETS - 1)).astype(np.uint8)
         order = np.argsort(buckets, kind="stable")
         return hashes[order], np.searchsorted(buckets[order], np.arange(self.BUCKETS + 1))
 
     def _bucket(self, index: int, held: Any, held_bounds: Any) -> Any:
-        import numpy as np
-
         parts = [held[held_bounds[index] : held_bounds[index + 1]]]
         for fh, bounds in self._spilled:
             fh.seek(int(bounds[index]) * 8)
@@ -595,8 +576,6 @@ class DuplicateIds:
     def repeated_hashes(self, limit: int) -> tuple[set[int], int]:
         """(hashes seen more than once, number of records repeating an earlier hash). Stops
         collecting once more than ``limit`` records repeat."""
-        import numpy as np
-
         if self._spilled:
             held, bounds = self._by_bucket()
             groups: Iterator[Any] = (self._bucket(index, held, bounds) for index in range(self.BUCKETS))

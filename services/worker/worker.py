@@ -18,7 +18,6 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from services.worker import storage
 from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
 from services.worker.serve_client import ServeClient, TokenSource
@@ -89,7 +88,6 @@ async def run_worker(
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, settings, serve)
-    storage.warm_up()  # the planning scan's numpy, imported now rather than on a batch's clock
     # Everything built so far lives as long as the worker: out of the collector's way, a full
     # collection no longer rescans it while records churn (-20% worker CPU, docs/performance.md).
     gc.freeze()
