@@ -156,12 +156,7 @@ class ServeClient:
         delay = min(self._retry.max_s, self._retry.initial_s * 2 ** (attempt - 1))
         return delay * random.uniform(0.5, 1.0)
 
-    async def predict(self, model: str | None, inputs: list[Any]) -> list[tuple[Any, str | None]]:
-        """Predictions for ``inputs`` in order, as (prediction, error) pairs."""
-        predictions, errors = await self.predict_lists(model, inputs)
-        return list(zip(predictions, errors, strict=True))
-
-    async def predict_lists(self, model: str | None, inputs: list[Any]) -> tuple[list[Any], list[str | None]]:
+    async def predict(self, model: str | None, inputs: list[Any]) -> tuple[list[Any], list[str | None]]:
         """Predictions for ``inputs`` in order and, beside them, each one's error or None: two
         lists as Serve sends them, so a shard's hot path builds no pair per record."""
         body = json_codec.dumps({"inputs": inputs})

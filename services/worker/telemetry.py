@@ -123,11 +123,11 @@ def record_part(model: str | None, out: list[bytes], errors: list[bytes]) -> Non
 
 
 async def serve_predict(serve: Any, model: str | None, inputs: list[Any]) -> tuple[list[Any], list[Any]]:
-    """``serve.predict_lists`` with the micro-batch size and in-flight gauge recorded."""
+    """``serve.predict`` with the micro-batch size and in-flight gauge recorded."""
     label = m.model_label(model)
     MICRO_BATCH_SIZE.labels(label).observe(len(inputs))
     with SERVE_IN_FLIGHT.labels(label).track_inprogress():
-        return await serve.predict_lists(model, inputs)
+        return await serve.predict(model, inputs)
 
 
 def record_batch_finished(summary: dict[str, Any]) -> None:

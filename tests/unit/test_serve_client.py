@@ -31,7 +31,7 @@ async def test_sends_bearer_token_and_batch_form():
         return httpx.Response(200, json={"predictions": [1, None], "errors": [None, "bad"]})
 
     result = await client_with(handler).predict("iris", [{"a": 1}, {"b": 2}])
-    assert result == [(1, None), (None, "bad")]
+    assert result == ([1, None], [None, "bad"])
     assert seen == {"auth": f"Bearer {SECRET}", "path": "/models/iris/inference"}
 
 
@@ -61,7 +61,7 @@ async def test_503_is_retried_honouring_retry_after_then_succeeds():
             return httpx.Response(503, headers={"Retry-After": "0.2"}, json={"detail": "overloaded"})
         return httpx.Response(200, json={"predictions": ["ok"], "errors": [None]})
 
-    assert await client_with(handler).predict(None, [1]) == [("ok", None)]
+    assert await client_with(handler).predict(None, [1]) == (["ok"], [None])
     assert len(calls) == 3
     assert calls[1] - calls[0] >= 0.19 and calls[2] - calls[1] >= 0.19
 
