@@ -283,14 +283,14 @@ async def run_direct(
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
     ) as http:
 
-        async def send(ids: list[Any], inputs: list[Any]) -> list[bytes]:
+        async def send(ids: list[Any], inputs: list[Any]) -> bytes:
             async with limit:
                 t0 = time.perf_counter()
                 body = json_codec.dumps({"inputs": inputs})
                 response = await http.post(route, content=body, headers=headers)
                 response.raise_for_status()
                 latencies.append(time.perf_counter() - t0)
-            return storage.result_lines(ids, json_codec.loads(response.content)["predictions"])
+            return storage.results_jsonl(ids, json_codec.loads(response.content)["predictions"])
 
         async def shard(index: int, raws: list[bytes]) -> int:
             try:
@@ -302,10 +302,11 @@ async def run_direct(
                 parts = await asyncio.gather(
                     *(send(ids[i : i + micro_batch], inputs[i : i + micro_batch]) for i in steps)
                 )
-                lines = [line for part in parts for line in part]
                 if write:
-                    await asyncio.to_thread(storage.write_lines, storage.shard_uri(str(output), index), lines)
-                return len(lines)
+                    await asyncio.to_thread(
+                        storage.write_bytes, storage.shard_uri(str(output), index), b"".join(parts)
+                    )
+                return len(ids)
             finally:
                 pending.release()
 

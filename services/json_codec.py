@@ -86,9 +86,12 @@ def dumps(value: Any, newline: bool = False) -> bytes:
 _dumps_line = functools.partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def dumps_lines(values: list[Any]) -> list[bytes]:
-    """``dumps(value, newline=True)`` of each value, without a Python frame per value."""
+def dumps_jsonl(values: list[Any]) -> bytes:
+    """JSON Lines text of ``values``: ``dumps(value, newline=True)`` of each, joined. One bytes
+    object, not one per value: orjson gives every result a 4 KiB buffer, so 2,000 lines held as
+    their own objects take 8 MiB, not 200 KiB, and cost 2.7 us each to allocate instead of
+    0.3 us when joined 32 at a time (the same few buffers reused; docs/performance.md)."""
     try:
-        return list(map(_dumps_line, values))
+        return b"".join([b"".join(map(_dumps_line, values[i : i + 32])) for i in range(0, len(values), 32)])
     except TypeError:
-        return [dumps(value, newline=True) for value in values]
+        return b"".join(dumps(value, newline=True) for value in values)

@@ -13,7 +13,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -138,6 +138,16 @@ async def _uninterrupted(fn: Any, *args: Any) -> Any:
         raise
 
 
+class PartResult(NamedTuple):
+    """One part's results and errors as JSON Lines text (one bytes object each, not one per
+    line: see ``json_codec.dumps_jsonl``) and how many lines each holds."""
+
+    out: bytes
+    succeeded: int
+    errors: bytes
+    failed: int
+
+
 class BatchActivities:
     def __init__(self, serve: ServeClient):
         self.serve = serve
@@ -217,19 +227,19 @@ class BatchActivities:
                     ahead.append((task, want, consumed, next_line))
                     read_done, read_line = read_done + want, next_line
                 task, want, consumed, next_line = ahead.popleft()
-                out, errors = await task
+                result = await task
                 done_part = progress.part
                 progress = ShardProgress(
                     part=progress.part + 1,
                     offset=progress.offset + consumed,
                     line=next_line,
                     done=progress.done + want,
-                    succeeded=progress.succeeded + len(out),
-                    failed=progress.failed + len(errors),
+                    succeeded=progress.succeeded + result.succeeded,
+                    failed=progress.failed + result.failed,
                 )
                 checkpoint = {"plan_id": plan.get("plan_id"), "progress": progress.model_dump()}
-                await _uninterrupted(self._write_part, input, done_part, out, errors, checkpoint)
-                telemetry.record_part(input.model, out, errors)
+                await _uninterrupted(self._write_part, input, done_part, result, checkpoint)
+                telemetry.record_part(input.model, result.succeeded, result.errors)
                 state["progress"] = progress
         finally:
             for task, *_ in ahead:
@@ -260,7 +270,7 @@ class BatchActivities:
         raws: list[bytes | None],
         duplicates: dict[int, int],
         limit: asyncio.Semaphore,
-    ) -> tuple[list[bytes], list[bytes]]:
+    ) -> PartResult:
         """Results and error lines for one part, in input order. The worker's hottest code: a
         part of good records is parsed and written in bulk, line by line only if some are bad."""
         parsed = None if duplicates or None in raws else storage.parse_lines(raws)  # type: ignore[arg-type]
@@ -305,27 +315,33 @@ class BatchActivities:
         predictions = list(itertools.chain.from_iterable(reply[0] for reply in replies))
         model_errors = list(itertools.chain.from_iterable(reply[1] for reply in replies))
         if model_errors.count(None) == len(model_errors):  # no record rejected: the usual case
-            return storage.result_lines(ids, predictions), [errors[p] for p in sorted(errors)]
-        kept_ids, kept = [], []
-        for pos, record_id, prediction, error in zip(positions, ids, predictions, model_errors, strict=True):
-            if error is None:
-                kept_ids.append(record_id)
-                kept.append(prediction)
-            else:
-                errors[pos] = storage.error_line(record_id, lines[pos], "model", error)
-        return storage.result_lines(kept_ids, kept), [errors[p] for p in sorted(errors)]
+            kept_ids, kept = ids, predictions
+        else:
+            kept_ids, kept = [], []
+            for pos, record_id, prediction, error in zip(
+                positions, ids, predictions, model_errors, strict=True
+            ):
+                if error is None:
+                    kept_ids.append(record_id)
+                    kept.append(prediction)
+                else:
+                    errors[pos] = storage.error_line(record_id, lines[pos], "model", error)
+        return PartResult(
+            storage.results_jsonl(kept_ids, kept),
+            len(kept_ids),
+            b"".join(errors[p] for p in sorted(errors)),
+            len(errors),
+        )
 
     @staticmethod
-    def _write_part(
-        input: ShardInput, part: int, out: list[bytes], errors: list[bytes], checkpoint: dict[str, Any]
-    ) -> None:
+    def _write_part(input: ShardInput, part: int, result: PartResult, checkpoint: dict[str, Any]) -> None:
         """A part's results, errors and checkpoint, the checkpoint last: on disk it means the
         part is whole. No errors file for a part without errors (the join counts it empty), and
         none left from an earlier attempt at the same part."""
-        storage.write_lines(storage.part_uri(input.output_uri, input.shard, part, "out"), out)
+        storage.write_bytes(storage.part_uri(input.output_uri, input.shard, part, "out"), result.out)
         errors_uri = storage.part_uri(input.output_uri, input.shard, part, "err")
-        if errors:
-            storage.write_lines(errors_uri, errors)
+        if result.errors:
+            storage.write_bytes(errors_uri, result.errors)
         else:
             storage.remove(errors_uri)
         storage.write_json(storage.part_uri(input.output_uri, input.shard, part, "ckpt"), checkpoint)

@@ -72,9 +72,9 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
             yield fh
 
 
-def write_lines(uri: str, lines: list[bytes]) -> None:
+def write_bytes(uri: str, data: bytes) -> None:
     with atomic_writer(uri) as fh:
-        fh.writelines(lines)
+        fh.write(data)
 
 
 def write_json(uri: str, payload: dict[str, Any]) -> None:
@@ -224,9 +224,9 @@ def parse_lines(raws: list[bytes]) -> tuple[list[Any], list[Any]] | None:
     return ids, [r["input"] if "input" in r else _model_input(r) for r in records]
 
 
-def result_lines(ids: list[Any], predictions: list[Any]) -> list[bytes]:
-    """The results file's lines for records and their predictions."""
-    return json_codec.dumps_lines([{"id": i, "prediction": p} for i, p in zip(ids, predictions, strict=True)])
+def results_jsonl(ids: list[Any], predictions: list[Any]) -> bytes:
+    """The results file's lines (JSON Lines text) for records and their predictions."""
+    return json_codec.dumps_jsonl([{"id": i, "prediction": p} for i, p in zip(ids, predictions, strict=True)])
 
 
 def id_hint(raw: bytes) -> Any:

@@ -110,16 +110,17 @@ def record_committed(model: str | None, succeeded: int, errors: Iterable[tuple[s
         RECORDS.labels(label, m.FAILED, stage, reason).inc(n)
 
 
-def record_part(model: str | None, out: list[bytes], errors: list[bytes]) -> None:
-    """A committed part: its result lines and error lines (JSON with ``stage`` and ``reason``)."""
+def record_part(model: str | None, succeeded: int, errors: bytes) -> None:
+    """A committed part: how many results, and its errors (JSON Lines with ``stage`` and
+    ``reason``)."""
     failures = []
-    for line in errors:
+    for line in errors.splitlines():
         try:
             error = json_codec.loads(line)
             failures.append((str(error.get("stage", "")), str(error.get("reason", ""))))
         except (ValueError, AttributeError):
             failures.append(("", ""))
-    record_committed(model, len(out), failures)
+    record_committed(model, succeeded, failures)
 
 
 async def serve_predict(serve: Any, model: str | None, inputs: list[Any]) -> tuple[list[Any], list[Any]]:

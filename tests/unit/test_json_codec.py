@@ -1,6 +1,7 @@
 """json_codec gives the standard library's values in every corner where orjson differs."""
 
 import json
+import tracemalloc
 
 import pytest
 
@@ -65,7 +66,25 @@ def test_loads_lines_strict_declines_what_loads_strict_treats_specially() -> Non
         assert json_codec.loads_lines_strict([b'{"a":1}\n', special]) is None
 
 
-def test_dumps_lines_equals_dumps_per_value() -> None:
+@pytest.mark.parametrize("count", [0, 1, 31, 32, 33, 100])
+def test_dumps_jsonl_equals_dumps_per_value_joined(count: int) -> None:
+    values = [{"a": i, "s": "é"} for i in range(count)]
+    assert json_codec.dumps_jsonl(values) == b"".join(json_codec.dumps(v, newline=True) for v in values)
+
+
+def test_dumps_jsonl_writes_what_orjson_cannot_as_json_does() -> None:
     values = [{"a": 1}, "\ud800", 123456789012345678901234567890, float("nan")]
-    assert json_codec.dumps_lines(values) == [json_codec.dumps(v, newline=True) for v in values]
-    assert json_codec.dumps_lines(values[:1]) == [b'{"a":1}\n']
+    assert json_codec.dumps_jsonl(values) == b"".join(json_codec.dumps(v, newline=True) for v in values)
+
+
+def test_dumps_jsonl_holds_no_more_than_its_text() -> None:
+    """A part's results stay in memory until committed: as one object sized to its text, not
+    one orjson buffer of 4 KiB per line (which made a worker's peak RSS follow the batch)."""
+    values = [{"id": i, "prediction": {"label": "setosa", "p": [0.1, 0.2, 0.7]}} for i in range(2000)]
+    tracemalloc.start()
+    try:
+        text = json_codec.dumps_jsonl(values)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * len(text)

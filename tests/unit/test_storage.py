@@ -51,7 +51,7 @@ def test_model_input_is_input_field_or_record_without_id():
 
 def test_atomic_writer_leaves_old_content_on_failure(tmp_path):
     target = tmp_path / "out" / "f.jsonl"
-    storage.write_lines(str(target), [b"old\n"])
+    storage.write_bytes(str(target), b"old\n")
     with pytest.raises(RuntimeError), storage.atomic_writer(str(target)) as fh:
         fh.write(b"half")
         raise RuntimeError("crash")
@@ -196,13 +196,14 @@ def test_parse_lines_is_parse_line_in_bulk_or_declines(bad):
     assert storage.parse_lines([*GOOD_LINES, bad]) is None
 
 
-def test_result_lines_are_one_json_line_per_record():
-    lines = storage.result_lines([1, "b", 3], [{"p": 0.5}, None, 123456789012345678901234567890])
-    assert lines == [
-        b'{"id":1,"prediction":{"p":0.5}}\n',
-        b'{"id":"b","prediction":null}\n',
-        b'{"id":3,"prediction":123456789012345678901234567890}\n',
-    ]
+def test_results_jsonl_is_one_json_line_per_record():
+    text = storage.results_jsonl([1, "b", 3], [{"p": 0.5}, None, 123456789012345678901234567890])
+    assert text == (
+        b'{"id":1,"prediction":{"p":0.5}}\n'
+        b'{"id":"b","prediction":null}\n'
+        b'{"id":3,"prediction":123456789012345678901234567890}\n'
+    )
+    assert storage.results_jsonl([], []) == b""
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 100])
