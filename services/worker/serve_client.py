@@ -156,10 +156,21 @@ class ServeClient:
         delay = min(self._retry.max_s, self._retry.initial_s * 2 ** (attempt - 1))
         return delay * random.uniform(0.5, 1.0)
 
+    @staticmethod
+    def encode(inputs: list[Any]) -> bytes:
+        """The request body for ``inputs``. A shard encodes each micro-batch as soon as it is
+        parsed: a request waiting for its reply then holds these bytes, not Python objects."""
+        return json_codec.dumps({"inputs": inputs})
+
     async def predict(self, model: str | None, inputs: list[Any]) -> tuple[list[Any], list[str | None]]:
         """Predictions for ``inputs`` in order and, beside them, each one's error or None: two
         lists as Serve sends them, so a shard's hot path builds no pair per record."""
-        body = json_codec.dumps({"inputs": inputs})
+        return await self.predict_encoded(model, self.encode(inputs), len(inputs))
+
+    async def predict_encoded(
+        self, model: str | None, body: bytes, count: int
+    ) -> tuple[list[Any], list[str | None]]:
+        """``predict`` of a body from ``encode`` holding ``count`` inputs."""
         url = self.route(model)
         reason, delay = "", 0.0
         for attempt in range(1, self._retry.max_attempts + 1):
@@ -183,10 +194,10 @@ class ServeClient:
                     self._record(outcome, started, model)
                     payload = json_codec.loads(response.content)
                     predictions, errors = payload["predictions"], payload["errors"]
-                    if not len(predictions) == len(errors) == len(inputs):
+                    if not len(predictions) == len(errors) == count:
                         raise ApplicationError(
                             f"Serve returned {len(predictions)} predictions and {len(errors)} errors "
-                            f"for {len(inputs)} inputs",
+                            f"for {count} inputs",
                             type="ServeProtocolError",
                         )
                     return predictions, errors

@@ -292,7 +292,7 @@ def read_part(
         return [n for n, _ in records], [raw for _, raw in records], consumed, line
     lines: list[int] = []
     raws: list[bytes | None] = []
-    consumed = 0
+    consumed, first = 0, line
     while len(raws) < count:
         batch = list(itertools.islice(fh, count - len(raws)))
         if not batch:
@@ -308,6 +308,8 @@ def read_part(
                 lines.append(line)
                 raws.append(raw)
             line += 1
+    if line - first == len(raws):  # no blank line skipped: a range, not an int per record
+        return range(first, line), raws, consumed, line
     return lines, raws, consumed, line
 
 

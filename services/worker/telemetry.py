@@ -123,12 +123,14 @@ def record_part(model: str | None, succeeded: int, errors: bytes) -> None:
     record_committed(model, succeeded, failures)
 
 
-async def serve_predict(serve: Any, model: str | None, inputs: list[Any]) -> tuple[list[Any], list[Any]]:
-    """``serve.predict`` with the micro-batch size and in-flight gauge recorded."""
+async def serve_predict(
+    serve: Any, model: str | None, body: bytes, count: int
+) -> tuple[list[Any], list[Any]]:
+    """``serve.predict_encoded`` with the micro-batch size and in-flight gauge recorded."""
     label = m.model_label(model)
-    MICRO_BATCH_SIZE.labels(label).observe(len(inputs))
+    MICRO_BATCH_SIZE.labels(label).observe(count)
     with SERVE_IN_FLIGHT.labels(label).track_inprogress():
-        return await serve.predict(model, inputs)
+        return await serve.predict_encoded(model, body, count)
 
 
 def record_batch_finished(summary: dict[str, Any]) -> None:

@@ -13,11 +13,8 @@ import uuid
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowFailureError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from services.local.stack import venv_bin
 from services.worker.models import (
     BatchInferenceInput,
     PlanInput,
@@ -28,6 +25,7 @@ from services.worker.models import (
     Tuning,
 )
 from services.worker.workflows import BatchInferenceWorkflow
+from tests.conftest import time_skipping_env
 
 
 @activity.defn(name="plan_batch")
@@ -53,9 +51,7 @@ async def test_a_shard_finishing_during_the_cancellation_is_counted():
         summaries.append(input.summary)
         return "/out/_summary.json"
 
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=venv_bin("temporal-test-server")
-    ) as env:
+    async with await time_skipping_env() as env:
         queue = f"race-{uuid.uuid4().hex[:8]}"
         async with Worker(
             env.client, task_queue=queue, workflows=[BatchInferenceWorkflow],
@@ -99,9 +95,7 @@ async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
         summaries.append(input)
         return "/out/_summary.json"
 
-    async with await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=venv_bin("temporal-test-server")
-    ) as env:
+    async with await time_skipping_env() as env:
         queue = f"race-{uuid.uuid4().hex[:8]}"
 
         def workflow_worker() -> Worker:  # no cache: each task goes to whichever worker polls

@@ -8,11 +8,8 @@ import uuid
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowFailureError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from services.local.stack import venv_bin
 from services.worker.models import (
     BatchInferenceInput,
     BatchInferenceOutput,
@@ -28,13 +25,12 @@ from services.worker.models import (
     Tuning,
 )
 from services.worker.workflows import BatchInferenceWorkflow
+from tests.conftest import time_skipping_env
 
 
 @pytest.fixture(scope="module")
 async def env():
-    env = await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter, test_server_existing_path=venv_bin("temporal-test-server")
-    )
+    env = await time_skipping_env()
     yield env
     await env.shutdown()
 
