@@ -2,6 +2,7 @@
 
 import json
 import tracemalloc
+from typing import Any
 
 import pytest
 
@@ -88,3 +89,15 @@ def test_dumps_jsonl_holds_no_more_than_its_text() -> None:
     finally:
         tracemalloc.stop()
     assert held < 2 * len(text)
+
+
+@pytest.mark.parametrize("value", [{"id": 1}, {"inputs": [[5.1, 3.5, 1.4, 0.2]] * 1000}])
+def test_dumps_holds_no_more_than_its_text(value: Any) -> None:
+    """A request body waits in memory for its reply: sized to fit, not orjson's grown buffer."""
+    tracemalloc.start()
+    try:
+        text = json_codec.dumps(value)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * len(text) + 200
