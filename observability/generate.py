@@ -470,14 +470,20 @@ def temporal_dashboard() -> DashboardSpec:
             ),
             PanelSpec(
                 "Failures",
-                "Activity failures by type and reason, workflow task failures, and failed requests to "
-                "the Temporal service, per second.",
+                "Activity failures by type and reason (planning and the summary run as local "
+                "activities), workflow task failures, and failed requests to the Temporal service, "
+                "per second.",
                 "ops",
                 [
                     q(
                         f"sum by (activity_type, failure_reason) "
                         f"(rate({m.TEMPORAL_ACT_EXECUTION_FAILED.prom}{{{sel}}}[{RATE}]))",
                         "activity {{activity_type}}: {{failure_reason}}",
+                    ),
+                    q(
+                        f"sum by (activity_type, failure_reason) "
+                        f"(rate({m.TEMPORAL_LA_EXECUTION_FAILED.prom}{{{sel}}}[{RATE}]))",
+                        "local activity {{activity_type}}: {{failure_reason}}",
                     ),
                     q(
                         f"sum by (failure_reason) "

@@ -359,6 +359,12 @@ TEMPORAL_ACT_POLL_NO_TASK = _temporal(
 TEMPORAL_ACT_EXECUTION_FAILED = _temporal(
     "activity_execution_failed", "counter", "Activity execution failures", ("activity_type", "failure_reason")
 )
+TEMPORAL_LA_EXECUTION_FAILED = _temporal(
+    "local_activity_execution_failed",
+    "counter",
+    "Local activity (planning, summary) execution failures",
+    ("activity_type", "failure_reason"),
+)
 TEMPORAL_WF_TASK_EXECUTION_FAILED = _temporal(
     "workflow_task_execution_failed", "counter", "Workflow task execution failures", ("failure_reason",)
 )
@@ -388,6 +394,7 @@ TEMPORAL_METRICS = (
     TEMPORAL_ACT_TASK_RECEIVED,
     TEMPORAL_ACT_POLL_NO_TASK,
     TEMPORAL_ACT_EXECUTION_FAILED,
+    TEMPORAL_LA_EXECUTION_FAILED,
     TEMPORAL_WF_TASK_EXECUTION_FAILED,
     TEMPORAL_WF_COMPLETED,
     TEMPORAL_WF_FAILED,

@@ -79,7 +79,13 @@ class BatchInferenceWorkflow:
         tuning = input.tuning
         if input.state is None:
             started = workflow.now()
-            plan = await workflow.execute_activity_method(
+            # Local activities: the plan and the summary run inside the workflow task that
+            # needs them, so the shards are scheduled (and the result returned) in that task,
+            # not one dispatch and one more task later: at 100k records the first shard starts
+            # ~25 ms sooner and the result comes ~18 ms sooner (docs/performance.md). A long
+            # plan keeps its task alive with heartbeats; if the worker dies, the task times
+            # out in seconds and another worker plans again.
+            plan = await workflow.execute_local_activity_method(
                 BatchActivities.plan_batch,
                 PlanInput(
                     input_uri=input.input_uri,
@@ -233,7 +239,7 @@ class BatchInferenceWorkflow:
             model=input.model,
             shards_done=state.next_shard - self._running if status == "completed" else None,
         )
-        return await workflow.execute_activity_method(
+        return await workflow.execute_local_activity_method(
             BatchActivities.write_summary,
             SummaryInput(output_uri=input.output_uri, summary=summary, unsettled_shards=unsettled or []),
             start_to_close_timeout=timedelta(minutes=5),

@@ -99,12 +99,17 @@ async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
         queue = f"race-{uuid.uuid4().hex[:8]}"
 
         def workflow_worker() -> Worker:  # no cache: each task goes to whichever worker polls
+            # The plan and the summary are local activities: they run where the workflow does.
             return Worker(
-                env.client, task_queue=queue, workflows=[BatchInferenceWorkflow], max_cached_workflows=0
+                env.client,
+                task_queue=queue,
+                workflows=[BatchInferenceWorkflow],
+                activities=[plan_batch, write_summary],
+                no_remote_activities=True,
+                max_cached_workflows=0,
             )
 
-        activities = [plan_batch, process_shard, write_summary]
-        async with Worker(env.client, task_queue=queue, activities=activities):
+        async with Worker(env.client, task_queue=queue, activities=[process_shard]):
             batch = BatchInferenceInput(
                 input_uri="/in.jsonl",
                 output_uri="/out",

@@ -169,14 +169,17 @@ async def test_every_dashboard_query_and_alert_on_a_real_prometheus(
     assert float(progress[0]["value"][1]) == 6001
     result = await handle.result()
     assert result.status == "completed" and result.failed == 25 and result.succeeded == 5976
-    # A batch that fails (input not found) and a request without a token: failures and 401s.
-    with pytest.raises(WorkflowFailureError):
-        await client.execute_workflow(
-            c.WORKFLOW_NAME,
-            BatchInferenceInput(input_uri=str(tmp_path / "missing.jsonl"), output_uri=str(tmp_path / "out2")),
-            id=f"obs-fail-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-        )
+    # Batches that fail in planning (input not found: a local activity) and in a shard (an
+    # unknown model), and a request without a token: failures of both kinds and 401s.
+    failing = [
+        BatchInferenceInput(input_uri=str(tmp_path / "missing.jsonl"), output_uri=str(tmp_path / "out2")),
+        BatchInferenceInput(input_uri=batch.input_uri, output_uri=str(tmp_path / "out3"), model="gpt9"),
+    ]
+    for bad in failing:
+        with pytest.raises(WorkflowFailureError):
+            await client.execute_workflow(
+                c.WORKFLOW_NAME, bad, id=f"obs-fail-{uuid.uuid4().hex[:8]}", task_queue=queue
+            )
     denied = await asyncio.to_thread(
         httpx.post, f"{serve_stack.url}/models/iris/inference", json={"inputs": []}
     )

@@ -18,7 +18,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from services import metrics as m
 from services.local.stack import TemporalDevServer, free_port
 from services.worker.config import WorkerSettings
-from services.worker.serve_client import ServeClient, TokenSource
+from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.telemetry import MetricsServer, TemporalMetricsBridge
 from services.worker.worker import build_worker
 
@@ -53,19 +53,20 @@ def parse(text: str) -> dict[str, dict]:
 
 
 async def _workload(client: Client) -> None:
-    """Two batches that fail in planning (input not found): workflow + activity metrics,
-    failures included, without needing Serve."""
+    """Two batches that fail in planning (input not found: a local activity) and one inline
+    batch whose activity cannot reach Serve (nothing listens): workflow, activity and local
+    activity metrics, failures included, without needing Serve."""
     queue = f"metrics-{uuid.uuid4().hex[:8]}"
-    serve = ServeClient("http://127.0.0.1:9", TokenSource("unused"))
+    serve = ServeClient("http://127.0.0.1:9", TokenSource("unused"), retry=RetrySettings(max_attempts=1))
+    batches = [{"input_uri": "/nonexistent/in.jsonl", "output_uri": "/tmp/unused-out"}] * 2 + [
+        {"records": [{"id": 1, "input": 1}], "tuning": {"shard_max_attempts": 1}}
+    ]
     try:
         async with build_worker(client, WorkerSettings(task_queue=queue), serve):
-            for _ in range(2):
+            for batch in batches:
                 with pytest.raises(WorkflowFailureError):
                     await client.execute_workflow(
-                        "BatchInference",
-                        {"input_uri": "/nonexistent/in.jsonl", "output_uri": "/tmp/unused-out"},
-                        id=f"metrics-{uuid.uuid4().hex[:8]}",
-                        task_queue=queue,
+                        "BatchInference", batch, id=f"metrics-{uuid.uuid4().hex[:8]}", task_queue=queue
                     )
             await asyncio.sleep(1.5)  # let the slot gauges and poll counters settle
     finally:
@@ -109,6 +110,7 @@ async def test_bridge_exports_what_the_sdk_exporter_exports(temporal_server: Tem
             m.TEMPORAL_WF_POLL_SUCCEED,
             m.TEMPORAL_ACT_TASK_RECEIVED,
             m.TEMPORAL_ACT_EXECUTION_FAILED,
+            m.TEMPORAL_LA_EXECUTION_FAILED,
             m.TEMPORAL_WF_FAILED,
             m.TEMPORAL_REQUEST,
         )
