@@ -2,6 +2,7 @@
 
 import json
 import tracemalloc
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -78,26 +79,27 @@ def test_dumps_jsonl_writes_what_orjson_cannot_as_json_does() -> None:
     assert json_codec.dumps_jsonl(values) == b"".join(json_codec.dumps(v, newline=True) for v in values)
 
 
+def held_by(encode: Callable[[], bytes]) -> tuple[bytes, int]:
+    """What ``encode`` returns and the bytes Python still holds for it (its buffer included)."""
+    tracemalloc.start()
+    try:
+        text = encode()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return text, held
+
+
 def test_dumps_jsonl_holds_no_more_than_its_text() -> None:
     """A part's results stay in memory until committed: as one object sized to its text, not
     one orjson buffer of 4 KiB per line (which made a worker's peak RSS follow the batch)."""
     values = [{"id": i, "prediction": {"label": "setosa", "p": [0.1, 0.2, 0.7]}} for i in range(2000)]
-    tracemalloc.start()
-    try:
-        text = json_codec.dumps_jsonl(values)
-        held, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    text, held = held_by(lambda: json_codec.dumps_jsonl(values))
     assert held < 2 * len(text)
 
 
 @pytest.mark.parametrize("value", [{"id": 1}, {"inputs": [[5.1, 3.5, 1.4, 0.2]] * 1000}])
 def test_dumps_holds_no_more_than_its_text(value: Any) -> None:
     """A request body waits in memory for its reply: sized to fit, not orjson's grown buffer."""
-    tracemalloc.start()
-    try:
-        text = json_codec.dumps(value)
-        held, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    text, held = held_by(lambda: json_codec.dumps(value))
     assert held < 2 * len(text) + 200
