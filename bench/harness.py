@@ -42,6 +42,7 @@ from services.local.stack import (
 from services.serve.models import BUILTIN_MODELS
 from services.worker import storage
 from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker.serve_client import ServeClient
 
 
 @dataclass
@@ -286,7 +287,7 @@ async def run_direct(
         async def send(ids: list[Any], inputs: list[Any]) -> bytes:
             async with limit:
                 t0 = time.perf_counter()
-                body = json_codec.dumps({"inputs": inputs})
+                body = ServeClient.encode(inputs)  # the worker's request body, built the same way
                 response = await http.post(route, content=body, headers=headers)
                 response.raise_for_status()
                 latencies.append(time.perf_counter() - t0)

@@ -303,24 +303,24 @@ class BatchActivities:
                 inputs.append(model_input)
         del raws, parsed
         size = input.micro_batch_size
-        starts = range(0, len(inputs), size)
-        bodies = [self.serve.encode(inputs[start : start + size]) for start in starts]
+        batches = [(start, min(size, len(ids) - start)) for start in range(0, len(inputs), size)]
+        bodies = [self.serve.encode(inputs[start : start + count]) for start, count in batches]
         del inputs
 
-        async def send(start: int, body: bytes) -> tuple[bytes, int] | tuple[list[Any], list[Any]]:
-            count = min(size, len(ids) - start)
+        async def send(start: int, count: int, body: bytes) -> bytes | tuple[list[Any], list[Any]]:
             async with limit:
                 predictions, model_errors = await telemetry.serve_predict(
                     self.serve, input.model, body, count
                 )
             if model_errors.count(None) == count:  # none rejected (the usual case): lines now
-                return storage.results_jsonl(ids[start : start + count], predictions), count
+                return storage.results_jsonl(ids[start : start + count], predictions)
             return predictions, model_errors
 
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(send(start, body)) for start, body in zip(starts, bodies, strict=True)
+                    group.create_task(send(start, count, body))
+                    for (start, count), body in zip(batches, bodies, strict=True)
                 ]
                 del bodies
         except BaseExceptionGroup as group_error:
@@ -329,11 +329,11 @@ class BatchActivities:
             raise group_error.exceptions[0] from None
         out: list[bytes] = []
         succeeded = 0
-        for start, task in zip(starts, tasks, strict=True):
+        for (start, count), task in zip(batches, tasks, strict=True):
             reply = task.result()
-            if isinstance(reply[0], bytes):
-                out.append(reply[0])
-                succeeded += reply[1]  # type: ignore[operator]
+            if isinstance(reply, bytes):
+                out.append(reply)
+                succeeded += count
                 continue
             kept_ids, kept = [], []
             for index, prediction, error in zip(itertools.count(start), *reply, strict=False):

@@ -162,15 +162,10 @@ class ServeClient:
         parsed: a request waiting for its reply then holds these bytes, not Python objects."""
         return json_codec.dumps({"inputs": inputs})
 
-    async def predict(self, model: str | None, inputs: list[Any]) -> tuple[list[Any], list[str | None]]:
-        """Predictions for ``inputs`` in order and, beside them, each one's error or None: two
-        lists as Serve sends them, so a shard's hot path builds no pair per record."""
-        return await self.predict_encoded(model, self.encode(inputs), len(inputs))
-
-    async def predict_encoded(
-        self, model: str | None, body: bytes, count: int
-    ) -> tuple[list[Any], list[str | None]]:
-        """``predict`` of a body from ``encode`` holding ``count`` inputs."""
+    async def predict(self, model: str | None, body: bytes, count: int) -> tuple[list[Any], list[str | None]]:
+        """Predictions for the ``count`` inputs in ``body`` (from ``encode``) in order and,
+        beside them, each one's error or None: two lists as Serve sends them, so a shard's hot
+        path builds no pair per record."""
         url = self.route(model)
         reason, delay = "", 0.0
         for attempt in range(1, self._retry.max_attempts + 1):

@@ -290,7 +290,7 @@ def read_part(
     if not short_lines:
         records, consumed, line = read_records(fh, count, line, max_bytes)
         return [n for n, _ in records], [raw for _, raw in records], consumed, line
-    lines: list[int] = []
+    lines: list[int] | None = None  # only once a blank line breaks the run: a range till then
     raws: list[bytes | None] = []
     consumed, first = 0, line
     while len(raws) < count:
@@ -299,18 +299,19 @@ def read_part(
             break
         consumed += sum(map(len, batch))
         if min(batch)[:1] > b" ":  # no line empty or starting with whitespace: none is blank
-            lines.extend(range(line, line + len(batch)))
+            if lines is not None:
+                lines.extend(range(line, line + len(batch)))
             raws.extend(batch)
             line += len(batch)
             continue
+        if lines is None:
+            lines = list(range(first, line))
         for raw in batch:
             if not raw.isspace():
                 lines.append(line)
                 raws.append(raw)
             line += 1
-    if line - first == len(raws):  # no blank line skipped: a range, not an int per record
-        return range(first, line), raws, consumed, line
-    return lines, raws, consumed, line
+    return (range(first, line) if lines is None else lines), raws, consumed, line
 
 
 class Records:
@@ -504,24 +505,26 @@ def candidate_key(raw: bytes | None) -> bytes | None:
     return record_key(raw)
 
 
+def _keys_in_text(text: bytes, count: int) -> list[bytes] | None:
+    """The keys of ``count`` newline-separated lines in one regex pass, if every line has the
+    usual layout (matched once, holding ``"id"`` once); None otherwise."""
+    text = b"\n" + text
+    keys = _LINE_ID.findall(text)
+    return keys if len(keys) == count and text.count(b'"id"') == count else None
+
+
 def chunk_keys(records: Records) -> list[bytes]:
     """``candidate_keys`` of a scanned chunk, its text searched whole when it has one."""
-    if records.text is not None:
-        text = b"\n" + records.text
-        keys = _LINE_ID.findall(text)
-        if len(keys) == len(records) and text.count(b'"id"') == len(records):
-            return keys
+    if records.text is not None and (keys := _keys_in_text(records.text, len(records))) is not None:
+        return keys
     return candidate_keys(records.raws)
 
 
 def candidate_keys(raws: list[bytes | None]) -> list[bytes]:
-    """``candidate_key`` of many lines with one regex pass when all have the usual layout
-    (each line matched once and holding ``"id"`` once); line by line otherwise."""
-    if None not in raws:
-        text = b"\n" + b"\n".join(raws)  # type: ignore[arg-type]
-        keys = _LINE_ID.findall(text)
-        if len(keys) == len(raws) and text.count(b'"id"') == len(raws):
-            return keys
+    """``candidate_key`` of many lines with one regex pass when all have the usual layout;
+    line by line otherwise."""
+    if None not in raws and (keys := _keys_in_text(b"\n".join(raws), len(raws))) is not None:  # type: ignore[arg-type]
+        return keys
     return [key for raw in raws if (key := candidate_key(raw)) is not None]
 
 

@@ -126,11 +126,11 @@ def record_part(model: str | None, succeeded: int, errors: bytes) -> None:
 async def serve_predict(
     serve: Any, model: str | None, body: bytes, count: int
 ) -> tuple[list[Any], list[Any]]:
-    """``serve.predict_encoded`` with the micro-batch size and in-flight gauge recorded."""
+    """``serve.predict`` with the micro-batch size and in-flight gauge recorded."""
     label = m.model_label(model)
     MICRO_BATCH_SIZE.labels(label).observe(count)
     with SERVE_IN_FLIGHT.labels(label).track_inprogress():
-        return await serve.predict_encoded(model, body, count)
+        return await serve.predict(model, body, count)
 
 
 def record_batch_finished(summary: dict[str, Any]) -> None:

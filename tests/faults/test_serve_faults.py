@@ -214,9 +214,9 @@ async def test_a_route_missing_while_serve_deploys_is_retried_but_an_unknown_mod
         retry=RetrySettings(max_attempts=4, initial_s=0.01, max_s=0.02),
         transport=httpx.MockTransport(handler),
     )
-    assert await serve.predict("echo", [1]) == ([1], [None])
+    assert await serve.predict("echo", ServeClient.encode([1]), 1) == ([1], [None])
     assert len(calls) == 3
     with pytest.raises(ApplicationError) as err:
-        await serve.predict("gpt9", [1])
+        await serve.predict("gpt9", ServeClient.encode([1]), 1)
     assert err.value.non_retryable and "unknown model 'gpt9'" in str(err.value)
     assert len(calls) == 4

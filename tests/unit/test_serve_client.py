@@ -30,7 +30,7 @@ async def test_sends_bearer_token_and_batch_form():
         seen["path"] = request.url.path
         return httpx.Response(200, json={"predictions": [1, None], "errors": [None, "bad"]})
 
-    result = await client_with(handler).predict("iris", [{"a": 1}, {"b": 2}])
+    result = await client_with(handler).predict("iris", ServeClient.encode([{"a": 1}, {"b": 2}]), 2)
     assert result == ([1, None], [None, "bad"])
     assert seen == {"auth": f"Bearer {SECRET}", "path": "/models/iris/inference"}
 
@@ -46,7 +46,7 @@ async def test_client_errors_are_non_retryable_and_never_show_the_token(status, 
         return httpx.Response(status, json={"detail": "nope"})
 
     with pytest.raises(ApplicationError) as err:
-        await client_with(handler).predict(None, [1])
+        await client_with(handler).predict(None, ServeClient.encode([1]), 1)
     assert err.value.non_retryable and err.value.type == kind
     assert str(status) in str(err.value) and SECRET not in str(err.value)
     assert len(calls) == 1
@@ -61,7 +61,7 @@ async def test_503_is_retried_honouring_retry_after_then_succeeds():
             return httpx.Response(503, headers={"Retry-After": "0.2"}, json={"detail": "overloaded"})
         return httpx.Response(200, json={"predictions": ["ok"], "errors": [None]})
 
-    assert await client_with(handler).predict(None, [1]) == (["ok"], [None])
+    assert await client_with(handler).predict(None, ServeClient.encode([1]), 1) == (["ok"], [None])
     assert len(calls) == 3
     assert calls[1] - calls[0] >= 0.19 and calls[2] - calls[1] >= 0.19
 
@@ -71,7 +71,7 @@ async def test_connection_errors_give_up_with_a_retryable_error():
         raise httpx.ConnectError("refused")
 
     with pytest.raises(ApplicationError) as err:
-        await client_with(handler, attempts=3).predict(None, [1])
+        await client_with(handler, attempts=3).predict(None, ServeClient.encode([1]), 1)
     assert not err.value.non_retryable and err.value.type == "ServeUnavailable"
     assert "gave up after 3 attempts" in str(err.value)
 
