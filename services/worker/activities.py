@@ -55,10 +55,11 @@ def _mark_duplicates(input_uri: str, shards: list[dict[str, Any]], repeated: set
         line = 1
         for shard in shards:
             records, _, line = storage.read_records(fh, shard["records"], line)
+            keyed = [(number, key) for number, raw in records if (key := storage.record_key(raw)) is not None]
+            hashes = storage.key_hashes([key for _, key in keyed]).tolist()
             marked = []
-            for number, raw in records:
-                key = storage.record_key(raw)
-                if key is None or hash(key) not in repeated:
+            for (number, key), key_hash in zip(keyed, hashes, strict=True):
+                if key_hash not in repeated:
                     continue
                 first = first_line.setdefault(key, number)
                 if first == number:
@@ -91,7 +92,7 @@ def _plan(input: PlanInput) -> dict[str, Any]:
             for records in storage.scan_records(fh):
                 index.add(records)
                 long_lines = long_lines or records.long_lines
-                ids.add(storage.chunk_keys(records))
+                ids.add(storage.chunk_key_hashes(records))
             size, total = fh.tell(), index.total
             if total == 0:
                 raise _non_retryable(f"input has no records (empty file): {input.input_uri}", "EmptyInput")

@@ -21,6 +21,7 @@ from typing import IO, Any
 import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
+from numpy.lib.stride_tricks import sliding_window_view
 
 from services import json_codec
 from services.constants import ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_FILE, SUMMARY_FILE
@@ -520,6 +521,102 @@ def chunk_keys(records: Records) -> list[bytes]:
     return candidate_keys(records.raws)
 
 
+# 64-bit FNV-1a over 8-byte words, then the length and murmur3's final mix (so the low bits,
+# which pick a spill bucket, depend on every byte). numpy does it for many keys at once.
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_MIX = np.uint64(0xFF51AFD7ED558CCD)
+_SHIFT = np.uint64(33)
+_FAST_ID_WIDTH = 256  # longer string ids take the regex path
+
+
+def _block_hashes(block: Any, lengths: Any) -> Any:
+    """int64 hashes of the keys laid out one per row of ``block`` (uint8, C order, width a
+    multiple of 8, zero past each key's ``lengths``)."""
+    words = block.view(np.uint64)
+    used = (lengths + 7) // 8
+    hashes = np.full(len(lengths), _FNV_OFFSET, dtype=np.uint64)
+    for column in range(words.shape[1]):
+        hashes = np.where(column < used, (hashes ^ words[:, column]) * _FNV_PRIME, hashes)
+    hashes ^= lengths.astype(np.uint64)
+    hashes ^= hashes >> _SHIFT
+    hashes *= _MIX
+    hashes ^= hashes >> _SHIFT
+    return hashes.view(np.int64)
+
+
+def _rows(padded: Any, starts: Any, width: int) -> Any:
+    """``width`` bytes from each of ``starts``, one per row (``padded``: data then at least
+    ``width`` zeros, so that a row may run past the end)."""
+    return sliding_window_view(padded, width)[starts]
+
+
+def _zero_past(block: Any, lengths: Any) -> Any:
+    np.multiply(block, np.arange(block.shape[1]) < lengths[:, None], out=block)
+    return block
+
+
+def key_hashes(keys: Sequence[bytes]) -> Any:
+    """int64 hash of each key: what ``DuplicateIds`` compares. Equal keys, equal hashes, in any
+    batch; stable within a process (enough for one planning activity)."""
+    if not keys:
+        return np.empty(0, dtype=np.int64)
+    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    width = max(8, -(-int(lengths.max()) // 8) * 8)
+    padded = np.frombuffer(b"".join(keys) + bytes(width), dtype=np.uint8)
+    return _block_hashes(_zero_past(_rows(padded, starts, width), lengths), lengths)
+
+
+_ID_PREFIX = np.frombuffer(b'{"id":"', dtype=np.uint8)
+
+
+def _string_id_hashes(text: bytes, starts: Any) -> Any:
+    """``key_hashes`` of the ids of a clean chunk's lines (``starts``: where each begins) with
+    no per-line Python step, when every line starts ``{"id":"``, the string has no escape or
+    control byte, a comma or brace follows it, and ``"id"`` is in each line once; else None.
+    The key is the string with its quotes: its canonical JSON, as ``record_key`` gives. Each
+    line's first bytes are copied into one row of a small array; no pass over the whole text
+    but ``bytes.count``."""
+    widths = (24, 64, _FAST_ID_WIDTH + 8)
+    padded = np.frombuffer(text + bytes(widths[-1]), dtype=np.uint8)
+    lines = np.arange(len(starts))
+    for width in widths:
+        rows = _rows(padded, starts, width)
+        if not (rows[:, :7] == _ID_PREFIX).all():
+            return None
+        body = rows[:, 7 : width - 1]  # room left for the byte after the closing quote
+        # The first quote, backslash or control byte after the opening quote must be a quote.
+        stops = (body == ord('"')) | (body == ord("\\")) | (body < 0x20)
+        first = stops.argmax(axis=1)
+        if stops[lines, first].all():
+            break
+    else:
+        return None
+    closing = 7 + first
+    if not (rows[lines, closing] == ord('"')).all():
+        return None
+    follows = rows[lines, closing + 1]
+    if not ((follows == ord(",")) | (follows == ord("}"))).all():
+        return None
+    if text.count(b'"id"') != len(starts):
+        return None
+    lengths = closing - 5  # from the opening quote (column 6) to the closing one
+    block = np.zeros((len(starts), max(8, -(-int(lengths.max()) // 8) * 8)), dtype=np.uint8)
+    block[:, : width - 6] = rows[:, 6 : 6 + block.shape[1]]
+    return _block_hashes(_zero_past(block, lengths), lengths)
+
+
+def chunk_key_hashes(records: Records) -> Any:
+    """``key_hashes(chunk_keys(records))``: by numpy alone for a clean chunk whose ids are
+    plain strings that come first (the regex and the per-key hashing were half of planning)."""
+    if records.text is not None and len(records):
+        starts = np.asarray(records.offsets) - records.offsets[0]
+        if (hashes := _string_id_hashes(records.text, starts)) is not None:
+            return hashes
+    return key_hashes(chunk_keys(records))
+
+
 def candidate_keys(raws: list[bytes | None]) -> list[bytes]:
     """``candidate_key`` of many lines with one regex pass when all have the usual layout;
     line by line otherwise."""
@@ -537,8 +634,7 @@ class DuplicateIds:
     bounded however large the input. ``repeated_hashes`` then sorts one bucket at a time (or
     all that is in memory, if nothing spilled) and compares neighbours. Only when a hash
     repeats does the caller rescan the input and compare those ids exactly: a hash collision
-    of two different ids is not a duplicate. Hashes are Python's ``hash`` of the id: stable
-    within one process, which is all one planning activity needs.
+    of two different ids is not a duplicate. Hashes are ``key_hashes`` of the ids.
     """
 
     BUCKETS = 256
@@ -550,9 +646,10 @@ class DuplicateIds:
         self._spilled: list[tuple[IO[bytes], Any]] = []  # (file, where each bucket starts in it)
         self._spill = True
 
-    def add(self, keys: list[bytes]) -> None:
-        self._memory.append(np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys)))
-        self._held += len(keys)
+    def add(self, hashes: Any) -> None:
+        """Note the ``key_hashes`` of some records."""
+        self._memory.append(np.asarray(hashes, dtype=np.int64))
+        self._held += len(hashes)
         if self._held >= self.SPILL_AT and self._spill:
             try:
                 fh = tempfile.TemporaryFile()

@@ -4,6 +4,7 @@ import io
 import json
 import random
 
+import numpy as np
 import pytest
 
 from services.worker import storage
@@ -259,17 +260,54 @@ def test_chunk_keys_are_the_candidate_keys_of_the_chunks_lines(chunk_bytes: int)
         assert storage.chunk_keys(chunk) == storage.candidate_keys(chunk.raws)
 
 
+def test_key_hashes_depend_on_the_key_alone() -> None:
+    keys = [b'"a"', b"7", b'"' + b"x" * 40 + b'"', b'"ab"', b"", b'"a\x00"', b'"a"']
+    one_by_one = [int(storage.key_hashes([key])[0]) for key in keys]
+    together = storage.key_hashes(keys).tolist()
+    assert together == one_by_one  # whatever else is hashed with a key, and however long
+    assert together[0] == together[-1] and len(set(together)) == len(keys) - 1
+    # keys that differ in their last byte, or only in length, differ
+    assert len(set(storage.key_hashes([b"12345678", b"12345679", b"1234567", b"123456780"]).tolist())) == 4
+
+
+@pytest.mark.parametrize("chunk_bytes", [7, 64, 1 << 20])
+def test_chunk_key_hashes_are_the_hashes_of_the_chunks_keys(chunk_bytes: int) -> None:
+    tricky = [
+        b'{"id":"a,b}c","n":1}',  # a comma and a brace inside the id
+        b'{"id":"esc\\"q","n":1}',  # an escaped quote: the fast path steps aside
+        b'{"id":"caf\xc3\xa9"}',  # UTF-8
+        b'{"id":"\\u0041","n":1}',  # an escape: the key is its canonical form, "A"
+        b'{"id":"a\tb","n":1}',  # a raw control byte: not valid JSON, no key
+        b'{"id" : "spaced"}',
+        b'{"id":"twice","id":"later"}',
+        b'{"id":"x"   ,"n":1}',
+        b'{"id":12,"n":1}',
+        b'{"id":"' + b"L" * 300 + b'"}',  # longer than the fast path takes
+        b'{"id":"',  # broken
+    ]
+    plain = [b'{"id":"r%d","input":{"n":%d}}' % (i, i) for i in range(400)]
+    for lines in [plain, plain + tricky] + [[*plain[:50], line, *plain[50:]] for line in tricky]:
+        data = b"\n".join(lines) + b"\n"
+        for chunk in storage.scan_records(io.BytesIO(data), chunk_bytes=chunk_bytes):
+            expected = storage.key_hashes(storage.candidate_keys(chunk.raws)).tolist()
+            assert storage.chunk_key_hashes(chunk).tolist() == expected
+    # the fast path really runs on the usual layout (whole chunks of plain string ids)
+    chunk = next(storage.scan_records(io.BytesIO(b"\n".join(plain) + b"\n")))
+    starts = np.asarray(chunk.offsets) - chunk.offsets[0]
+    assert storage._string_id_hashes(chunk.text, starts) is not None
+
+
 @pytest.mark.parametrize("spill_at", [3, 1 << 17])
 def test_duplicate_ids_finds_every_repeat_in_memory_or_spilled(spill_at: int, monkeypatch) -> None:
     monkeypatch.setattr(storage.DuplicateIds, "SPILL_AT", spill_at)
     keys = [f'"id{i}"'.encode() for i in range(5000)] + [b'"id7"', b'"id7"', b'"id4999"']
     ids = storage.DuplicateIds()
     for start in range(0, len(keys), 100):
-        ids.add(keys[start : start + 100])
+        ids.add(storage.key_hashes(keys[start : start + 100]))
     assert bool(ids._spilled) == (spill_at == 3)
     repeated, extra = ids.repeated_hashes(limit=100)
     ids.close()
-    assert repeated == {hash(b'"id7"'), hash(b'"id4999"')} and extra == 3
+    assert repeated == set(storage.key_hashes([b'"id7"', b'"id4999"']).tolist()) and extra == 3
 
 
 def test_duplicate_ids_keep_hashes_in_memory_without_a_temp_dir(monkeypatch) -> None:
@@ -280,6 +318,6 @@ def test_duplicate_ids_keep_hashes_in_memory_without_a_temp_dir(monkeypatch) -> 
 
     monkeypatch.setattr(storage.tempfile, "TemporaryFile", no_temp_dir)
     ids = storage.DuplicateIds()
-    ids.add([b"1", b"2", b"3", b"4"])
-    ids.add([b"2", b"5"])
-    assert ids.repeated_hashes(limit=10) == ({hash(b"2")}, 1)
+    ids.add(storage.key_hashes([b"1", b"2", b"3", b"4"]))
+    ids.add(storage.key_hashes([b"2", b"5"]))
+    assert ids.repeated_hashes(limit=10) == (set(storage.key_hashes([b"2"]).tolist()), 1)
