@@ -192,3 +192,29 @@ async def test_invalid_input_fails_the_workflow_instead_of_retrying(env, raw, ex
                 task_queue=queue,
             )
     assert expected in str(err.value.cause)
+
+
+async def test_sandbox_passes_the_project_modules_through(monkeypatch, caplog) -> None:
+    """Every workflow run re-imports workflows.py in a fresh sandbox; what it imports from the
+    project must come from the worker (passed through), not be executed again each run."""
+    import logging
+
+    from temporalio import workflow
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, _importer
+
+    monkeypatch.setattr(_importer, "LOG_TRACE", True)
+    caplog.set_level(logging.DEBUG, logger=_importer.__name__)
+    SandboxedWorkflowRunner().prepare_workflow(workflow._Definition.must_from_class(BatchInferenceWorkflow))
+    imported = [r.getMessage().strip() for r in caplog.records if r.name == _importer.__name__]
+    passed = {m.removeprefix("Passing module ").removesuffix(" through from host") for m in imported}
+    project = {
+        "services.constants",
+        "services.worker.storage",
+        "services.worker.activities",
+        "services.worker.models",
+    }
+    assert project <= passed, sorted(project - passed)
+    # what storage.py imports is not imported again inside the sandbox
+    assert not any(
+        m.startswith(("Importing fsspec", "Importing tempfile", "Importing orjson")) for m in imported
+    )
