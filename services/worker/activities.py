@@ -304,7 +304,7 @@ class BatchActivities:
                 inputs.append(model_input)
         del raws, parsed
         size = input.micro_batch_size
-        batches = [(start, min(size, len(ids) - start)) for start in range(0, len(inputs), size)]
+        batches = [(start, min(size, len(ids) - start)) for start in range(0, len(ids), size)]
         bodies = [self.serve.encode(inputs[start : start + count]) for start, count in batches]
         del inputs
 

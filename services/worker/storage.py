@@ -551,6 +551,11 @@ def _rows(padded: Any, starts: Any, width: int) -> Any:
     return sliding_window_view(padded, width)[starts]
 
 
+def _word_width(lengths: Any) -> int:
+    """Bytes per row that hold the longest key in whole 8-byte words."""
+    return max(8, -(-int(lengths.max()) // 8) * 8)
+
+
 def _zero_past(block: Any, lengths: Any) -> Any:
     np.multiply(block, np.arange(block.shape[1]) < lengths[:, None], out=block)
     return block
@@ -563,7 +568,7 @@ def key_hashes(keys: Sequence[bytes]) -> Any:
         return np.empty(0, dtype=np.int64)
     lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    width = max(8, -(-int(lengths.max()) // 8) * 8)
+    width = _word_width(lengths)
     padded = np.frombuffer(b"".join(keys) + bytes(width), dtype=np.uint8)
     return _block_hashes(_zero_past(_rows(padded, starts, width), lengths), lengths)
 
@@ -602,7 +607,7 @@ def _string_id_hashes(text: bytes, starts: Any) -> Any:
     if text.count(b'"id"') != len(starts):
         return None
     lengths = closing - 5  # from the opening quote (column 6) to the closing one
-    block = np.zeros((len(starts), max(8, -(-int(lengths.max()) // 8) * 8)), dtype=np.uint8)
+    block = np.zeros((len(starts), _word_width(lengths)), dtype=np.uint8)
     block[:, : width - 6] = rows[:, 6 : 6 + block.shape[1]]
     return _block_hashes(_zero_past(block, lengths), lengths)
 
