@@ -116,8 +116,8 @@ async def run_worker(
             # The SDK starts in the background (a namespace check, then the pollers): say
             # "polling" only once it is, so whoever waits for this line (a test, the benchmark,
             # a person) does not submit work to a worker still starting. A failed start cancels
-            # this wait and raises from the ``async with``.
-            while not worker.is_running:
+            # this wait and raises from the ``async with``. (The SDK has a flag, no event, for it.)
+            while not worker.is_running:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             log.info(
                 "worker polling task queue %r on %s (namespace %s), Serve at %s",
