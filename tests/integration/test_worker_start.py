@@ -66,9 +66,7 @@ async def test_a_start_that_fails_raises_its_reason(temporal_server, caplog):
     missing = f"no-such-namespace-{uuid.uuid4().hex[:6]}"
     with pytest.raises(RuntimeError, match=missing):
         await asyncio.wait_for(
-            worker_module.run_worker(
-                settings_for(temporal_server, namespace=missing), install_signals=False
-            ),
+            worker_module.run_worker(settings_for(temporal_server, namespace=missing), install_signals=False),
             60,
         )
     assert POLLING not in caplog.text
