@@ -1,4 +1,5 @@
-"""``make bench``: run A/B/C/D side by side, print a table, save JSON and a PNG plot.
+"""``make bench``: run A/B/C/D side by side, and F (what Temporal alone costs a batch), print a
+table, save JSON and a PNG plot.
 
 python -m bench [--sizes 10000 100000] [--large] [--models echo iris] [--high-throughput]
                 [--pairs 7] [--large-pairs 3] [--out bench/results]
@@ -6,6 +7,7 @@ python -m bench [--sizes 10000 100000] [--large] [--models echo iris] [--high-th
 A and B run as ``--pairs`` pairs per size (``--large-pairs`` at 1M), in alternating order (A B,
 B A, A B, ...): on two shared cores one run moves by ±15%, so each ratio is the median of the
 pairs' ratios. A short batch moves most and costs least to repeat, so it gets the most pairs.
+"A/B bound" is B's time with F's added: the most A/B can be on this Temporal server.
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ async def run_all(
             add("D", model, await asyncio.to_thread(harness.run_ray_data, env, n, model))
     for n in (1000, 2000, 10_000):
         add("C", "echo", await asyncio.to_thread(harness.run_per_record, env, n, 90 if n > 2000 else 600))
+    for n in sorted({n for r in results["runs"] if r["kind"] == "A" for n in [r["records"]]}):
+        add("F", "noop", await asyncio.to_thread(harness.run_floor, env, n))
     return results
 
 
@@ -108,8 +112,22 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
             row["A/D"] = round(row["A_rps"] / statistics.median(d.values()), 3)
         if c2k := rps("C", "echo", 2000):
             row["A/C(2k)"] = round(row["A_rps"] / statistics.median(c2k.values()), 1)
+        floor = [r["seconds"] for r in runs if (r["kind"], r["records"]) == ("F", n) and r.get("seconds")]
+        if floor and b:
+            # B's time plus Temporal's own for a batch of this shape: the most A/B can be.
+            bounds = [(n / rate) / (n / rate + floor[-1]) for rate in b.values()]
+            row["A/B bound"] = round(statistics.median(bounds), 3)
         rows.append(row)
     return rows
+
+
+def floor_note(row: dict[str, Any]) -> str:
+    if row["kind"] != "F" or "median_ms" not in row:
+        return ""
+    return (
+        f"{row['shards']} no-op shards: median {row['median_ms']} ms ({row['min_ms']}-{row['max_ms']}, "
+        f"{row['floor_runs']} runs), a fresh worker's first {row['first_ms']} ms"
+    )
 
 
 def table(results: dict[str, Any]) -> str:
@@ -124,7 +142,7 @@ def table(results: dict[str, Any]) -> str:
         for name, width in cols:
             value = row.get(name, "")
             cells.append(str(value if value is not None else "")[:width].rjust(width))
-        note = row.get("error") or row.get("skipped") or ""
+        note = row.get("error") or row.get("skipped") or floor_note(row)
         lines.append(" ".join(cells) + (f"  {note[:120]}" if note else ""))
     lines.append("")
     for r in ratios(results):
@@ -157,6 +175,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]  # fmt: skip
         if r.get("error"):
             cells[4] = f"fails: {r['error']}"
+        elif note := floor_note(r):
+            cells[6] = note
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     for r in ratios(results):
@@ -178,7 +198,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         for r in rows
     ]
     fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.6), 4))
-    colors = {"A": "tab:blue", "B": "tab:green", "C": "tab:red", "D": "tab:orange"}
+    colors = {"A": "tab:blue", "B": "tab:green", "C": "tab:red", "D": "tab:orange"}  # F: no records/s
     ax.bar(labels, [r["records_per_s"] for r in rows], color=[colors[r["kind"]] for r in rows])
     ax.set_ylabel("records/s")
     ax.set_yscale("log")

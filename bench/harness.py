@@ -6,6 +6,8 @@ B: a tuned direct asyncio client on the same Serve endpoint (small sweep of micr
    and concurrency), writing the same outputs: the practical upper bound.
 C: the original example's design, one activity per record gathered in one workflow.
 D: Ray Data ``map_batches`` calling the same model class in-process, on the same Ray cluster.
+F: the workflow's shape with activities that do nothing (``bench/floor.py``): Temporal's own
+   cost per batch, which no worker code can remove.
 """
 
 from __future__ import annotations
@@ -372,6 +374,21 @@ def run_per_record(env: BenchEnv, n: int, timeout_s: float = 120) -> dict[str, A
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:
         return {"records": n, "error": f"baseline C process ended without a result (exit {proc.returncode})"}
+    return json.loads(lines[-1])
+
+
+# --- F: what Temporal alone costs a batch ---------------------------------------------------
+
+
+def run_floor(env: BenchEnv, n: int, runs: int = 15) -> dict[str, Any]:
+    """F for a batch of ``n`` records: the workflow's shape with activities that do nothing
+    (``bench/floor.py``), in a process of its own as A's worker is."""
+    cmd = [sys.executable, "-m", "bench.floor", env.temporal_address, str(n), str(runs)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"records": n, "error": f"floor run failed (exit {result.returncode}): {tail[0][:300]}"}
     return json.loads(lines[-1])
 
 

@@ -24,6 +24,7 @@ async def test_harness_smoke(bench_env):
         {"kind": "C", "model": "echo", **await asyncio.to_thread(harness.run_per_record, bench_env, 20)},
         {"kind": "D", "model": "iris", **harness.run_ray_data(bench_env, 200, "iris")},
     ]
+    floor = {"kind": "F", "model": "noop", **harness.run_floor(bench_env, 200, runs=2)}
     for run in runs:
         assert run["records"] in (200, 20)
         assert run.get("records_per_s", 0) > 0, run
@@ -36,6 +37,8 @@ async def test_harness_smoke(bench_env):
         "ray_pss_mb",
     ):
         assert a[figure] > 0, (figure, a)
-    results = {"runs": runs}
+    assert floor["shards"] == 4 and 0 < floor["min_ms"] <= floor["median_ms"] <= floor["max_ms"], floor
+    results = {"runs": [*runs, floor]}
     assert "A=" not in table(results) and ratios(results)[0]["A/B"] > 0
-    assert "| A | iris | 200 |" in markdown(results)
+    assert 0 < ratios(results)[0]["A/B bound"] < 1
+    assert "| A | iris | 200 |" in markdown(results) and "4 no-op shards: median" in markdown(results)

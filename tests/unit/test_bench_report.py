@@ -26,3 +26,17 @@ def test_ab_is_the_median_of_the_pairs_ratios_with_their_range():
 def test_a_run_that_failed_has_no_ratio():
     runs = [run("A", 90, 0), {"kind": "B", "model": "echo", "records": 1000, "error": "boom", "pair": 0}]
     assert "A/B" not in ratios({"runs": runs})[0]
+
+
+def test_the_bound_adds_temporals_floor_to_each_b_run():
+    runs = [
+        run("A", 900, 0), run("B", 1000, 0),  # B: 1.0 s for 1,000 records
+        run("B", 500, 1), run("A", 400, 1),  # B: 2.0 s
+        run("B", 250, 2), run("A", 200, 2),  # B: 4.0 s
+        {"kind": "F", "model": "noop", "records": 1000, "seconds": 1.0, "shards": 4, "median_ms": 1000.0,
+         "min_ms": 900.0, "max_ms": 1100.0, "floor_runs": 15, "first_ms": 1500.0},
+        {"kind": "F", "model": "noop", "records": 5000, "seconds": 9.0},  # another size: not this one's
+    ]  # fmt: skip
+    (row,) = ratios({"runs": runs})
+    assert row["A/B bound"] == round(2 / 3, 3)  # the median of 1/2, 2/3 and 4/5
+    assert "4 no-op shards: median 1000.0 ms (900.0-1100.0, 15 runs)" in markdown({"runs": runs})

@@ -1,0 +1,102 @@
+"""F: what Temporal alone costs a batch. The project workflow's shape (a local activity to plan,
+the shards through the same window, a local activity for the summary) with activities that do
+nothing, on the same dev server: no code in the worker can make a batch of that shape faster,
+so B's time plus this is the most A/B can be at each size."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from datetime import timedelta
+
+from pydantic import BaseModel
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+with workflow.unsafe.imports_passed_through():
+    from services.worker.models import Tuning
+    from services.worker.storage import shard_sizes
+
+FLOOR_WORKFLOW = "BatchShapeFloor"
+
+
+class FloorInput(BaseModel):
+    shards: int
+    window: int
+
+
+@activity.defn(name="floor_step")
+async def step(shard: int) -> int:
+    return shard
+
+
+@workflow.defn(name=FLOOR_WORKFLOW)
+class BatchShapeFloor:
+    @workflow.run
+    async def run(self, input: FloorInput) -> int:
+        timeout = timedelta(seconds=30)
+        await workflow.execute_local_activity(step, -1, start_to_close_timeout=timeout)  # the plan
+        window = asyncio.Semaphore(input.window)
+
+        async def shard(number: int) -> int:
+            async with window:
+                return await workflow.execute_activity(step, number, start_to_close_timeout=timeout)
+
+        done = await asyncio.gather(*(shard(i) for i in range(input.shards)))
+        await workflow.execute_local_activity(step, -1, start_to_close_timeout=timeout)  # the summary
+        return len(done)
+
+
+async def measure(temporal_address: str, records: int, runs: int) -> dict:
+    """One worker, ``runs + 1`` batches one after another: the first (a fresh worker's, as each
+    A run is) reported apart, the median of the rest."""
+    tuning = Tuning()
+    shape = FloorInput(
+        shards=len(shard_sizes(records, tuning.shard_size, tuning.max_concurrent_shards)),
+        window=tuning.max_concurrent_shards,
+    )
+    client = await Client.connect(temporal_address, data_converter=pydantic_data_converter)
+    queue = f"bench-f-{uuid.uuid4().hex[:8]}"
+    seconds: list[float] = []
+    async with Worker(client, task_queue=queue, workflows=[BatchShapeFloor], activities=[step]) as worker:
+        while not worker.is_running:  # noqa: ASYNC110 (the SDK has a flag, no event)
+            await asyncio.sleep(0.005)
+        for _ in range(runs + 1):
+            started = time.perf_counter()
+            await client.execute_workflow(
+                FLOOR_WORKFLOW, shape, id=f"bench-f-{uuid.uuid4().hex[:8]}", task_queue=queue
+            )
+            seconds.append(time.perf_counter() - started)
+            await asyncio.sleep(0.05)  # one batch after another, not back to back
+    first, rest = seconds[0], seconds[1:]
+    return {
+        "records": records,
+        "shards": shape.shards,
+        "window": shape.window,
+        "floor_runs": len(rest),
+        "first_ms": round(first * 1000, 1),
+        "median_ms": round(statistics.median(rest) * 1000, 1),
+        "min_ms": round(min(rest) * 1000, 1),
+        "max_ms": round(max(rest) * 1000, 1),
+        "seconds": round(statistics.median(rest), 3),
+    }
+
+
+def main() -> None:
+    """python -m bench.floor TEMPORAL_ADDRESS RECORDS RUNS"""
+    address, records, runs = sys.argv[1:4]
+    print(json.dumps(asyncio.run(measure(address, int(records), int(runs)))), flush=True)
+    # Done: skip the interpreter's finalization, where the SDK's core can abort the process
+    # (a PyGILState_Release error) after the worker has shut down cleanly.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
