@@ -30,6 +30,7 @@ FLOOR_WORKFLOW = "BatchShapeFloor"
 class FloorInput(BaseModel):
     shards: int
     window: int
+    local_activities: bool = True  # the plan and the summary; without them, the least a batch costs
 
 
 @activity.defn(name="floor_step")
@@ -42,7 +43,8 @@ class BatchShapeFloor:
     @workflow.run
     async def run(self, input: FloorInput) -> int:
         timeout = timedelta(seconds=30)
-        await workflow.execute_local_activity(step, -1, start_to_close_timeout=timeout)  # the plan
+        if input.local_activities:
+            await workflow.execute_local_activity(step, -1, start_to_close_timeout=timeout)  # the plan
         window = asyncio.Semaphore(input.window)
 
         async def shard(number: int) -> int:
@@ -50,18 +52,23 @@ class BatchShapeFloor:
                 return await workflow.execute_activity(step, number, start_to_close_timeout=timeout)
 
         done = await asyncio.gather(*(shard(i) for i in range(input.shards)))
-        await workflow.execute_local_activity(step, -1, start_to_close_timeout=timeout)  # the summary
+        if input.local_activities:
+            await workflow.execute_local_activity(step, -1, start_to_close_timeout=timeout)  # the summary
         return len(done)
 
 
 async def measure(temporal_address: str, records: int, runs: int) -> dict:
     """One worker, ``runs + 1`` batches one after another: the first (a fresh worker's, as each
-    A run is) reported apart, the median of the rest."""
+    A run is) reported apart, the median of the rest. ``records`` 0: the least any batch
+    orchestrated by Temporal costs, whatever its design (one activity, nothing else)."""
     tuning = Tuning()
-    shape = FloorInput(
-        shards=len(shard_sizes(records, tuning.shard_size, tuning.max_concurrent_shards)),
-        window=tuning.max_concurrent_shards,
-    )
+    if records:
+        shape = FloorInput(
+            shards=len(shard_sizes(records, tuning.shard_size, tuning.max_concurrent_shards)),
+            window=tuning.max_concurrent_shards,
+        )
+    else:
+        shape = FloorInput(shards=1, window=1, local_activities=False)
     client = await Client.connect(temporal_address, data_converter=pydantic_data_converter)
     queue = f"bench-f-{uuid.uuid4().hex[:8]}"
     seconds: list[float] = []
@@ -80,6 +87,7 @@ async def measure(temporal_address: str, records: int, runs: int) -> dict:
         "records": records,
         "shards": shape.shards,
         "window": shape.window,
+        "local_activities": shape.local_activities,
         "floor_runs": len(rest),
         "first_ms": round(first * 1000, 1),
         "median_ms": round(statistics.median(rest) * 1000, 1),

@@ -25,6 +25,7 @@ async def test_harness_smoke(bench_env):
         {"kind": "D", "model": "iris", **harness.run_ray_data(bench_env, 200, "iris")},
     ]
     floor = {"kind": "F", "model": "noop", **harness.run_floor(bench_env, 200, runs=2)}
+    least = {"kind": "F", "model": "noop", **harness.run_floor(bench_env, 0, runs=2)}
     for run in runs:
         assert run["records"] in (200, 20)
         assert run.get("records_per_s", 0) > 0, run
@@ -38,7 +39,9 @@ async def test_harness_smoke(bench_env):
     ):
         assert a[figure] > 0, (figure, a)
     assert floor["shards"] == 4 and 0 < floor["min_ms"] <= floor["median_ms"] <= floor["max_ms"], floor
-    results = {"runs": [*runs, floor]}
+    assert least["shards"] == 1 and least["local_activities"] is False and least["median_ms"] > 0, least
+    results = {"runs": [*runs, floor, least]}
     assert "A=" not in table(results) and ratios(results)[0]["A/B"] > 0
     assert 0 < ratios(results)[0]["A/B bound"] < 1
     assert "| A | iris | 200 |" in markdown(results) and "4 no-op shards: median" in markdown(results)
+    assert "1 activity alone: median" in table(results)
