@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 
 from services.constants import PARTS_DIR
 from services.worker import storage, telemetry
+from services.worker.malloc import release_free_memory
 from services.worker.models import (
     InlineInput,
     InlineOutput,
@@ -149,9 +150,16 @@ class PartResult(NamedTuple):
     failed: int
 
 
+# Parts committed (by all shards of this worker) between two hand-backs of the heap's free
+# memory to the OS (malloc.py): every 8 parts kept a 1M batch's peak RSS 3 MB lower for ~60 ms
+# of CPU per 1M records; after every part cost 0.34 s (docs/performance.md).
+TRIM_EVERY_PARTS = 8
+
+
 class BatchActivities:
     def __init__(self, serve: ServeClient):
         self.serve = serve
+        self._parts_committed = 0
 
     @activity.defn
     async def plan_batch(self, input: PlanInput) -> PlanOutput:
@@ -241,6 +249,9 @@ class BatchActivities:
                 checkpoint = {"plan_id": plan.get("plan_id"), "progress": progress.model_dump()}
                 await _uninterrupted(self._write_part, input, done_part, result, checkpoint)
                 telemetry.record_part(input.model, result.succeeded, result.errors)
+                self._parts_committed += 1
+                if self._parts_committed % TRIM_EVERY_PARTS == 0:
+                    await asyncio.to_thread(release_free_memory)
                 state["progress"] = progress
         finally:
             for task, *_ in ahead:

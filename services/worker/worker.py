@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import logging
-import os
 import signal
 from datetime import timedelta
 
@@ -22,6 +20,7 @@ from temporalio.worker import Worker
 
 from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
+from services.worker.malloc import limit_malloc_arenas
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.telemetry import (
     BatchProgressPoller,
@@ -32,23 +31,6 @@ from services.worker.telemetry import (
 from services.worker.workflows import BatchInferenceWorkflow
 
 log = logging.getLogger("services.worker")
-
-
-M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
-
-
-def limit_malloc_arenas(arenas: int = 1) -> bool:
-    """One glibc malloc arena unless ``MALLOC_ARENA_MAX`` says otherwise. glibc gives threads
-    arenas of their own (up to 8 per core); the worker's file-I/O threads and the Temporal
-    core's each kept freed memory apart, and peak RSS grew with the batch: one arena took
-    9 MB off it at 1M records, at the same throughput (docs/performance.md). False where the
-    C library is not glibc (nothing to do)."""
-    if "MALLOC_ARENA_MAX" in os.environ:  # glibc reads it itself
-        return False
-    try:
-        return ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas) == 1
-    except (OSError, AttributeError):
-        return False
 
 
 def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -> Worker:

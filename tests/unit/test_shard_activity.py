@@ -66,3 +66,18 @@ async def test_a_retry_after_the_final_commit_reports_the_final_files(tmp_path):
     result = await retry.run(BatchActivities(serve).process_shard, shard_input(source, output))
     assert (result.succeeded, result.failed, result.resumed_from) == (3, 0, 3)
     assert sum(calls) == 3, "nothing sent again"
+
+
+async def test_the_heap_is_trimmed_every_few_committed_parts(tmp_path, monkeypatch):
+    """Counted over the worker's parts, whichever shard they belong to."""
+    monkeypatch.setattr(activities, "TRIM_EVERY_PARTS", 3)
+    trims: list[int] = []
+    worker = BatchActivities(echo_serve()[0])
+    monkeypatch.setattr(activities, "release_free_memory", lambda: trims.append(worker._parts_committed))
+    source, output = planned(tmp_path, [f"r{i}" for i in range(8)])  # 4 parts of 2 records
+    await ActivityEnvironment().run(worker.process_shard, shard_input(source, output))
+    assert trims == [3]
+    (tmp_path / "again").mkdir()
+    second, output2 = planned(tmp_path / "again", [f"s{i}" for i in range(6)])  # 3 more parts
+    await ActivityEnvironment().run(worker.process_shard, shard_input(second, output2))
+    assert trims == [3, 6]

@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from services.worker.worker import limit_malloc_arenas
+from services.worker.malloc import limit_malloc_arenas, release_free_memory
 
 
 def test_one_malloc_arena_unless_the_environment_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -14,3 +14,14 @@ def test_one_malloc_arena_unless_the_environment_chooses(monkeypatch: pytest.Mon
     assert limit_malloc_arenas() is False  # glibc applies the user's value itself
     monkeypatch.delenv("MALLOC_ARENA_MAX")
     assert limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_free_heap_memory_goes_back_to_the_os():
+    if platform.libc_ver()[0] != "glibc":
+        assert release_free_memory() is False
+        return
+    # Many mid-sized buffers, every other one kept: the freed half lies scattered in the heap,
+    # below the kept ones, where only malloc_trim can hand it back.
+    buffers = [bytearray(100_000) for _ in range(400)]
+    del buffers[::2]
+    assert release_free_memory() is True
