@@ -1,7 +1,7 @@
 """F: what Temporal alone costs a batch. The project workflow's shape (a local activity to plan,
 the shards through the same window, a local activity for the summary) with activities that do
-nothing, on the same dev server: no code in the worker can make a batch of that shape faster,
-so B's time plus this is the most A/B can be at each size."""
+nothing, on the same dev server: no code in the worker can make a batch of that shape faster
+(the report's F/B: this as a share of B's time)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 with workflow.unsafe.imports_passed_through():
     from services.worker.models import Tuning
     from services.worker.storage import shard_sizes
+    from services.worker.worker import until_running
 
 FLOOR_WORKFLOW = "BatchShapeFloor"
 
@@ -73,8 +74,7 @@ async def measure(temporal_address: str, records: int, runs: int) -> dict:
     queue = f"bench-f-{uuid.uuid4().hex[:8]}"
     seconds: list[float] = []
     async with Worker(client, task_queue=queue, workflows=[BatchShapeFloor], activities=[step]) as worker:
-        while not worker.is_running:  # noqa: ASYNC110 (the SDK has a flag, no event)
-            await asyncio.sleep(0.005)
+        await until_running(worker)
         for _ in range(runs + 1):
             started = time.perf_counter()
             await client.execute_workflow(

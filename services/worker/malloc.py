@@ -6,11 +6,13 @@ Both are no-ops where the C library is not glibc (nothing to tune there)."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None)
@@ -35,7 +37,7 @@ def release_free_memory() -> bool:
     """Hand the heap's free pages back to the OS (``malloc_trim``). A shard's request bodies,
     replies and result lines (60-250 KB each, under glibc's mmap threshold) are freed in an
     order that leaves free memory scattered through the heap, where glibc keeps it: over a 1M
-    batch the worker's RSS crept up 5-8 MB after its first second. 0.5-1 ms a call here; the
+    batch the worker's RSS crept up 5-8 MB after its first second. ~1 ms a call here; the
     activities call it every few parts (``TRIM_EVERY_PARTS``). True if memory was released."""
     libc = _glibc()
     return libc is not None and libc.malloc_trim(0) == 1

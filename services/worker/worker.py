@@ -33,6 +33,14 @@ from services.worker.workflows import BatchInferenceWorkflow
 log = logging.getLogger("services.worker")
 
 
+async def until_running(worker: Worker) -> None:
+    """Inside ``async with worker``: return once the SDK worker runs. It starts in the
+    background (a namespace check, then the pollers); a start that fails cancels this wait and
+    raises from the ``async with``. The SDK has a flag for it, no event."""
+    while not worker.is_running:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+
+
 def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -> Worker:
     activities = BatchActivities(serve)
     return Worker(
@@ -95,12 +103,9 @@ async def run_worker(
     gc.freeze()
     try:
         async with worker:
-            # The SDK starts in the background (a namespace check, then the pollers): say
-            # "polling" only once it is, so whoever waits for this line (a test, the benchmark,
-            # a person) does not submit work to a worker still starting. A failed start cancels
-            # this wait and raises from the ``async with``. (The SDK has a flag, no event, for it.)
-            while not worker.is_running:  # noqa: ASYNC110
-                await asyncio.sleep(0.005)
+            # Say "polling" only once it is, so whoever waits for this line (a test, the
+            # benchmark, a person) does not submit work to a worker still starting.
+            await until_running(worker)
             log.info(
                 "worker polling task queue %r on %s (namespace %s), Serve at %s",
                 settings.task_queue,
