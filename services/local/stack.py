@@ -135,6 +135,15 @@ def load_serve_config(
     return config
 
 
+# The dev server's SQLite file in WAL mode, synced at checkpoints rather than at every
+# transaction: what it has committed still survives the server being killed (the WAL is
+# replayed when it starts again), not a crash of the machine itself. With the default journal
+# each of a batch's round trips waited for the disk: the workflow's shape with no-op
+# activities took 108-153 ms a batch here, 78-94 ms in WAL mode (in memory: 88-104;
+# docs/performance.md).
+SQLITE_PRAGMAS = ("--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal")
+
+
 class TemporalDevServer:
     def __init__(
         self, state_dir: Path, port: int = 7233, ui_port: int = 8233, metrics_port: int | None = None
@@ -157,6 +166,7 @@ class TemporalDevServer:
             venv_bin("temporal"), "server", "start-dev",
             "--ip", LOOPBACK, "--port", str(self.port), "--ui-port", str(self.ui_port),
             "--db-filename", str(self.state_dir / "temporal.db"),
+            *SQLITE_PRAGMAS,
             "--log-level", "warn", "--log-format", "json",
         ]  # fmt: skip
         if self.metrics_port:

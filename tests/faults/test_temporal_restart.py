@@ -1,4 +1,5 @@
-"""The Temporal server restarts (same database) in the middle of a batch.
+"""The Temporal server restarts (same database) in the middle of a batch: stopped, or killed
+outright (SIGKILL: what its SQLite file in WAL mode has committed must survive that too).
 
 A private ``temporal server start-dev`` (its own port and SQLite file) so the session's server
 keeps serving the other tests; the worker is a real process; Serve is the session's.
@@ -46,8 +47,9 @@ async def result_across_outages(handle, timeout_s: float = 180) -> BatchInferenc
             await asyncio.sleep(1)
 
 
+@pytest.mark.parametrize("how", ["stopped", "killed"])
 async def test_temporal_restarts_mid_batch_on_the_same_database(
-    private_temporal: TemporalDevServer, serve_stack, serve_token_file, spawn_worker, tmp_path: Path
+    private_temporal: TemporalDevServer, serve_stack, serve_token_file, spawn_worker, tmp_path: Path, how: str
 ):
     total = 6_000
     records, output, batch = echo_batch(
@@ -71,7 +73,12 @@ async def test_temporal_restarts_mid_batch_on_the_same_database(
         )  # fmt: skip
         await wait_until(lambda: proxy.records >= 0.3 * total, 60, "30% of the records sent")
         stopping = time.monotonic()
-        await asyncio.to_thread(private_temporal.stop)
+        if how == "killed":
+            assert (private_temporal.state_dir / "temporal.db-wal").exists(), "the database is in WAL mode"
+            private_temporal.proc.kill()
+            private_temporal.proc.wait()
+        else:
+            await asyncio.to_thread(private_temporal.stop)
         down_at = proxy.records
         await asyncio.sleep(3)
         await asyncio.to_thread(private_temporal.start)
@@ -79,7 +86,7 @@ async def test_temporal_restarts_mid_batch_on_the_same_database(
         result = await result_across_outages(handle)
         done = time.monotonic()
     print(
-        f"\nTemporal down {back - stopping:.1f}s at {down_at}/{total} records sent; batch done "
+        f"\nTemporal {how}, down {back - stopping:.1f}s at {down_at}/{total} records sent; batch done "
         f"{done - back:.1f}s after the restart; {proxy.records - total} records re-sent"
     )
     assert worker.proc.poll() is None, "the same worker process reconnected and carried on"
