@@ -249,10 +249,10 @@ class BatchActivities:
                 checkpoint = {"plan_id": plan.get("plan_id"), "progress": progress.model_dump()}
                 await _uninterrupted(self._write_part, input, done_part, result, checkpoint)
                 telemetry.record_part(input.model, result.succeeded, result.errors)
+                state["progress"] = progress
                 self._parts_committed += 1
                 if self._parts_committed % TRIM_EVERY_PARTS == 0:
                     await asyncio.to_thread(release_free_memory)
-                state["progress"] = progress
         finally:
             for task, *_ in ahead:
                 task.cancel()
