@@ -215,7 +215,7 @@ def start_worker_process(env: BenchEnv, queue: str) -> subprocess.Popen:
     )
     log.close()
     deadline = time.monotonic() + 60
-    while "worker polling" not in log_path.read_text():  # ready once it polls
+    while c.WORKER_POLLING_LOG not in log_path.read_text():  # ready once it polls
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"worker not polling (exit {proc.poll()}): {log_path.read_text()[-2000:]}")
         time.sleep(0.1)
@@ -355,6 +355,12 @@ async def sweep_direct(env: BenchEnv, model: str, sample: int = 20_000) -> tuple
     return best["micro_batch"], best["concurrency"], trials
 
 
+def last_json_line(stdout: str) -> dict[str, Any] | None:
+    """The figures a baseline's own process printed (its last JSON line), or None."""
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
+
+
 # --- C: one activity per record ---------------------------------------------------------------
 
 
@@ -371,10 +377,9 @@ def run_per_record(env: BenchEnv, n: int, timeout_s: float = 120) -> dict[str, A
     except subprocess.TimeoutExpired:
         proc.kill()
         stdout, _ = proc.communicate()
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if not lines:
+    if (result := last_json_line(stdout)) is None:
         return {"records": n, "error": f"baseline C process ended without a result (exit {proc.returncode})"}
-    return json.loads(lines[-1])
+    return result
 
 
 # --- F: what Temporal alone costs a batch ---------------------------------------------------
@@ -385,11 +390,10 @@ def run_floor(env: BenchEnv, n: int, runs: int = 15) -> dict[str, Any]:
     (``bench/floor.py``), in a process of its own as A's worker is."""
     cmd = [sys.executable, "-m", "bench.floor", env.temporal_address, str(n), str(runs)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if not lines:
+    if (figures := last_json_line(result.stdout)) is None:
         tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
         return {"records": n, "error": f"floor run failed (exit {result.returncode}): {tail[0][:300]}"}
-    return json.loads(lines[-1])
+    return figures
 
 
 # --- D: Ray Data ------------------------------------------------------------------------------

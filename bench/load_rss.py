@@ -81,7 +81,7 @@ async def one_batch(
     worker = start_worker(env, log)
     try:
         deadline = time.monotonic() + 60
-        while b"worker polling task queue" not in log.read_bytes():
+        while c.WORKER_POLLING_LOG.encode() not in log.read_bytes():
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(log.read_text()[-2000:])
             await asyncio.sleep(0.1)

@@ -12,6 +12,8 @@ DEFAULT_NAMESPACE = "default"
 DEFAULT_TASK_QUEUE = "batch-inference"
 WORKFLOW_NAME = "BatchInference"
 PROGRESS_QUERY = "progress"
+# What a worker logs once it polls its task queue: tests, the benchmark and people wait for it.
+WORKER_POLLING_LOG = "worker polling task queue"
 
 # --- Ray Serve ------------------------------------------------------------------------------
 SERVE_HTTP_PORT = 8000

@@ -82,7 +82,7 @@ def _mark_duplicates(input_uri: str, shards: list[dict[str, Any]], repeated: set
 def _plan(input: PlanInput) -> dict[str, Any]:
     """Count records once and note where each shard starts: a shard's number alone then fixes
     its records, so a retry redoes exactly the same ones. One fast scan, before any shard runs:
-    ~0.5 s per million records here (docs/performance.md)."""
+    0.25-0.3 s per million records here (docs/performance.md)."""
     if not storage.exists(input.input_uri):
         raise _non_retryable(f"input not found: {input.input_uri}", "InputNotFound")
     index = storage.RecordIndex()

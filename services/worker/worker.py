@@ -18,6 +18,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from services import constants as c
 from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
 from services.worker.malloc import limit_malloc_arenas
@@ -107,7 +108,7 @@ async def run_worker(
             # benchmark, a person) does not submit work to a worker still starting.
             await until_running(worker)
             log.info(
-                "worker polling task queue %r on %s (namespace %s), Serve at %s",
+                f"{c.WORKER_POLLING_LOG} %r on %s (namespace %s), Serve at %s",
                 settings.task_queue,
                 settings.address,
                 settings.namespace,

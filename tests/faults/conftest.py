@@ -53,7 +53,7 @@ class WorkerProcess:
         """Wait until the worker polls its task queue."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if "worker polling task queue" in self.text():
+            if c.WORKER_POLLING_LOG in self.text():
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.text()[-3000:]}")

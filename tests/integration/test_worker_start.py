@@ -9,12 +9,13 @@ import uuid
 
 import pytest
 
+from services import constants as c
 from services.worker import worker as worker_module
 from services.worker.config import WorkerSettings
 
 pytestmark = pytest.mark.integration
 
-POLLING = "worker polling task queue"
+POLLING = c.WORKER_POLLING_LOG
 
 
 def settings_for(temporal_server, **overrides) -> WorkerSettings:

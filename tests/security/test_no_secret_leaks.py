@@ -94,7 +94,7 @@ async def test_no_token_in_logs_metrics_history_errors_or_outputs(
         worker.signal(2)  # SIGINT: stop like Ctrl-C, flushing the logs
         await worker.exited(30)
         texts[f"worker log {worker.log.name}"] = worker.text()
-    assert "worker polling task queue" in texts[f"worker log {good.log.name}"], "the logs were captured"
+    assert c.WORKER_POLLING_LOG in texts[f"worker log {good.log.name}"], "the logs were captured"
     assert "Serve answered 403 (invalid token)" in texts[f"worker log {bad.log.name}"]
 
     searched = {
