@@ -218,9 +218,12 @@ async def test_cancel_stops_shards_and_marks_the_summary(client, run_worker, tmp
                 and 1 <= len(list(d.glob("part-*.ckpt.jsonl"))) <= 3
             ]
 
-        for _ in range(600):
-            if (output / "shard-00000.jsonl").exists() and running_with_parts():
-                break
+        # Wait for the moment itself, however slow the machine: a fixed 30 s was not always
+        # enough under the whole suite's load (one request per record), and cancelling after it
+        # anyway could find no shard running.
+        deadline = time.monotonic() + 180
+        while not ((output / "shard-00000.jsonl").exists() and running_with_parts()):
+            assert time.monotonic() < deadline, "never a finished shard and a running one at once"
             await asyncio.sleep(0.05)
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as err:
