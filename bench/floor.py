@@ -21,9 +21,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
+    from services.worker.config import WorkerSettings
     from services.worker.models import Tuning
     from services.worker.storage import shard_sizes
-    from services.worker.worker import until_running
+    from services.worker.worker import eager_options, until_running
 
 FLOOR_WORKFLOW = "BatchShapeFloor"
 
@@ -73,7 +74,10 @@ async def measure(temporal_address: str, records: int, runs: int) -> dict:
     client = await Client.connect(temporal_address, data_converter=pydantic_data_converter)
     queue = f"bench-f-{uuid.uuid4().hex[:8]}"
     seconds: list[float] = []
-    async with Worker(client, task_queue=queue, workflows=[BatchShapeFloor], activities=[step]) as worker:
+    eager = eager_options(WorkerSettings.model_fields["eager_activities"].default)  # as the project's worker
+    async with Worker(
+        client, task_queue=queue, workflows=[BatchShapeFloor], activities=[step], **eager
+    ) as worker:
         await until_running(worker)
         for _ in range(runs + 1):
             started = time.perf_counter()

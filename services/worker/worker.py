@@ -14,6 +14,7 @@ import gc
 import logging
 import signal
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -42,6 +43,14 @@ async def until_running(worker: Worker) -> None:
         await asyncio.sleep(0.005)
 
 
+def eager_options(reservations: int) -> dict[str, Any]:
+    """The SDK's settings for starting up to ``reservations`` activities straight from a
+    workflow task's completion (the SDK takes 0 to mean a flag, not a count)."""
+    if reservations == 0:
+        return {"disable_eager_activity_execution": True}
+    return {"max_eager_activity_reservations_per_workflow_task": reservations}
+
+
 def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -> Worker:
     activities = BatchActivities(serve)
     return Worker(
@@ -60,6 +69,7 @@ def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -
         # stops within seconds rather than 80% of the heartbeat timeout.
         max_heartbeat_throttle_interval=timedelta(seconds=2),
         default_heartbeat_throttle_interval=timedelta(seconds=2),
+        **eager_options(settings.eager_activities),
     )
 
 

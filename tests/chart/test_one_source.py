@@ -10,6 +10,7 @@ import yaml
 
 from services import constants as c
 from services.local.stack import SERVE_CONFIG
+from services.worker.config import WorkerSettings
 from tests.chart.k8s import (
     CHART,
     REPO_ROOT,
@@ -38,6 +39,9 @@ def test_chart_values_match_constants() -> None:
     assert values["temporal"]["namespace"] == c.DEFAULT_NAMESPACE
     assert values["worker"]["metricsPort"] == c.WORKER_METRICS_PORT
     assert values["serve"]["metricsPort"] == c.RAY_METRICS_PORT
+    defaults = WorkerSettings.model_fields
+    assert values["worker"]["maxConcurrentActivities"] == defaults["max_concurrent_activities"].default
+    assert values["worker"]["eagerActivities"] == defaults["eager_activities"].default
 
 
 def test_serve_config_matches_constants() -> None:

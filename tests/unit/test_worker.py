@@ -6,7 +6,11 @@ import platform
 
 import pytest
 
+from services import constants as c
+from services.worker.config import WorkerSettings
 from services.worker.malloc import limit_malloc_arenas, release_free_memory
+from services.worker.models import Tuning
+from services.worker.worker import eager_options
 
 
 def test_one_malloc_arena_unless_the_environment_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,3 +29,15 @@ def test_free_heap_memory_goes_back_to_the_os():
     buffers = [bytearray(100_000) for _ in range(400)]
     del buffers[::2]
     assert release_free_memory() is True
+
+
+def test_a_worker_takes_a_whole_first_wave_eagerly_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert WorkerSettings().eager_activities == Tuning().max_concurrent_shards == 4
+    assert eager_options(4) == {"max_eager_activity_reservations_per_workflow_task": 4}
+    monkeypatch.setenv(c.ENV_WORKER_EAGER_ACTIVITIES, "0")
+    assert WorkerSettings().eager_activities == 0
+    # The SDK refuses 0 reservations: "none" is its own flag.
+    assert eager_options(0) == {"disable_eager_activity_execution": True}
+    monkeypatch.setenv(c.ENV_WORKER_EAGER_ACTIVITIES, "-1")
+    with pytest.raises(ValueError, match=c.ENV_WORKER_EAGER_ACTIVITIES):
+        WorkerSettings()
