@@ -74,7 +74,7 @@ async def measure(temporal_address: str, records: int, runs: int) -> dict:
     client = await Client.connect(temporal_address, data_converter=pydantic_data_converter)
     queue = f"bench-f-{uuid.uuid4().hex[:8]}"
     seconds: list[float] = []
-    eager = eager_options(WorkerSettings.model_fields["eager_activities"].default)  # as the project's worker
+    eager = eager_options(WorkerSettings().eager_activities)  # as the project's worker has it
     async with Worker(
         client, task_queue=queue, workflows=[BatchShapeFloor], activities=[step], **eager
     ) as worker:
