@@ -99,7 +99,7 @@ class WorkerSettings(TemporalSettings):
     )
     eager_activities: int = Field(
         # A batch's whole first wave (the default window): the SDK's own default of 3 left the
-        # fourth shard to a dispatch round trip, ~7 ms later (docs/performance.md).
+        # fourth shard to a dispatch round trip, 5-8 ms later (docs/performance.md).
         Tuning.model_fields["max_concurrent_shards"].default,
         ge=0,
         le=64,
