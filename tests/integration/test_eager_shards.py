@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -26,11 +27,12 @@ pytestmark = pytest.mark.integration
 def shard_tasks_received(metrics_text: str) -> dict[str, float]:
     """eager label ("true"/"false") -> shard tasks the worker received that way."""
     counts: dict[str, float] = {}
-    family = m.TEMPORAL_ACT_TASK_RECEIVED.prom + "{"
-    for line in metrics_text.splitlines():
-        if line.startswith(family) and 'activity_type="process_shard"' in line:
-            eager = line.split('eager="', 1)[1].split('"', 1)[0]
-            counts[eager] = counts.get(eager, 0) + float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != m.TEMPORAL_ACT_TASK_RECEIVED.prom:
+            continue
+        for sample in family.samples:
+            if sample.labels["activity_type"] == "process_shard":
+                counts[sample.labels["eager"]] = counts.get(sample.labels["eager"], 0) + sample.value
     return counts
 
 
