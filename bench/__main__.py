@@ -44,6 +44,9 @@ def machine() -> dict[str, Any]:
 
 
 LARGE = 1_000_000
+# Where a run writes its JSON, PNG and Markdown table: bench/results/ in the repository (ignored by
+# git), wherever the bench is started from. docs/ keeps only the one run docs/performance.md cites.
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 async def run_all(
@@ -218,7 +221,7 @@ def main() -> None:
     p.add_argument("--large", action="store_true", help="add 1,000,000 records (echo)")
     p.add_argument("--pairs", type=int, default=7, help="A/B pairs per size (ratios are their median)")
     p.add_argument("--large-pairs", type=int, default=3, help="A/B pairs at 1,000,000 records")
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON, PNG and Markdown")
     p.add_argument(
         "--high-throughput",
         action="store_true",
@@ -251,7 +254,7 @@ def main() -> None:
     plot(results, args.out / f"bench-{stamp}.png")
     (args.out / f"bench-{stamp}.md").write_text(markdown(results) + "\n")
     print(table(results))
-    print(f"\nsaved {args.out}/bench-{stamp}.json, .png and .md (the table for docs/performance.md)")
+    print(f"\nsaved {args.out}/bench-{stamp}.json, .png and .md")
 
 
 if __name__ == "__main__":
