@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hmac
 import os
-import time
 from dataclasses import dataclass, field
 
 from services.constants import AUTH_SCHEME, ENV_SERVE_TOKENS, ENV_SERVE_TOKENS_FILE
+from services.token_file import TokenFile
 
 
 class AuthError(Exception):
@@ -31,12 +31,14 @@ def parse_tokens(text: str, sep: str | None = None) -> list[str]:
 
 @dataclass
 class TokenStore:
-    env_tokens: list[str] = field(default_factory=list)
+    env_tokens: list[str] = field(default_factory=list, repr=False)
     token_file: str | None = None
-    recheck_s: float = 1.0
-    _file_tokens: list[str] = field(default_factory=list)
-    _file_mtime: float | None = None
-    _checked_at: float = 0.0
+    recheck_s: float = 1.0  # at most one stat of the file per interval, not one per request
+    _file: TokenFile[list[str]] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.token_file:
+            self._file = TokenFile(self.token_file, parse_tokens, [], self.recheck_s)
 
     @classmethod
     def from_env(cls) -> TokenStore:
@@ -50,23 +52,8 @@ class TokenStore:
             )
         return store
 
-    def _reload_file(self) -> None:
-        now = time.monotonic()
-        if not self.token_file or now - self._checked_at < self.recheck_s:
-            return
-        self._checked_at = now
-        try:
-            mtime = os.stat(self.token_file).st_mtime
-        except FileNotFoundError:
-            return  # keep the last good tokens: a Secret update swaps symlinks atomically
-        if mtime != self._file_mtime:
-            with open(self.token_file, encoding="utf-8") as fh:
-                self._file_tokens = parse_tokens(fh.read())
-            self._file_mtime = mtime
-
     def tokens(self) -> list[str]:
-        self._reload_file()
-        return self.env_tokens + self._file_tokens
+        return self.env_tokens + (self._file.get() if self._file else [])
 
     def check(self, header: str | None) -> None:
         if not header:

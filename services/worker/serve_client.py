@@ -32,6 +32,7 @@ from services.constants import (
     INFERENCE_ROUTE,
     MODEL_INFERENCE_ROUTE,
 )
+from services.token_file import TokenFile
 
 NON_RETRYABLE = {400, 401, 403, 404, 413, 422}
 ADVICE = {
@@ -49,8 +50,8 @@ class TokenSource:
 
     def __init__(self, token: str | None = None, token_file: str | None = None):
         self._token = token
-        self._file = token_file
-        self._mtime: float | None = None
+        # The file's token once read (the env token until then); checked on every request.
+        self._file = TokenFile(token_file, _one_token, token) if token_file else None
 
     @classmethod
     def from_env(cls) -> TokenSource:
@@ -60,16 +61,11 @@ class TokenSource:
         return bool(self._token or self._file)
 
     def get(self) -> str | None:
-        if self._file:
-            try:
-                mtime = os.stat(self._file).st_mtime
-                if mtime != self._mtime:
-                    with open(self._file, encoding="utf-8") as fh:
-                        self._token = fh.read().strip() or None
-                    self._mtime = mtime
-            except FileNotFoundError:
-                pass  # keep the last token read
-        return self._token
+        return self._file.get() if self._file else self._token
+
+
+def _one_token(text: str) -> str | None:
+    return text.strip() or None
 
 
 @dataclass
