@@ -404,6 +404,23 @@ TEMPORAL_METRICS = (
     TEMPORAL_STICKY_CACHE_SIZE,
 )
 
+# The SDK's default histogram buckets (milliseconds) per metric, as its Prometheus exporter uses
+# them (sdk-core telemetry/metrics.rs `default_buckets_for`); every other histogram gets
+# TEMPORAL_DEFAULT_BUCKETS_MS. Keys are the names without the "temporal_" prefix.
+_WF_E2E_MS = (100, 500, 1000, 1500, 2000, 5000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000)
+_WF_E2E_MS += (1_800_000, 3_600_000, 30_600_000, 86_400_000)
+_WF_TASK_MS = (1, 10, 20, 50, 100, 200, 500, 1000)
+_SCHED_TO_START_MS = (100, 500, 1000, 5000, 10_000, 100_000, 1_000_000)
+TEMPORAL_BUCKETS_MS: dict[str, tuple[float, ...]] = {
+    "workflow_endtoend_latency": _WF_E2E_MS,
+    "workflow_task_execution_latency": _WF_TASK_MS,
+    "workflow_task_replay_latency": _WF_TASK_MS,
+    "activity_execution_latency": (50, 100, 500, 1000, 5000, 10_000, 60_000),
+    "workflow_task_schedule_to_start_latency": _SCHED_TO_START_MS,
+    "activity_schedule_to_start_latency": _SCHED_TO_START_MS,
+}
+TEMPORAL_DEFAULT_BUCKETS_MS = (50, 100, 500, 1000, 2500, 10_000)
+
 
 # --- Ray Serve built-ins (names as Ray 2.60 exports them) ------------------------------------
 def _ray(name: str, kind: Kind, help: str, labels: tuple[str, ...] = (), unit: str = "short") -> Metric:

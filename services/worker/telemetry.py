@@ -1,15 +1,13 @@
-"""The worker's ``/metrics``: the project's metrics and the Temporal SDK's, on one HTTP port.
+"""The worker's metrics: the project's own, and per-batch progress from Temporal.
 
 - Project metrics: ``prometheus_client`` objects built from the definitions in
   ``services/metrics.py`` (names, labels, buckets defined there once).
-- Temporal SDK metrics: the SDK records into a ``MetricBuffer`` (``Runtime(telemetry=...)``);
-  ``TemporalMetricsBridge`` drains it every second and renders the families exactly as the SDK's
-  own Prometheus exporter (``PrometheusConfig``) would: same names (``temporal_`` prefix, counters
-  without ``_total``), milliseconds, the SDK's default buckets per metric, ``service_name`` label.
-  Temporal's SDK dashboards therefore work unchanged; a test compares both side by side.
 - ``BatchProgressPoller``: per-batch progress (records, shards, rate) of the BatchInference
   workflows running on the worker's task queue, from Temporal visibility and the ``progress``
   query: facts only the workflow knows, exported without putting metrics in workflow code.
+
+The Temporal SDK's metrics are bridged in ``sdk_metrics``; ``metrics_server`` serves both on
+the worker's one ``/metrics`` port (both re-exported here for the worker and the tests).
 """
 
 from __future__ import annotations
@@ -18,27 +16,19 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
-import threading
 from collections.abc import Awaitable, Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from temporalio import activity
 from temporalio.client import Client
-from temporalio.runtime import (
-    BUFFERED_METRIC_KIND_COUNTER,
-    BUFFERED_METRIC_KIND_HISTOGRAM,
-    MetricBuffer,
-    Runtime,
-    TelemetryConfig,
-)
 
 from services import constants as c
 from services import json_codec
 from services import metrics as m
+from services.worker.metrics_server import MetricsServer as MetricsServer
+from services.worker.sdk_metrics import TemporalMetricsBridge as TemporalMetricsBridge
 
 log = logging.getLogger(__name__)
 
@@ -159,195 +149,6 @@ def shard_activity(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
             SHARD_ATTEMPTS.labels(label, outcome).inc()
 
     return wrapper
-
-
-# --- Temporal SDK metrics bridge ---------------------------------------------------------------
-
-# The SDK's default histogram buckets (milliseconds) per metric, as its Prometheus exporter uses
-# them (sdk-core telemetry/metrics.rs `default_buckets_for`); every other histogram gets DEFAULT.
-_WF_E2E_MS = (100, 500, 1000, 1500, 2000, 5000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000)
-_WF_E2E_MS += (1_800_000, 3_600_000, 30_600_000, 86_400_000)
-_WF_TASK_MS = (1, 10, 20, 50, 100, 200, 500, 1000)
-_SCHED_TO_START_MS = (100, 500, 1000, 5000, 10_000, 100_000, 1_000_000)
-TEMPORAL_BUCKETS_MS: dict[str, tuple[float, ...]] = {
-    "workflow_endtoend_latency": _WF_E2E_MS,
-    "workflow_task_execution_latency": _WF_TASK_MS,
-    "workflow_task_replay_latency": _WF_TASK_MS,
-    "activity_execution_latency": (50, 100, 500, 1000, 5000, 10_000, 60_000),
-    "workflow_task_schedule_to_start_latency": _SCHED_TO_START_MS,
-    "activity_schedule_to_start_latency": _SCHED_TO_START_MS,
-}
-TEMPORAL_DEFAULT_BUCKETS_MS = (50, 100, 500, 1000, 2500, 10_000)
-TEMPORAL_PREFIX = "temporal_"
-
-
-def temporal_buckets(name: str) -> tuple[float, ...]:
-    return TEMPORAL_BUCKETS_MS.get(name.removeprefix(TEMPORAL_PREFIX), TEMPORAL_DEFAULT_BUCKETS_MS)
-
-
-def _num(value: float) -> str:
-    if isinstance(value, float) and math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
-
-
-def _label_value(value: Any) -> str:
-    if isinstance(value, bool):
-        value = "true" if value else "false"
-    return str(value).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _labels(pairs: tuple[tuple[str, str], ...], extra: str = "") -> str:
-    parts = [f'{k}="{v}"' for k, v in pairs]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
-
-
-class _Family:
-    def __init__(self, name: str, kind: int, help: str):
-        self.name, self.kind, self.help = name, kind, help
-        self.values: dict[tuple[tuple[str, str], ...], Any] = {}
-        self.buckets = temporal_buckets(name) if kind == BUFFERED_METRIC_KIND_HISTOGRAM else ()
-
-    def update(self, labels: tuple[tuple[str, str], ...], value: float) -> None:
-        if self.kind == BUFFERED_METRIC_KIND_COUNTER:
-            self.values[labels] = self.values.get(labels, 0) + value
-        elif self.kind == BUFFERED_METRIC_KIND_HISTOGRAM:
-            state = self.values.get(labels)
-            if state is None:
-                state = self.values[labels] = [[0] * len(self.buckets), 0, 0]
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    state[0][i] += 1
-            state[1] += value
-            state[2] += 1
-        else:
-            self.values[labels] = value
-
-    def render(self) -> list[str]:
-        kind = {BUFFERED_METRIC_KIND_COUNTER: "counter", BUFFERED_METRIC_KIND_HISTOGRAM: "histogram"}.get(
-            self.kind, "gauge"
-        )
-        help_text = self.help.replace("\\", r"\\").replace("\n", r"\n")
-        out = [f"# HELP {self.name} {help_text}", f"# TYPE {self.name} {kind}"]
-        for labels, value in sorted(self.values.items()):
-            if self.kind != BUFFERED_METRIC_KIND_HISTOGRAM:
-                out.append(f"{self.name}{_labels(labels)} {_num(value)}")
-                continue
-            counts, total, n = value
-            for bound, count in zip(self.buckets, counts, strict=True):
-                le = 'le="' + _num(bound) + '"'
-                out.append(f"{self.name}_bucket{_labels(labels, le)} {count}")
-            inf = 'le="+Inf"'
-            out.append(f"{self.name}_bucket{_labels(labels, inf)} {n}")
-            out.append(f"{self.name}_sum{_labels(labels)} {_num(total)}")
-            out.append(f"{self.name}_count{_labels(labels)} {n}")
-        return out
-
-
-class TemporalMetricsBridge:
-    """Receives the SDK's metric updates from a ``MetricBuffer`` and renders them for Prometheus."""
-
-    def __init__(self, buffer_size: int = 200_000, drain_interval_s: float = 1.0):
-        self.buffer = MetricBuffer(buffer_size)
-        self._families: dict[str, _Family] = {}
-        self._lock = threading.Lock()
-        self._interval = drain_interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.runtime: Runtime | None = None
-
-    def create_runtime(self) -> Runtime:
-        """A Temporal runtime whose metrics go to this bridge; connect clients with it."""
-        if self.runtime is None:
-            self.runtime = Runtime(telemetry=TelemetryConfig(metrics=self.buffer))
-            self._thread = threading.Thread(target=self._drain_loop, name="temporal-metrics", daemon=True)
-            self._thread.start()
-        return self.runtime
-
-    def _drain_loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.drain()
-            except Exception:  # never let metrics kill the worker
-                log.exception("draining Temporal SDK metrics failed")
-
-    def drain(self) -> None:
-        if self.runtime is None:
-            return
-        with self._lock:
-            for update in self.buffer.retrieve_updates():
-                metric = update.metric
-                family = self._families.get(metric.name)
-                if family is None:
-                    family = self._families[metric.name] = _Family(
-                        metric.name, metric.kind, metric.description or metric.name
-                    )
-                labels = tuple(sorted((k, _label_value(v)) for k, v in update.attributes.items()))
-                family.update(labels, update.value)
-
-    def render(self) -> str:
-        self.drain()
-        with self._lock:
-            lines = [line for name in sorted(self._families) for line in self._families[name].render()]
-        return "\n".join(lines) + "\n" if lines else ""
-
-    def close(self) -> None:
-        self._stop.set()
-
-
-# --- the HTTP endpoint ---------------------------------------------------------------------------
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-class MetricsServer:
-    """``GET /metrics`` (any path answers, as the chart's probes expect): the project's metrics,
-    Python process metrics and, with a bridge, the Temporal SDK's."""
-
-    def __init__(self, host: str, port: int, bridge: TemporalMetricsBridge | None = None):
-        self.bridge = bridge
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = server.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # scrapes every few seconds: no access log
-
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
-        self.host, self.port = host, self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="metrics-http", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
-
-    def render(self) -> str:
-        text = generate_latest(REGISTRY).decode()
-        if self.bridge is not None:
-            text += self.bridge.render()
-        return text
-
-    def start(self) -> MetricsServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self.bridge is not None:
-            self.bridge.close()
 
 
 # --- per-batch progress from Temporal ----------------------------------------------------------
