@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
 
 from services import constants as c
@@ -18,49 +21,77 @@ def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
 
 
-class TemporalSettings(BaseSettings):
-    """How to reach Temporal: a local dev server by default; TLS/mTLS and API keys for clusters."""
-
-    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
-
-    address: str = Field(c.DEFAULT_TEMPORAL_ADDRESS, validation_alias=_env(c.ENV_TEMPORAL_ADDRESS))
-    namespace: str = Field(c.DEFAULT_NAMESPACE, validation_alias=_env(c.ENV_TEMPORAL_NAMESPACE))
-    task_queue: str = Field(c.DEFAULT_TASK_QUEUE, validation_alias=_env(c.ENV_TEMPORAL_TASK_QUEUE))
-    tls: bool = Field(False, validation_alias=_env(c.ENV_TEMPORAL_TLS))
-    tls_cert: Path | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_TLS_CERT))
-    tls_key: Path | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_TLS_KEY))
-    tls_ca: Path | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_TLS_CA))
-    tls_server_name: str | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_TLS_SERVER_NAME))
-    api_key: str | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_API_KEY), repr=False)
-    api_key_file: Path | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_API_KEY_FILE))
-
-    def tls_config(self) -> TLSConfig | bool:
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError(f"mTLS needs both {c.ENV_TEMPORAL_TLS_CERT} and {c.ENV_TEMPORAL_TLS_KEY}")
-        if not (self.tls or self.tls_cert or self.tls_ca):
-            return False
-        return TLSConfig(
-            client_cert=self.tls_cert.read_bytes() if self.tls_cert else None,
-            client_private_key=self.tls_key.read_bytes() if self.tls_key else None,
-            server_root_ca_cert=self.tls_ca.read_bytes() if self.tls_ca else None,
-            domain=self.tls_server_name,
+def load_profile() -> ClientConfigProfile:
+    """The SDK's client configuration: a profile of its TOML file (``TEMPORAL_CONFIG_FILE``,
+    ``TEMPORAL_PROFILE``; none by default) overridden by the standard ``TEMPORAL_*`` variables."""
+    try:
+        profile = ClientConfigProfile.load()
+    except RuntimeError as err:  # the bridge's ConfigError
+        # Its first line says what is wrong; the rest may quote the file, keys included.
+        raise ValueError(f"Temporal client configuration: {str(err).splitlines()[0]}") from None
+    tls = profile.tls
+    if tls and (tls.client_cert is None) != (tls.client_private_key is None):
+        raise ValueError(
+            f"mTLS needs both {c.ENV_TEMPORAL_TLS_CLIENT_CERT_PATH} and {c.ENV_TEMPORAL_TLS_CLIENT_KEY_PATH} "
+            "(or client_cert and client_key in the config profile)"
         )
+    return profile
+
+
+class TemporalSettings(BaseSettings):
+    """How to reach Temporal: a local dev server by default (127.0.0.1:7233, namespace
+    "default", plain gRPC); TLS/mTLS and API keys for clusters.
+
+    The connection comes from the SDK's environment configuration (``temporalio.envconfig``:
+    ``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS``,
+    ``TEMPORAL_TLS_*``, ``TEMPORAL_GRPC_META_*``, config-file profiles), or from ``profile=``
+    (the local stack's dev server, tests). Added here: the task queue, and the API key as a
+    mounted file (``TEMPORAL_API_KEY_FILE``, re-read at each connect; wins over the SDK's key).
+    """
+
+    # forbid: a mistyped (or retired, like address=) keyword is an error, not silently ignored;
+    # and a validation error never quotes what it was given.
+    model_config = SettingsConfigDict(populate_by_name=True, extra="forbid", hide_input_in_errors=True)
+
+    task_queue: str = Field(c.DEFAULT_TASK_QUEUE, validation_alias=_env(c.ENV_TEMPORAL_TASK_QUEUE))
+    api_key_file: Path | None = Field(None, validation_alias=_env(c.ENV_TEMPORAL_API_KEY_FILE))
+    # Not a field: it may hold an API key, and no repr or error shows private attributes.
+    _profile: ClientConfigProfile = PrivateAttr()
+
+    def __init__(self, *, profile: ClientConfigProfile | None = None, **values: Any):
+        super().__init__(**values)
+        self._profile = load_profile() if profile is None else profile
+
+    @property
+    def address(self) -> str:
+        return self._profile.address or c.DEFAULT_TEMPORAL_ADDRESS
+
+    @property
+    def namespace(self) -> str:
+        return self._profile.namespace or c.DEFAULT_NAMESPACE
 
     def resolved_api_key(self) -> str | None:
         if self.api_key_file:
             return self.api_key_file.read_text().strip() or None
-        return self.api_key
+        return self._profile.api_key
+
+    def connect_config(self) -> dict[str, Any]:
+        """``Client.connect`` arguments: the SDK's (an API key implies TLS unless the profile
+        says otherwise), with this file's key and the defaults filled in."""
+        profile = dataclasses.replace(self._profile, api_key=self.resolved_api_key())
+        config: dict[str, Any] = {"api_key": None, "tls": False}
+        config.update(profile.to_client_connect_config())
+        config["target_host"], config["namespace"] = self.address, self.namespace
+        return config
+
+    def tls_config(self) -> TLSConfig | bool:
+        return self.connect_config()["tls"]
 
     async def connect(self, runtime: Runtime | None = None) -> Client:
         """A client; ``runtime`` carries the worker's metrics setup (None: the SDK's default)."""
-        api_key = self.resolved_api_key()
+        config = self.connect_config()
         return await Client.connect(
-            self.address,
-            namespace=self.namespace,
-            tls=self.tls_config() if not api_key else (self.tls_config() or True),
-            api_key=api_key,
-            data_converter=pydantic_data_converter,
-            runtime=runtime,
+            config.pop("target_host"), **config, data_converter=pydantic_data_converter, runtime=runtime
         )
 
 

@@ -191,9 +191,9 @@ def test_temporal_tls_and_api_key_become_files_and_env(rendered) -> None:
     env = env_of(worker_container(docs))
     mount = "/var/run/secrets/batch-inference/temporal-tls"
     assert env[c.ENV_TEMPORAL_TLS] == "true"
-    assert env[c.ENV_TEMPORAL_TLS_CERT] == f"{mount}/tls.crt"
-    assert env[c.ENV_TEMPORAL_TLS_KEY] == f"{mount}/tls.key"
-    assert env[c.ENV_TEMPORAL_TLS_CA] == f"{mount}/ca.crt"
+    assert env[c.ENV_TEMPORAL_TLS_CLIENT_CERT_PATH] == f"{mount}/tls.crt"
+    assert env[c.ENV_TEMPORAL_TLS_CLIENT_KEY_PATH] == f"{mount}/tls.key"
+    assert env[c.ENV_TEMPORAL_TLS_SERVER_CA_CERT_PATH] == f"{mount}/ca.crt"
     assert env[c.ENV_TEMPORAL_TLS_SERVER_NAME] == "my-ns.a1b2c.tmprl.cloud"
     api = render({"temporal": {"apiKey": {"existingSecret": "temporal-cloud"}}})
     env = env_of(worker_container(api))

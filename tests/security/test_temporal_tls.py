@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client, TLSConfig
+from temporalio.envconfig import ClientConfigProfile, ClientConfigTLS
 
 from services import constants as c
 from services.worker.config import TemporalSettings, WorkerSettings
@@ -37,22 +38,25 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 @pytest.fixture
 def clean_env(monkeypatch):
     for name in (
-        c.ENV_TEMPORAL_TLS, c.ENV_TEMPORAL_TLS_CERT, c.ENV_TEMPORAL_TLS_KEY, c.ENV_TEMPORAL_TLS_CA,
-        c.ENV_TEMPORAL_TLS_SERVER_NAME, c.ENV_TEMPORAL_API_KEY, c.ENV_TEMPORAL_API_KEY_FILE,
+        c.ENV_TEMPORAL_TLS, c.ENV_TEMPORAL_TLS_CLIENT_CERT_PATH, c.ENV_TEMPORAL_TLS_CLIENT_KEY_PATH,
+        c.ENV_TEMPORAL_TLS_SERVER_CA_CERT_PATH, c.ENV_TEMPORAL_TLS_SERVER_NAME, c.ENV_TEMPORAL_API_KEY,
+        c.ENV_TEMPORAL_API_KEY_FILE, c.ENV_TEMPORAL_ADDRESS, c.ENV_TEMPORAL_NAMESPACE,
+        c.ENV_TEMPORAL_PROFILE,
     ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
+    # No developer's own Temporal config file: only what a test sets.
+    monkeypatch.setenv(c.ENV_TEMPORAL_CONFIG_FILE, "/nonexistent/temporal.toml")
     return monkeypatch
 
 
-@pytest.mark.parametrize("only", [c.ENV_TEMPORAL_TLS_CERT, c.ENV_TEMPORAL_TLS_KEY])
+@pytest.mark.parametrize("only", [c.ENV_TEMPORAL_TLS_CLIENT_CERT_PATH, c.ENV_TEMPORAL_TLS_CLIENT_KEY_PATH])
 def test_a_certificate_without_its_key_or_a_key_without_its_certificate_is_a_clear_error(
     clean_env, tmp_path, only
 ):
     (tmp_path / "f.pem").write_text("x")
     clean_env.setenv(only, str(tmp_path / "f.pem"))
-    with pytest.raises(
-        ValueError, match=f"mTLS needs both {c.ENV_TEMPORAL_TLS_CERT} and {c.ENV_TEMPORAL_TLS_KEY}"
-    ):
+    cert, key = c.ENV_TEMPORAL_TLS_CLIENT_CERT_PATH, c.ENV_TEMPORAL_TLS_CLIENT_KEY_PATH
+    with pytest.raises(ValueError, match=f"mTLS needs both {cert} and {key}"):
         TemporalSettings().tls_config()
 
 
@@ -61,9 +65,9 @@ def test_plain_by_default_tls_on_request_and_files_read_from_env_paths(clean_env
     clean_env.setenv(c.ENV_TEMPORAL_TLS, "true")
     assert TemporalSettings().tls_config() == TLSConfig()  # system roots
     for name, env in (
-        ("ca", c.ENV_TEMPORAL_TLS_CA),
-        ("crt", c.ENV_TEMPORAL_TLS_CERT),
-        ("key", c.ENV_TEMPORAL_TLS_KEY),
+        ("ca", c.ENV_TEMPORAL_TLS_SERVER_CA_CERT_PATH),
+        ("crt", c.ENV_TEMPORAL_TLS_CLIENT_CERT_PATH),
+        ("key", c.ENV_TEMPORAL_TLS_CLIENT_KEY_PATH),
     ):
         (tmp_path / name).write_bytes(f"{name}-bytes".encode())
         clean_env.setenv(env, str(tmp_path / name))
@@ -75,7 +79,7 @@ def test_plain_by_default_tls_on_request_and_files_read_from_env_paths(clean_env
 
 
 def test_a_missing_certificate_file_names_the_file(clean_env, tmp_path):
-    clean_env.setenv(c.ENV_TEMPORAL_TLS_CA, str(tmp_path / "no-such-ca.pem"))
+    clean_env.setenv(c.ENV_TEMPORAL_TLS_SERVER_CA_CERT_PATH, str(tmp_path / "no-such-ca.pem"))
     with pytest.raises(FileNotFoundError, match=r"no-such-ca\.pem"):
         TemporalSettings().tls_config()
 
@@ -101,12 +105,50 @@ async def test_an_api_key_implies_tls(clean_env, monkeypatch):
 
     monkeypatch.setattr(Client, "connect", fake_connect)
     clean_env.setenv(c.ENV_TEMPORAL_API_KEY, "k")
-    await TemporalSettings(address="tmprl.example:7233").connect()
+    clean_env.setenv(c.ENV_TEMPORAL_ADDRESS, "tmprl.example:7233")
+    await TemporalSettings().connect()
     assert seen["api_key"] == "k" and seen["tls"] is True
+    assert seen["address"] == "tmprl.example:7233" and seen["namespace"] == c.DEFAULT_NAMESPACE
     seen.clear()
     clean_env.delenv(c.ENV_TEMPORAL_API_KEY)
     await TemporalSettings().connect()
     assert seen["api_key"] is None and seen["tls"] is False
+
+
+def test_defaults_are_a_local_dev_server(clean_env):
+    settings = WorkerSettings()
+    assert (settings.address, settings.namespace) == (c.DEFAULT_TEMPORAL_ADDRESS, c.DEFAULT_NAMESPACE)
+    assert settings.task_queue == c.DEFAULT_TASK_QUEUE
+
+
+def test_a_config_file_profile_is_read_and_the_environment_overrides_it(clean_env, tmp_path):
+    config = tmp_path / "temporal.toml"
+    config.write_text(
+        '[profile.default]\naddress = "dev:7233"\n'
+        '[profile.prod]\naddress = "prod:7233"\nnamespace = "batches"\napi_key = "toml-key-789"\n'
+    )
+    clean_env.setenv(c.ENV_TEMPORAL_CONFIG_FILE, str(config))
+    assert TemporalSettings().address == "dev:7233"
+    clean_env.setenv(c.ENV_TEMPORAL_PROFILE, "prod")
+    settings = WorkerSettings()
+    assert (settings.address, settings.namespace) == ("prod:7233", "batches")
+    assert settings.resolved_api_key() == "toml-key-789" and settings.tls_config() is True
+    assert "toml-key-789" not in repr(settings) and "toml-key-789" not in str(settings.model_dump())
+    clean_env.setenv(c.ENV_TEMPORAL_ADDRESS, "override:7233")
+    assert TemporalSettings().address == "override:7233"
+    clean_env.setenv(c.ENV_TEMPORAL_PROFILE, "missing")
+    with pytest.raises(ValueError, match="missing"):
+        TemporalSettings()
+
+
+def test_a_malformed_config_file_is_an_error_that_does_not_quote_it(clean_env, tmp_path):
+    config = tmp_path / "temporal.toml"
+    config.write_text('[profile.default]\napi_key = "toml-key-789\n')  # unterminated string
+    clean_env.setenv(c.ENV_TEMPORAL_CONFIG_FILE, str(config))
+    with pytest.raises(ValueError, match="Temporal client configuration") as err:
+        TemporalSettings()
+    assert "toml-key-789" not in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
 # --- real TLS / mTLS handshakes ----------------------------------------------------------------
@@ -219,9 +261,9 @@ async def test_worker_runs_a_batch_over_mtls_with_certificates_from_files(
     async with tls_terminator(temporal_server.address, pki, require_client_cert=True) as address:
         # As a worker pod would get them: paths of files mounted from a Secret, in env vars.
         clean_env.setenv(c.ENV_TEMPORAL_ADDRESS, address)
-        clean_env.setenv(c.ENV_TEMPORAL_TLS_CA, str(pki["ca"]))
-        clean_env.setenv(c.ENV_TEMPORAL_TLS_CERT, str(pki["client_crt"]))
-        clean_env.setenv(c.ENV_TEMPORAL_TLS_KEY, str(pki["client_key"]))
+        clean_env.setenv(c.ENV_TEMPORAL_TLS_SERVER_CA_CERT_PATH, str(pki["ca"]))
+        clean_env.setenv(c.ENV_TEMPORAL_TLS_CLIENT_CERT_PATH, str(pki["client_crt"]))
+        clean_env.setenv(c.ENV_TEMPORAL_TLS_CLIENT_KEY_PATH, str(pki["client_key"]))
         clean_env.setenv(c.ENV_TEMPORAL_TLS_SERVER_NAME, "localhost")
         settings = WorkerSettings(task_queue=f"mtls-{uuid.uuid4().hex[:8]}", serve_url=serve_stack.url)
         client = await settings.connect()
@@ -253,13 +295,13 @@ async def test_worker_runs_a_batch_over_mtls_with_certificates_from_files(
 )
 async def test_tls_handshakes(temporal_server, pki, require_client_cert, ca, with_cert, connects):
     async with tls_terminator(temporal_server.address, pki, require_client_cert) as address:
-        settings = TemporalSettings(
-            address=address,
-            tls_ca=pki[ca],
-            tls_cert=pki["client_crt"] if with_cert else None,
-            tls_key=pki["client_key"] if with_cert else None,
-            tls_server_name="localhost",
+        tls = ClientConfigTLS(
+            server_root_ca_cert=pki[ca],
+            client_cert=pki["client_crt"] if with_cert else None,
+            client_private_key=pki["client_key"] if with_cert else None,
+            server_name="localhost",
         )
+        settings = TemporalSettings(profile=ClientConfigProfile(address=address, tls=tls))
         if connects:
             client = await asyncio.wait_for(settings.connect(), 30)
             assert (await client.workflow_service.get_system_info(_system_info_request())).server_version
