@@ -16,7 +16,6 @@ from pathlib import Path
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.envconfig import ClientConfigProfile
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -279,8 +278,7 @@ async def _run_stack(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         os.environ[c.ENV_SERVE_TOKEN_FILE] = str(token)
-        # The dev server just started, not whatever the environment names.
-        settings = WorkerSettings(profile=ClientConfigProfile(address=temporal.address), serve_url=serve.url)
+        settings = WorkerSettings(address=temporal.address, serve_url=serve.url)
         worker_task = asyncio.create_task(run_worker(settings, stop, install_signals=False))
         if settings.metrics_port:
             print(

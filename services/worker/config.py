@@ -45,12 +45,13 @@ class TemporalSettings(BaseSettings):
     The connection comes from the SDK's environment configuration (``temporalio.envconfig``:
     ``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS``,
     ``TEMPORAL_TLS_*``, ``TEMPORAL_GRPC_META_*``, config-file profiles), or from ``profile=``
-    (the local stack's dev server, tests). Added here: the task queue, and the API key as a
-    mounted file (``TEMPORAL_API_KEY_FILE``, re-read at each connect; wins over the SDK's key).
+    (the local stack's dev server, tests); ``address=``/``namespace=`` override either.
+    Added here: the task queue, and the API key as a mounted file (``TEMPORAL_API_KEY_FILE``,
+    re-read at each connect; wins over the SDK's key).
     """
 
-    # forbid: a mistyped (or retired, like address=) keyword is an error, not silently ignored;
-    # and a validation error never quotes what it was given.
+    # forbid: a mistyped keyword is an error, not silently ignored; and a validation error never
+    # quotes what it was given.
     model_config = SettingsConfigDict(populate_by_name=True, extra="forbid", hide_input_in_errors=True)
 
     task_queue: str = Field(c.DEFAULT_TASK_QUEUE, validation_alias=_env(c.ENV_TEMPORAL_TASK_QUEUE))
@@ -58,9 +59,21 @@ class TemporalSettings(BaseSettings):
     # Not a field: it may hold an API key, and no repr or error shows private attributes.
     _profile: ClientConfigProfile = PrivateAttr()
 
-    def __init__(self, *, profile: ClientConfigProfile | None = None, **values: Any):
+    def __init__(
+        self,
+        *,
+        profile: ClientConfigProfile | None = None,
+        address: str | None = None,
+        namespace: str | None = None,
+        **values: Any,
+    ):
         super().__init__(**values)
-        self._profile = load_profile() if profile is None else profile
+        profile = load_profile() if profile is None else profile
+        if address is not None:
+            profile = dataclasses.replace(profile, address=address)
+        if namespace is not None:
+            profile = dataclasses.replace(profile, namespace=namespace)
+        self._profile = profile
 
     @property
     def address(self) -> str:

@@ -119,6 +119,10 @@ def test_defaults_are_a_local_dev_server(clean_env):
     settings = WorkerSettings()
     assert (settings.address, settings.namespace) == (c.DEFAULT_TEMPORAL_ADDRESS, c.DEFAULT_NAMESPACE)
     assert settings.task_queue == c.DEFAULT_TASK_QUEUE
+    clean_env.setenv(c.ENV_TEMPORAL_TLS, "true")
+    explicit = TemporalSettings(address="elsewhere:7233", namespace="batches")
+    assert (explicit.address, explicit.namespace) == ("elsewhere:7233", "batches")
+    assert explicit.tls_config() == TLSConfig()  # the rest of the environment still applies
 
 
 def test_a_config_file_profile_is_read_and_the_environment_overrides_it(clean_env, tmp_path):
