@@ -22,8 +22,8 @@ from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
     from services.worker.config import WorkerSettings
-    from services.worker.models import Tuning
-    from services.worker.storage import shard_sizes
+    from services.worker.contracts import Tuning
+    from services.worker.plan import shard_sizes
     from services.worker.worker import eager_options, until_running
 
 FLOOR_WORKFLOW = "BatchShapeFloor"

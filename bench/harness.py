@@ -42,8 +42,9 @@ from services.local.stack import (
     marked_pids,
 )
 from services.serve.models import BUILTIN_MODELS
-from services.worker import storage
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker import fs, jsonl, jsonl_sink
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker.layout import OutputLayout
 from services.worker.serve_client import ServeClient
 
 
@@ -293,13 +294,13 @@ async def run_direct(
                 response = await http.post(route, content=body, headers=headers)
                 response.raise_for_status()
                 latencies.append(time.perf_counter() - t0)
-            return storage.results_jsonl(ids, json_codec.loads(response.content)["predictions"])
+            return jsonl_sink.results(ids, json_codec.loads(response.content)["predictions"])
 
         async def shard(index: int, raws: list[bytes]) -> int:
             try:
-                parsed = storage.parse_lines(raws)  # the worker's own bulk parse: equal footing
+                parsed = jsonl.parse_lines(raws)  # the worker's own bulk parse: equal footing
                 if parsed is None:
-                    parsed = tuple(map(list, zip(*map(storage.parse_line, raws), strict=True)))
+                    parsed = tuple(map(list, zip(*map(jsonl.parse_line, raws), strict=True)))
                 ids, inputs = parsed
                 steps = range(0, len(ids), micro_batch)
                 parts = await asyncio.gather(
@@ -307,7 +308,7 @@ async def run_direct(
                 )
                 if write:
                     await asyncio.to_thread(
-                        storage.write_bytes, storage.shard_uri(str(output), index), b"".join(parts)
+                        fs.write_bytes, OutputLayout(str(output)).shard_uri(index), b"".join(parts)
                     )
                 return len(ids)
             finally:

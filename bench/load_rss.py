@@ -32,7 +32,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from services import constants as c
 from services.local.stack import REPO_ROOT, LocalRayServe, TemporalDevServer, ensure_token, free_port
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
 
 BASE = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [6.3, 2.5, 4.9, 1.5]]
 

@@ -21,7 +21,7 @@ from temporalio.service import RPCError
 
 from services import constants as c
 from services.worker.config import TemporalSettings, WorkerSettings
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
 
 # --- submitting and watching -----------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from services.errors import AuthCode
+
 Kind = Literal["counter", "gauge", "histogram"]
 Source = Literal["worker", "serve", "temporal", "ray"]
 
@@ -83,23 +85,9 @@ WORKFLOW_ID = "workflow_id"
 
 DEFAULT_MODEL_LABEL = "default"  # the model label when a batch names no model (Serve's default)
 
-# Record outcomes, failure stages and reasons (bounded sets: never the free-text reason).
+# Record outcomes. A failed record is labelled by its stage and its code (services/errors.py):
+# bounded sets that travel with the error, never found from its message.
 SUCCEEDED, FAILED = "succeeded", "failed"
-STAGE_PARSE, STAGE_MODEL, STAGE_DUPLICATE = "parse", "model", "duplicate"
-PARSE_REASONS = {  # message prefix (services/worker/storage.py) -> reason label
-    "record longer than": "too_long",
-    "not UTF-8": "not_utf8",
-    "malformed JSON": "malformed_json",
-    "a record must be a JSON object": "not_an_object",
-    "record has no 'id'": "missing_id",
-    "'id' must be": "bad_id",
-}
-MODEL_REASONS = {  # message prefix (services/serve/app.py) -> reason label
-    "invalid input": "invalid_input",
-    "model error": "model_error",
-}
-DUPLICATE_REASONS = {"duplicate id": "duplicate_id"}  # a record repeating an earlier id
-OTHER_REASON = "other"
 
 # Serve call outcomes as the worker's Serve client reports them: an HTTP status code or these.
 CODE_TIMEOUT = "timeout"
@@ -117,24 +105,11 @@ BATCH_RECORD_STATES = ("total", "succeeded", "failed")
 BATCH_SHARD_STATES = ("total", "done", "running")
 
 # Auth failures at the Serve ingress (never the token).
-AUTH_MISSING, AUTH_MALFORMED, AUTH_INVALID = "missing_header", "malformed_header", "invalid_token"
-
-
-def failure_reason(stage: str, message: str) -> str:
-    """The bounded ``reason`` label of a record error message."""
-    table = {STAGE_PARSE: PARSE_REASONS, STAGE_MODEL: MODEL_REASONS, STAGE_DUPLICATE: DUPLICATE_REASONS}.get(
-        stage, {}
-    )
-    for prefix, reason in table.items():
-        if message.startswith(prefix):
-            return reason
-    return OTHER_REASON
-
-
-def auth_failure_reason(status: int, message: str) -> str:
-    if status == 403:
-        return AUTH_INVALID
-    return AUTH_MISSING if message.startswith("missing") else AUTH_MALFORMED
+AUTH_MISSING, AUTH_MALFORMED, AUTH_INVALID = (
+    AuthCode.MISSING_HEADER,
+    AuthCode.MALFORMED_HEADER,
+    AuthCode.INVALID_TOKEN,
+)
 
 
 def model_label(model: str | None) -> str:

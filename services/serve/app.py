@@ -26,6 +26,7 @@ from services.constants import (
     MODEL_INFERENCE_ROUTE,
     MODELS_ROUTE,
 )
+from services.errors import Code
 from services.serve.auth import AuthError, TokenStore
 from services.serve.models import BUILTIN_MODELS, load_model
 
@@ -58,6 +59,12 @@ def _ray_metric(metric: m.Metric) -> serve_metrics.Counter | serve_metrics.Histo
     )
 
 
+def _error(code: Code, message: str) -> dict[str, Any]:
+    """A record's error as the batch route reports it: a code (``services.errors.Code``) that
+    callers and metrics use, and a message for people."""
+    return {"error": {"code": code.value, "message": message}}
+
+
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = json_codec.dumps(payload)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
@@ -81,7 +88,7 @@ class ModelServer:
         self._predict_requests.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     def _predict_records(self, records: list[Any]) -> list[dict[str, Any]]:
-        """Per-record results: ``{"prediction": ...}`` or ``{"error": reason}``."""
+        """Per-record results: ``{"prediction": ...}`` or ``{"error": {"code", "message"}}``."""
         results: list[dict[str, Any] | None] = [None] * len(records)
         positions, values = [], []
         for i, record in enumerate(records):
@@ -89,7 +96,7 @@ class ModelServer:
                 values.append(self._validate(record) if self._validate else record)
                 positions.append(i)
             except (ValueError, TypeError) as exc:
-                results[i] = {"error": f"invalid input: {exc}"}
+                results[i] = _error(Code.INVALID_INPUT, f"invalid input: {exc}")
         if values:
             try:
                 predictions = self._model.predict(values)
@@ -104,7 +111,9 @@ class ModelServer:
                     try:
                         predictions.append({"prediction": self._model.predict([value])[0]})
                     except Exception as exc:
-                        predictions.append({"error": f"model error: {type(exc).__name__}: {exc}"})
+                        predictions.append(
+                            _error(Code.MODEL_ERROR, f"model error: {type(exc).__name__}: {exc}")
+                        )
                 for i, result in zip(positions, predictions, strict=True):
                     results[i] = result
             else:
@@ -123,7 +132,7 @@ class ModelServer:
             self._records.inc(len(flat))
         for result in results:
             if "error" in result:
-                self._record_errors.inc(tags={m.REASON: m.failure_reason(m.STAGE_MODEL, result["error"])})
+                self._record_errors.inc(tags={m.REASON: result["error"]["code"]})
         out, start = [], 0
         for request in requests:
             out.append(results[start : start + len(request)])
@@ -155,7 +164,7 @@ class Ingress:
         try:
             self._tokens.check(request.headers.get(AUTH_HEADER))
         except AuthError as exc:
-            self._auth_failures.inc(tags={m.REASON: m.auth_failure_reason(exc.status, exc.reason)})
+            self._auth_failures.inc(tags={m.REASON: exc.code.value})
             headers = {"WWW-Authenticate": AUTH_SCHEME} if exc.status == 401 else None
             return _json({"detail": exc.reason}, exc.status, headers)
         return None
@@ -205,7 +214,7 @@ class Ingress:
             )
         (result,) = await handle.remote([body])
         if "error" in result:
-            return _json({"detail": result["error"]}, 422)
+            return _json({"detail": result["error"]["message"], "code": result["error"]["code"]}, 422)
         return _json({"prediction": result["prediction"]})
 
 

@@ -13,16 +13,19 @@ import os
 from dataclasses import dataclass, field
 
 from services.constants import AUTH_SCHEME, ENV_SERVE_TOKENS, ENV_SERVE_TOKENS_FILE
+from services.errors import AuthCode
 from services.token_file import TokenFile
+
+EXPECTED = f"expected '{AUTH_SCHEME} <token>'"
 
 
 class AuthError(Exception):
-    """Raised with an HTTP status (401 missing/malformed, 403 wrong) and a token-free reason."""
+    """Raised with an HTTP status (401 missing/malformed, 403 wrong), a code and a token-free
+    reason."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, code: AuthCode, reason: str):
         super().__init__(reason)
-        self.status = status
-        self.reason = reason
+        self.status, self.code, self.reason = status, code, reason
 
 
 def parse_tokens(text: str, sep: str | None = None) -> list[str]:
@@ -57,13 +60,21 @@ class TokenStore:
 
     def check(self, header: str | None) -> None:
         if not header:
-            raise AuthError(401, f"missing Authorization header: expected '{AUTH_SCHEME} <token>'")
+            raise AuthError(
+                401,
+                AuthCode.MISSING_HEADER,
+                f"missing Authorization header: expected '{AUTH_SCHEME} <token>'",
+            )
         scheme, _, presented = header.partition(" ")
         presented = presented.strip()
         if scheme.lower() != AUTH_SCHEME.lower() or not presented:
-            raise AuthError(401, f"malformed Authorization header: expected '{AUTH_SCHEME} <token>'")
+            raise AuthError(
+                401,
+                AuthCode.MALFORMED_HEADER,
+                f"malformed Authorization header: expected '{AUTH_SCHEME} <token>'",
+            )
         ok = False
         for token in self.tokens():  # check all: no early exit that times the match position
             ok |= hmac.compare_digest(presented.encode(), token.encode())
         if not ok:
-            raise AuthError(403, "invalid token")
+            raise AuthError(403, AuthCode.INVALID_TOKEN, "invalid token")

@@ -14,7 +14,7 @@ from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
 
 from services import constants as c
-from services.worker.models import Tuning
+from services.worker.contracts import Tuning
 
 
 def _env(name: str) -> AliasChoices:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ValidationError
 from temporalio.exceptions import ApplicationError
 
 from services import json_codec
@@ -32,6 +33,7 @@ from services.constants import (
     INFERENCE_ROUTE,
     MODEL_INFERENCE_ROUTE,
 )
+from services.errors import Code, Failure, RecordError, Stage
 from services.token_file import TokenFile
 
 NON_RETRYABLE = {400, 401, 403, 404, 413, 422}
@@ -66,6 +68,29 @@ class TokenSource:
 
 def _one_token(text: str) -> str | None:
     return text.strip() or None
+
+
+class ServeRecordError(BaseModel):
+    """A record the model rejected, as Serve's batch route reports it."""
+
+    code: str
+    message: str
+
+
+_MODEL_CODES = frozenset(Code)
+
+
+def model_error(payload: Any) -> RecordError:
+    """The ``RecordError`` for one entry of Serve's ``errors`` list; a code this worker does not
+    know (a newer Serve) counts as ``other``, a malformed entry too."""
+    try:
+        error = ServeRecordError.model_validate(payload)
+    except ValidationError:
+        return RecordError(
+            Stage.MODEL, Code.OTHER, f"Serve reported an error in an unknown form: {payload!r:.200}"
+        )
+    code = Code(error.code) if error.code in _MODEL_CODES else Code.OTHER
+    return RecordError(Stage.MODEL, code, error.message)
 
 
 @dataclass
@@ -158,10 +183,10 @@ class ServeClient:
         parsed: a request waiting for its reply then holds these bytes, not Python objects."""
         return json_codec.dumps({"inputs": inputs})
 
-    async def predict(self, model: str | None, body: bytes, count: int) -> tuple[list[Any], list[str | None]]:
+    async def predict(self, model: str | None, body: bytes, count: int) -> tuple[list[Any], list[Any]]:
         """Predictions for the ``count`` inputs in ``body`` (from ``encode``) in order and,
-        beside them, each one's error or None: two lists as Serve sends them, so a shard's hot
-        path builds no pair per record."""
+        beside them, each one's error (``model_error`` reads it) or None: two lists as Serve
+        sends them, so a shard's hot path builds no pair per record."""
         url = self.route(model)
         reason, delay = "", 0.0
         for attempt in range(1, self._retry.max_attempts + 1):
@@ -189,7 +214,7 @@ class ServeClient:
                         raise ApplicationError(
                             f"Serve returned {len(predictions)} predictions and {len(errors)} errors "
                             f"for {count} inputs",
-                            type="ServeProtocolError",
+                            type=Failure.SERVE_PROTOCOL_ERROR,
                         )
                     return predictions, errors
                 detail = _detail(response)
@@ -203,7 +228,7 @@ class ServeClient:
                     advice = ADVICE.get(status, "the request was rejected")
                     raise ApplicationError(
                         f"Serve answered {status} ({detail}) at {url}: {advice}",
-                        type=f"ServeHTTP{status}",
+                        type=Failure.serve_http(status),
                         non_retryable=True,
                     )
                 else:
@@ -217,7 +242,7 @@ class ServeClient:
                 await asyncio.sleep(delay)
         raise ApplicationError(
             f"{reason}; gave up after {self._retry.max_attempts} attempts in this activity attempt",
-            type="ServeUnavailable",
+            type=Failure.SERVE_UNAVAILABLE,
             next_retry_delay=timedelta(seconds=delay) if delay else None,
         )
 

@@ -13,6 +13,7 @@ the worker's one ``/metrics`` port (both re-exported here for the worker and the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -25,8 +26,9 @@ from temporalio import activity
 from temporalio.client import Client
 
 from services import constants as c
-from services import json_codec
 from services import metrics as m
+from services.errors import CODES_BY_STAGE, Stage
+from services.worker.manifests import RecordFailure
 from services.worker.metrics_server import MetricsServer as MetricsServer
 from services.worker.sdk_metrics import TemporalMetricsBridge as TemporalMetricsBridge
 
@@ -72,9 +74,9 @@ def init_model(label: str) -> None:
         return
     _initialised.add(label)
     RECORDS.labels(label, m.SUCCEEDED, "", "")
-    for stage, table in ((m.STAGE_PARSE, m.PARSE_REASONS), (m.STAGE_MODEL, m.MODEL_REASONS)):
-        for reason in table.values():
-            RECORDS.labels(label, m.FAILED, stage, reason)
+    for stage in (Stage.PARSE, Stage.MODEL):
+        for code in CODES_BY_STAGE[stage]:
+            RECORDS.labels(label, m.FAILED, stage, code)
     for status in (m.SUCCEEDED_BATCH, m.FAILED, m.CANCELLED_BATCH):
         BATCHES_FINISHED.labels(label, status)
 
@@ -86,31 +88,14 @@ def record_serve_attempt(outcome: str, seconds: float, model: str | None) -> Non
     SERVE_REQUEST_DURATION.labels(label).observe(seconds)
 
 
-def record_committed(model: str | None, succeeded: int, errors: Iterable[tuple[str, str]]) -> None:
-    """A committed part: ``succeeded`` records and (stage, message) per failed record."""
+def record_part(model: str | None, succeeded: int, failures: Iterable[RecordFailure]) -> None:
+    """A committed part: ``succeeded`` records, and its failed records by stage and code."""
     label = m.model_label(model)
     init_model(label)
     if succeeded:
         RECORDS.labels(label, m.SUCCEEDED, "", "").inc(succeeded)
-    counts: dict[tuple[str, str], int] = {}
-    for stage, message in errors:
-        key = (stage, m.failure_reason(stage, message))
-        counts[key] = counts.get(key, 0) + 1
-    for (stage, reason), n in counts.items():
-        RECORDS.labels(label, m.FAILED, stage, reason).inc(n)
-
-
-def record_part(model: str | None, succeeded: int, errors: bytes) -> None:
-    """A committed part: how many results, and its errors (JSON Lines with ``stage`` and
-    ``reason``)."""
-    failures = []
-    for line in errors.splitlines():
-        try:
-            error = json_codec.loads(line)
-            failures.append((str(error.get("stage", "")), str(error.get("reason", ""))))
-        except (ValueError, AttributeError):
-            failures.append(("", ""))
-    record_committed(model, succeeded, failures)
+    for (stage, code), n in collections.Counter((f.stage, f.code) for f in failures).items():
+        RECORDS.labels(label, m.FAILED, stage, code).inc(n)
 
 
 async def serve_predict(
@@ -123,8 +108,8 @@ async def serve_predict(
         return await serve.predict(model, body, count)
 
 
-def record_batch_finished(summary: dict[str, Any]) -> None:
-    BATCHES_FINISHED.labels(m.model_label(summary.get("model")), str(summary.get("status"))).inc()
+def record_batch_finished(model: str | None, status: str) -> None:
+    BATCHES_FINISHED.labels(m.model_label(model), status).inc()
 
 
 def shard_activity(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -183,7 +168,7 @@ class BatchProgressPoller:
             await asyncio.sleep(self.interval_s)
 
     async def poll_once(self) -> None:
-        from services.worker.models import Progress
+        from services.worker.contracts import Progress
 
         ids = [wf.id async for wf in self.client.list_workflows(self.visibility_query, limit=1000)]
         BATCHES_RUNNING.set(len(ids))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.k8s import VALUE_SETS, CrdValidator, crd_dirs, render
+from tests.helpers.k8s import VALUE_SETS, CrdValidator, crd_dirs, render
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import yaml
 from services import constants as c
 from services.local.stack import SERVE_CONFIG
 from services.worker.config import WorkerSettings
-from tests.chart.k8s import (
+from tests.helpers.k8s import (
     CHART,
     REPO_ROOT,
     chart_values,

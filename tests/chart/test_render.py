@@ -10,7 +10,7 @@ import yaml
 
 from services import constants as c
 from services.local.stack import SERVE_CONFIG
-from tests.chart.k8s import (
+from tests.helpers.k8s import (
     CHART,
     KUBE_VERSIONS,
     NAMESPACE,

@@ -33,8 +33,8 @@ import yaml
 
 from services import constants as c
 from services.local.stack import free_port, venv_bin
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
-from tests.chart.k8s import (
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
+from tests.helpers.k8s import (
     REPO_ROOT,
     dockerfile_entrypoint,
     expand_k8s_vars,
@@ -45,7 +45,7 @@ from tests.chart.k8s import (
     render,
     secret_data,
 )
-from tests.conftest import iris_records, read_outputs, write_jsonl
+from tests.helpers.records import iris_records, read_outputs, write_jsonl
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.chart.k8s import CHART, chart_values, render
+from tests.helpers.k8s import CHART, chart_values, render
 
 # (kind of mistake, values, what the message must say)
 BAD_VALUES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.containers.docker import (
+from tests.helpers.docker import (
     REPO_ROOT,
     SERVE_IMAGE,
     WORKER_IMAGE,

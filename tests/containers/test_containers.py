@@ -18,10 +18,10 @@ import yaml
 
 from services import constants as c
 from services.local.stack import free_port
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.chart.k8s import find, load_k8s, pod_env, render, secret_data
-from tests.conftest import iris_records, read_outputs, write_jsonl
-from tests.containers.docker import ray_version
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from tests.helpers.docker import ray_version
+from tests.helpers.k8s import find, load_k8s, pod_env, render, secret_data
+from tests.helpers.records import iris_records, read_outputs, write_jsonl
 
 # A cold machine installs Docker and builds the base images inside the first test's setup.
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(1200)]

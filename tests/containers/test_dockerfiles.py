@@ -7,12 +7,12 @@ import subprocess
 import pytest
 
 from services.local.stack import venv_bin
-from tests.containers.docker import HERE, REPO_ROOT
+from tests.helpers.docker import RAY_STANDIN_DOCKERFILE, REPO_ROOT
 
 DOCKERFILES = [
     REPO_ROOT / "Dockerfile.worker",
     REPO_ROOT / "Dockerfile.serve",
-    HERE / "ray-standin.Dockerfile",
+    RAY_STANDIN_DOCKERFILE,
 ]
 
 

@@ -3,7 +3,7 @@
 Already covered elsewhere (not repeated here): malformed JSON, a missing ``id`` and records the
 model rejects in the errors file, and a plain budget overrun (tests/integration/test_batches.py);
 a missing input file and an unknown model name (same file); oversize lines and bad ids at the
-parser (tests/unit/test_storage.py); invalid tuning values failing the workflow
+parser (tests/unit/test_jsonl.py); invalid tuning values failing the workflow
 (tests/unit/test_workflow.py).
 """
 
@@ -16,20 +16,24 @@ from collections import Counter
 
 import pytest
 from temporalio.client import WorkflowFailureError
+from temporalio.testing import ActivityEnvironment
 
 from services import constants as c
 from services.cli import describe_failure
 from services.cli import main as cli_main
 from services.local.stack import venv_bin
-from services.worker import activities, storage
-from services.worker.models import (
+from services.worker import duplicates, jsonl, plan
+from services.worker.activities import BatchActivities
+from services.worker.contracts import (
     INLINE_LIMIT_BYTES,
     BatchInferenceInput,
     BatchInferenceOutput,
     PlanInput,
     Tuning,
 )
-from tests.conftest import execute_batch, read_outputs
+from services.worker.layout import OutputLayout
+from tests.helpers.batches import execute_batch
+from tests.helpers.records import read_outputs
 
 IRIS = {"features": [5.1, 3.5, 1.4, 0.2]}
 
@@ -54,7 +58,7 @@ async def test_every_bad_record_kind_lands_in_the_errors_file_with_its_line(clie
         line({"id": 1, **IRIS}),  # 5 the integer 1: not the same id as the string "1"
         line({"id": "1", **IRIS}),  # 6
         b'{"id": "latin", "note": "caf\xe9", "features": [1, 2, 3, 4]}\n',  # 7 not UTF-8
-        b'{"id": "big", "pad": "' + b"x" * (storage.MAX_RECORD_BYTES + 10) + b'"}\n',  # 8 > 1 MiB
+        b'{"id": "big", "pad": "' + b"x" * (jsonl.MAX_RECORD_BYTES + 10) + b'"}\n',  # 8 > 1 MiB
         b"[1, 2, 3]\n",  # 9 not an object
         line({"id": True, **IRIS}),  # 10 boolean id
         line({"id": "b", **IRIS}),  # 11 duplicate of line 2, another shard
@@ -77,15 +81,18 @@ async def test_every_bad_record_kind_lands_in_the_errors_file_with_its_line(clie
     by_line = {e["line"]: e for e in errors}
     assert sorted(by_line) == [3, 7, 8, 9, 10, 11]
     assert by_line[3] == {
-        "id": "a", "line": 3, "stage": "duplicate", "reason": "duplicate id: line 1 has the same id"
+        "id": "a", "line": 3, "stage": "duplicate", "code": "duplicate_id",
+        "reason": "duplicate id: line 1 has the same id",
     }  # fmt: skip
     assert by_line[11]["stage"] == "duplicate" and "line 2 has the same id" in by_line[11]["reason"]
     assert by_line[7]["stage"] == "parse" and "not UTF-8" in by_line[7]["reason"]
     assert (
         by_line[8]["stage"] == "parse"
-        and f"longer than {storage.MAX_RECORD_BYTES} bytes" in by_line[8]["reason"]
+        and f"longer than {jsonl.MAX_RECORD_BYTES} bytes" in by_line[8]["reason"]
     )
     assert "must be a JSON object" in by_line[9]["reason"]
+    codes = {line: by_line[line]["code"] for line in (7, 8, 9, 10)}
+    assert codes == {7: "not_utf8", 8: "too_long", 9: "not_an_object", 10: "bad_id"}
     assert by_line[10]["id"] is True and "'id' must be a string or an integer" in by_line[10]["reason"]
     assert (result.total_records, result.succeeded, result.failed) == (11, 5, 6)
     summary = json.loads((output / c.SUMMARY_FILE).read_text())
@@ -203,32 +210,35 @@ def test_oversize_inline_input_is_refused_by_the_project_cli_with_advice(tmp_pat
     assert "the limit is 256 KiB. Write them to a JSONL file and pass 'input_uri'" in err
 
 
-def test_a_mostly_duplicated_input_fails_planning_with_an_example(tmp_path, monkeypatch):
+async def test_a_mostly_duplicated_input_fails_planning_with_an_example(tmp_path, monkeypatch):
     """Past MAX_DUPLICATE_RECORDS the input is taken to be broken (e.g. concatenated twice)."""
-    monkeypatch.setattr(activities, "MAX_DUPLICATE_RECORDS", 3)
+    monkeypatch.setattr(plan, "MAX_DUPLICATE_RECORDS", 3)
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"".join(line({"id": i % 5}) for i in range(10)))
     with pytest.raises(
         Exception,
         match=r"more than 3 records repeat an earlier id \(e.g. id \d at line \d+ repeats line \d\)",
     ) as err:
-        activities._plan(PlanInput(input_uri=str(source), output_uri=str(tmp_path / "out"), shard_size=4))
+        await ActivityEnvironment().run(
+            BatchActivities(None).plan_batch,  # type: ignore[arg-type]  # planning calls no Serve
+            PlanInput(input_uri=str(source), output_uri=str(tmp_path / "out"), shard_size=4),
+        )
     assert err.value.type == "DuplicateIds" and err.value.non_retryable
 
 
 def test_duplicate_detection_spills_to_disk_and_stays_exact(tmp_path, monkeypatch):
     """The id hashes spill to temp files past a small threshold; the result is the same."""
-    monkeypatch.setattr(storage.DuplicateIds, "SPILL_AT", 4)
+    monkeypatch.setattr(duplicates.DuplicateIds, "SPILL_AT", 4)
     source = tmp_path / "in.jsonl"
     ids = [f"id-{i}" for i in range(3_000)] + ["id-7", "id-2999", 7]
     source.write_bytes(b"".join(line({"id": i}) for i in ids))
-    plan = activities._plan(
+    made = plan.make_plan(
         PlanInput(input_uri=str(source), output_uri=str(tmp_path / "out"), shard_size=1_000)
     )
-    marked = {n: first for s in plan["shards"] for n, first in s.get("duplicates", [])}
+    marked = {n: first for s in made.shards for n, first in s.duplicates}
     assert marked == {3001: 8, 3002: 3000}
-    assert plan["duplicate_records"] == 2 and plan["total_records"] == 3_003
-    assert Counter(len(s.get("duplicates", [])) for s in plan["shards"]) == Counter({0: 3, 2: 1})
+    assert made.duplicate_records == 2 and made.total_records == 3_003
+    assert Counter(len(s.duplicates) for s in made.shards) == Counter({0: 3, 2: 1})
 
 
 def test_a_new_batch_drops_the_final_files_an_earlier_batch_left_in_its_folder(tmp_path):
@@ -238,8 +248,8 @@ def test_a_new_batch_drops_the_final_files_an_earlier_batch_left_in_its_folder(t
     (out / "errors").mkdir(parents=True)
     for name in ("shard-00001.jsonl", "shard-00007.jsonl", "errors/shard-00009.jsonl", "notes.jsonl"):
         (out / name).write_text("earlier\n")
-    plan = activities._plan(PlanInput(input_uri=str(source), output_uri=str(out), shard_size=5))
-    assert len(plan["shards"]) == 2
+    made = plan.make_plan(PlanInput(input_uri=str(source), output_uri=str(out), shard_size=5))
+    assert len(made.shards) == 2
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.jsonl")) == ["notes.jsonl"]
 
 
@@ -248,4 +258,4 @@ def test_final_files_of_stopped_shards_are_counted_only_when_whole(tmp_path):
     (tmp_path / "shard-00001.jsonl").write_text('{"id":1}\n{"id":2}\n')
     (tmp_path / "errors" / "shard-00001.jsonl").write_text('{"id":3}\n')
     (tmp_path / "shard-00002.jsonl").write_text('{"id":4}\n')  # no errors file: not committed
-    assert storage.count_final(str(tmp_path), [1, 2, 3]) == (2, 1)
+    assert OutputLayout(str(tmp_path)).count_final([1, 2, 3]) == (2, 1)

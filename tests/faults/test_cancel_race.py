@@ -15,7 +15,7 @@ from temporalio import activity
 from temporalio.client import WorkflowFailureError
 from temporalio.worker import Worker
 
-from services.worker.models import (
+from services.worker.contracts import (
     BatchInferenceInput,
     PlanInput,
     PlanOutput,
@@ -25,7 +25,7 @@ from services.worker.models import (
     Tuning,
 )
 from services.worker.workflows import BatchInferenceWorkflow
-from tests.conftest import time_skipping_env
+from tests.helpers.temporal import time_skipping_env
 
 
 @activity.defn(name="plan_batch")
@@ -69,15 +69,15 @@ async def test_a_shard_finishing_during_the_cancellation_is_counted():
             await handle.cancel()
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
-    assert summaries[-1]["status"] == "cancelled"
-    assert (summaries[-1]["succeeded"], summaries[-1]["failed"]) == (99, 1)
+    assert summaries[-1].status == "cancelled"
+    assert (summaries[-1].succeeded, summaries[-1].failed) == (99, 1)
 
 
 async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
     """The shard's completion and the cancel request reach the workflow in one task (no
     workflow worker runs between them): the SDK then ends the shard's task cancelled, its result
     unseen. The workflow hands such shards to the summary activity, which counts their final
-    files (``storage.count_final``), so what the shard committed is still counted."""
+    files (``OutputLayout.count_final``), so what the shard committed is still counted."""
     started, finish, summaries = asyncio.Event(), asyncio.Event(), []
 
     @activity.defn(name="process_shard")
@@ -132,6 +132,6 @@ async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
                 with pytest.raises(WorkflowFailureError):
                     await handle.result()
     summary = summaries[-1]
-    assert summary.summary["status"] == "cancelled"
-    counted = (summary.summary["succeeded"], summary.summary["failed"]) == (99, 1)
+    assert summary.summary.status == "cancelled"
+    counted = (summary.summary.succeeded, summary.summary.failed) == (99, 1)
     assert counted or 0 in summary.unsettled_shards, summary

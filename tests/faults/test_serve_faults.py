@@ -30,16 +30,12 @@ from services.local.stack import (
     load_serve_config,
     marked_pids,
 )
-from services.worker.models import BatchInferenceOutput
+from services.worker.contracts import BatchInferenceOutput
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
-from tests.faults.conftest import (
-    Attempts,
-    CountingProxy,
-    assert_exactly_once,
-    echo_batch,
-    wait_until,
-    worker_on,
-)
+from tests.helpers.batches import assert_exactly_once, echo_batch
+from tests.helpers.proxy import CountingProxy
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import Attempts, worker_on
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

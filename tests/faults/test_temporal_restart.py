@@ -19,8 +19,10 @@ from temporalio.service import RPCError
 
 from services import constants as c
 from services.local.stack import TemporalDevServer, free_port
-from services.worker.models import BatchInferenceOutput
-from tests.faults.conftest import CountingProxy, assert_exactly_once, echo_batch, wait_until
+from services.worker.contracts import BatchInferenceOutput
+from tests.helpers.batches import assert_exactly_once, echo_batch
+from tests.helpers.proxy import CountingProxy
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 

@@ -13,8 +13,9 @@ from temporalio.client import WorkflowFailureError
 
 from services import constants as c
 from services.cli import describe_failure
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.conftest import execute_batch, iris_records, read_outputs, write_jsonl
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from tests.helpers.batches import execute_batch
+from tests.helpers.records import iris_records, read_outputs, write_jsonl
 
 pytestmark = pytest.mark.integration
 

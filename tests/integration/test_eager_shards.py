@@ -19,7 +19,8 @@ from services.worker.config import WorkerSettings
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.telemetry import TemporalMetricsBridge
 from services.worker.worker import build_worker
-from tests.conftest import execute_batch, iris_records, write_jsonl
+from tests.helpers.batches import execute_batch
+from tests.helpers.records import iris_records, write_jsonl
 
 pytestmark = pytest.mark.integration
 

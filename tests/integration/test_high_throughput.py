@@ -11,10 +11,11 @@ import pytest
 from services import constants as c
 from services.local.stack import LocalRayServe
 from services.worker.config import WorkerSettings
-from services.worker.models import BatchInferenceInput
+from services.worker.contracts import BatchInferenceInput
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
-from tests.conftest import execute_batch, iris_records, read_outputs, write_jsonl
+from tests.helpers.batches import execute_batch
+from tests.helpers.records import iris_records, read_outputs, write_jsonl
 
 pytestmark = pytest.mark.integration
 

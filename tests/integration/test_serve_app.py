@@ -61,7 +61,8 @@ def test_real_model_batch_with_a_bad_record(serve_stack, serve_token):
     assert response.status_code == 200
     body = response.json()
     assert [p and p["label"] for p in body["predictions"]] == ["setosa", "virginica", None]
-    assert body["errors"][:2] == [None, None] and "not a number" in body["errors"][2]
+    assert body["errors"][:2] == [None, None] and "not a number" in body["errors"][2]["message"]
+    assert body["errors"][2]["code"] == "invalid_input"
 
 
 def test_unknown_model_and_bad_json(serve_stack, serve_token):

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from services import metrics as m
-from tests.chart.k8s import KUBE_VERSIONS, CrdValidator, crd_dirs, find, render, validate_core
-from tests.observability.promql import CHART_OBS, RULES_FILE
+from tests.helpers.k8s import KUBE_VERSIONS, CrdValidator, crd_dirs, find, render, validate_core
+from tests.helpers.promql import CHART_OBS, RULES_FILE
 
 ALL_ON = {
     "metrics": {

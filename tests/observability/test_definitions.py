@@ -4,9 +4,7 @@ exported by code (the worker's registry, the Serve app, the Temporal SDK binary,
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,7 +12,8 @@ import pytest
 import yaml
 
 from services import metrics as m
-from tests.observability.promql import (
+from services.errors import CODES_BY_STAGE, Code, RecordError, Stage
+from tests.helpers.promql import (
     CHART_OBS,
     DASHBOARDS,
     REPO_ROOT,
@@ -25,6 +24,7 @@ from tests.observability.promql import (
     panel_queries,
     rules,
 )
+from tests.helpers.promtool import promtool
 
 OBS = REPO_ROOT / "observability"
 
@@ -139,41 +139,37 @@ def test_every_alert_has_summary_description_and_a_runbook_section() -> None:
         assert rule["labels"]["severity"] in {"warning", "critical"}
 
 
-def test_failure_reasons_cover_every_message() -> None:
-    """The bounded reason labels cover every message the worker and the Serve app produce."""
+def test_failure_codes_cover_every_record_error() -> None:
+    """Every bad record the worker finds carries a code from the bounded set its stage
+    initialises on /metrics; the Serve app's codes are that set's model codes; auth failures
+    map to the bounded auth reasons."""
     from services.serve.auth import AuthError, TokenStore
-    from services.worker import storage
+    from services.worker import jsonl
+    from services.worker.source import duplicate
 
+    found = []
     for raw in [b"\xff\xfe", b"{not json", b"[1, 2]", b'{"x": 1}', b'{"id": [1]}']:
-        with pytest.raises(storage.BadRecord) as exc:
-            storage.parse_line(raw)
-        assert m.failure_reason(m.STAGE_PARSE, str(exc.value)) != m.OTHER_REASON, str(exc.value)
-    assert (
-        m.failure_reason(m.STAGE_PARSE, f"record longer than {storage.MAX_RECORD_BYTES} bytes") == "too_long"
-    )
-    assert m.failure_reason(m.STAGE_MODEL, "invalid input: bad") == "invalid_input"
-    assert m.failure_reason(m.STAGE_MODEL, "model error: ValueError: x") == "model_error"
-    assert m.failure_reason(m.STAGE_DUPLICATE, "duplicate id: line 3 has the same id") == "duplicate_id"
+        with pytest.raises(RecordError) as exc:
+            jsonl.parse_line(raw)
+        found.append(exc.value)
+    found += [jsonl.too_long(), duplicate(3)]
+    for error in found:
+        assert error.code in CODES_BY_STAGE[error.stage], error
+    assert {e.code for e in found if e.stage == Stage.PARSE} == set(CODES_BY_STAGE[Stage.PARSE])
+    serve_app = (REPO_ROOT / "services" / "serve" / "app.py").read_text()
+    used = set(re.findall(r"_error\(Code\.(\w+)", serve_app))
+    assert {Code[name] for name in used} == set(CODES_BY_STAGE[Stage.MODEL])
     store = TokenStore(env_tokens=["good"])
     reasons = set()
     for header in [None, "Basic abc", "Bearer wrong"]:
         with pytest.raises(AuthError) as exc:
             store.check(header)
-        reasons.add(m.auth_failure_reason(exc.value.status, exc.value.reason))
+        reasons.add(exc.value.code)
     assert reasons == {m.AUTH_MISSING, m.AUTH_MALFORMED, m.AUTH_INVALID}
 
 
-def _promtool() -> str:
-    found = shutil.which("promtool")
-    if not found:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: .ci/run installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return found
-
-
 def test_promtool_check_rules() -> None:
-    out = subprocess.run([_promtool(), "check", "rules", str(RULES_FILE)], capture_output=True, text=True)
+    out = subprocess.run([promtool(), "check", "rules", str(RULES_FILE)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -193,5 +189,5 @@ def test_scrape_config_example_is_valid(tmp_path: Path) -> None:
         job["static_configs"] = [{"targets": ["127.0.0.1:1"]}]
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"rule_files": [str(RULES_FILE)], "scrape_configs": jobs}))
-    out = subprocess.run([_promtool(), "check", "config", str(config)], capture_output=True, text=True)
+    out = subprocess.run([promtool(), "check", "config", str(config)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -31,9 +31,9 @@ from services.local.stack import (
     prometheus_config,
     wait_for_port,
 )
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.conftest import iris_records, write_jsonl
-from tests.observability.promql import metric_names, must_have_panels, panel_queries, rules
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from tests.helpers.promql import metric_names, must_have_panels, panel_queries, rules
+from tests.helpers.records import iris_records, write_jsonl
 
 pytestmark = pytest.mark.integration
 

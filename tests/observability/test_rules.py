@@ -12,8 +12,8 @@ import yaml
 
 from services import constants as c
 from services import metrics as m
-from tests.observability.promql import RULES_FILE, rules
-from tests.observability.test_definitions import _promtool
+from tests.helpers.promql import RULES_FILE, rules
+from tests.helpers.promtool import promtool
 
 W = m.WORKER_JOB
 BAD_JSON = 'stage="parse",reason="malformed_json"'
@@ -201,5 +201,5 @@ def test_promtool_test_rules(tmp_path: Path) -> None:
     test_file.write_text(
         yaml.safe_dump({"rule_files": [str(RULES_FILE)], "evaluation_interval": "1m", "tests": tests})
     )
-    out = subprocess.run([_promtool(), "test", "rules", str(test_file)], capture_output=True, text=True)
+    out = subprocess.run([promtool(), "test", "rules", str(test_file)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]

@@ -18,9 +18,11 @@ import pytest
 
 from services import constants as c
 from services.serve.app import api
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.conftest import write_jsonl
-from tests.faults.conftest import Attempts, assert_exactly_once, echo_records, wait_until, worker_on
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from tests.helpers.batches import assert_exactly_once
+from tests.helpers.records import echo_records, write_jsonl
+from tests.helpers.waiting import wait_until
+from tests.helpers.workers import Attempts, worker_on
 
 pytestmark = pytest.mark.integration
 

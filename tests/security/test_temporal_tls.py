@@ -23,7 +23,7 @@ from temporalio.envconfig import ClientConfigProfile, ClientConfigTLS
 
 from services import constants as c
 from services.worker.config import TemporalSettings, WorkerSettings
-from services.worker.models import BatchInferenceInput, BatchInferenceOutput
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
 

@@ -8,7 +8,14 @@ import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from services.worker.serve_client import RetrySettings, ServeClient, TokenSource, retry_after_seconds
+from services.errors import Code, Stage
+from services.worker.serve_client import (
+    RetrySettings,
+    ServeClient,
+    TokenSource,
+    model_error,
+    retry_after_seconds,
+)
 
 SECRET = "s3cret-token-value"
 
@@ -28,10 +35,11 @@ async def test_sends_bearer_token_and_batch_form():
     def handler(request: httpx.Request) -> httpx.Response:
         seen["auth"] = request.headers["authorization"]
         seen["path"] = request.url.path
-        return httpx.Response(200, json={"predictions": [1, None], "errors": [None, "bad"]})
+        bad = {"code": "invalid_input", "message": "bad"}
+        return httpx.Response(200, json={"predictions": [1, None], "errors": [None, bad]})
 
     result = await client_with(handler).predict("iris", ServeClient.encode([{"a": 1}, {"b": 2}]), 2)
-    assert result == ([1, None], [None, "bad"])
+    assert result == ([1, None], [None, {"code": "invalid_input", "message": "bad"}])
     assert seen == {"auth": f"Bearer {SECRET}", "path": "/models/iris/inference"}
 
 
@@ -93,3 +101,10 @@ def test_token_file_is_reread_when_rotated(tmp_path):
 
     os.utime(path, (time.time() + 5, time.time() + 5))
     assert source.get() == "new"
+
+
+def test_a_model_error_keeps_its_code_and_an_unknown_one_is_other():
+    known = model_error({"code": "invalid_input", "message": "expected 4 numbers"})
+    assert (known.stage, known.code, known.message) == (Stage.MODEL, Code.INVALID_INPUT, "expected 4 numbers")
+    assert model_error({"code": "from_a_newer_serve", "message": "x"}).code == Code.OTHER
+    assert model_error("a bare string").code == Code.OTHER

@@ -10,9 +10,11 @@ from pathlib import Path
 import httpx
 from temporalio.testing import ActivityEnvironment
 
-from services.worker import activities, storage
+from services.worker import pipeline
 from services.worker.activities import BatchActivities
-from services.worker.models import PlanInput, ShardInput
+from services.worker.contracts import PlanInput, ShardInput
+from services.worker.layout import OutputLayout
+from services.worker.plan import make_plan
 from services.worker.serve_client import ServeClient, TokenSource
 
 
@@ -30,7 +32,7 @@ def echo_serve() -> tuple[ServeClient, list[int]]:
 def planned(tmp_path, ids) -> tuple[str, str]:
     source, output = tmp_path / "in.jsonl", tmp_path / "out"
     source.write_text("".join(json.dumps({"id": i, "input": {"n": n}}) + "\n" for n, i in enumerate(ids)))
-    activities._plan(PlanInput(input_uri=str(source), output_uri=str(output), shard_size=100))
+    make_plan(PlanInput(input_uri=str(source), output_uri=str(output), shard_size=100))
     return str(source), str(output)
 
 
@@ -47,12 +49,13 @@ async def test_a_shard_writes_its_final_files_and_drops_its_parts(tmp_path):
     result = await ActivityEnvironment().run(
         BatchActivities(serve).process_shard, shard_input(source, output)
     )
-    results = Path(storage.shard_uri(output, 0)).read_text().splitlines()
-    errors = Path(storage.errors_uri(output, 0)).read_text().splitlines()
+    layout = OutputLayout(output)
+    results = Path(layout.shard_uri(0)).read_text().splitlines()
+    errors = Path(layout.errors_uri(0)).read_text().splitlines()
     assert [json.loads(line)["id"] for line in results] == ["a", "b", "c", "d"]
     assert [json.loads(line)["stage"] for line in errors] == ["duplicate"]
     assert (result.succeeded, result.failed, sum(calls)) == (4, 1, 4), "the repeat is never sent"
-    assert not storage.exists(storage.shard_parts_uri(output, 0))
+    assert not Path(layout.parts_uri(0)).exists()
 
 
 async def test_a_retry_after_the_final_commit_reports_the_final_files(tmp_path):
@@ -70,10 +73,10 @@ async def test_a_retry_after_the_final_commit_reports_the_final_files(tmp_path):
 
 async def test_the_heap_is_trimmed_every_few_committed_parts(tmp_path, monkeypatch):
     """Counted over the worker's parts, whichever shard they belong to."""
-    monkeypatch.setattr(activities, "TRIM_EVERY_PARTS", 3)
+    monkeypatch.setattr(pipeline, "TRIM_EVERY_PARTS", 3)
     trims: list[int] = []
     worker = BatchActivities(echo_serve()[0])
-    monkeypatch.setattr(activities, "release_free_memory", lambda: trims.append(worker._parts_committed))
+    monkeypatch.setattr(pipeline, "release_free_memory", lambda: trims.append(worker.trimmer.parts_committed))
     source, output = planned(tmp_path, [f"r{i}" for i in range(8)])  # 4 parts of 2 records
     await ActivityEnvironment().run(worker.process_shard, shard_input(source, output))
     assert trims == [3]

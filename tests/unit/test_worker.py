@@ -8,8 +8,8 @@ import pytest
 
 from services import constants as c
 from services.worker.config import WorkerSettings
+from services.worker.contracts import Tuning
 from services.worker.malloc import limit_malloc_arenas, release_free_memory
-from services.worker.models import Tuning
 from services.worker.worker import eager_options
 
 

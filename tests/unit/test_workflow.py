@@ -10,7 +10,7 @@ from temporalio import activity
 from temporalio.client import WorkflowFailureError
 from temporalio.worker import Worker
 
-from services.worker.models import (
+from services.worker.contracts import (
     BatchInferenceInput,
     BatchInferenceOutput,
     InlineInput,
@@ -24,8 +24,9 @@ from services.worker.models import (
     SummaryInput,
     Tuning,
 )
+from services.worker.manifests import BatchSummary
 from services.worker.workflows import BatchInferenceWorkflow
-from tests.conftest import time_skipping_env
+from tests.helpers.temporal import time_skipping_env
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ class FakeActivities:
         self.calls: list[int] = []
         self.running = 0
         self.max_running = 0
-        self.summaries: list[dict] = []
+        self.summaries: list[BatchSummary] = []
         self.release = asyncio.Event()
         self.release.set()
 
@@ -78,7 +79,7 @@ class FakeActivities:
     @activity.defn(name="write_summary")
     async def write_summary(self, input: SummaryInput) -> str:
         self.summaries.append(input.summary)
-        return input.output_uri + "/_summary.json"
+        return input.summary.output_uri + "/_summary.json"
 
     def all(self):
         return [self.plan_batch, self.process_shard, self.predict_inline, self.write_summary]
@@ -105,7 +106,7 @@ async def test_every_shard_runs_once_within_the_window(env):
     assert fake.max_running == 3
     assert (result.total_records, result.succeeded, result.failed, result.shards) == (10_500, 10_500, 0, 11)
     assert result.runs == 1
-    assert fake.summaries[-1]["status"] == "completed"
+    assert fake.summaries[-1].status == "completed"
 
 
 async def test_continue_as_new_carries_cursor_and_counters(env):
@@ -127,7 +128,7 @@ async def test_error_budget_fails_the_batch_with_a_clear_message(env):
         await run(env, fake, batch)
     assert "error budget exceeded: 10 of 400 records failed" in str(err.value.cause)
     assert sorted(fake.calls) == [0, 1], "stops scheduling once over budget"
-    assert fake.summaries[-1]["status"] == "failed"
+    assert fake.summaries[-1].status == "failed"
 
 
 async def test_progress_query_reports_counts_while_running(env):
@@ -209,12 +210,12 @@ async def test_sandbox_passes_the_project_modules_through(monkeypatch, caplog) -
     passed = {m.removeprefix("Passing module ").removesuffix(" through from host") for m in imported}
     project = {
         "services.constants",
-        "services.worker.storage",
-        "services.worker.activities",
-        "services.worker.models",
+        "services.worker.contracts",
+        "services.worker.file_batch",
+        "services.worker.inline_batch",
     }
     assert project <= passed, sorted(project - passed)
-    # what storage.py imports is not imported again inside the sandbox
+    # what the data plane imports is not imported again inside the sandbox
     assert not any(
         m.startswith(("Importing fsspec", "Importing tempfile", "Importing orjson")) for m in imported
     )

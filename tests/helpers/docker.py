@@ -1,4 +1,5 @@
-"""A real Docker engine for the container tests, from ../shared/containers (host network only).
+"""A real Docker engine for the container tests (tests/containers), from ../shared/containers
+(host network only).
 
 ``dockerd-start.sh`` starts a private dockerd (installing Debian's docker.io if missing);
 ``base-image.sh`` builds a local python:3.11-slim stand-in (no registry pulls are possible).
@@ -19,7 +20,9 @@ import tomllib
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
+# The Ray stand-in's Dockerfile and build context: the container tests' own folder.
+CONTAINERS_DIR = REPO_ROOT / "tests" / "containers"
+RAY_STANDIN_DOCKERFILE = CONTAINERS_DIR / "ray-standin.Dockerfile"
 PYTHON_BASE = "python:3.11-slim"
 WORKER_IMAGE = "batch-inference-worker:test"
 SERVE_IMAGE = "batch-inference-serve:test"
@@ -119,9 +122,9 @@ class Docker:
         assert ray_image == f"rayproject/ray:{ray_version()}-py311"
         if not self.has_image(ray_image):
             timings[ray_image] = self.build(
-                HERE / "ray-standin.Dockerfile",
+                RAY_STANDIN_DOCKERFILE,
                 ray_image,
-                HERE,
+                CONTAINERS_DIR,
                 RAY_VERSION=ray_version(),
                 PYTHON_IMAGE=PYTHON_BASE,
             )

@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from services.errors import Code
+from services.worker.manifests import BatchStatus, BatchSummary
+
 # Temporal refuses payloads over 2 MB and warns above 256 KB: inline batches stay under this.
 INLINE_LIMIT_BYTES = 256 * 1024
 
@@ -91,10 +94,11 @@ class InlinePrediction(BaseModel):
     id: Any = None
     prediction: Any = None
     error: str | None = None
+    error_code: Code | None = None
 
 
 class BatchInferenceOutput(BaseModel):
-    status: Literal["completed", "cancelled", "failed"] = "completed"
+    status: BatchStatus = "completed"
     total_records: int
     succeeded: int
     failed: int
@@ -149,18 +153,6 @@ class ShardInput(_Strict):
     parts_in_flight: int = 2  # what shards scheduled before this field existed did
 
 
-class ShardProgress(BaseModel):
-    """Heartbeat details: where a retried attempt resumes (all parts before ``part`` are
-    committed)."""
-
-    part: int = 0
-    offset: int  # byte offset of the next record in the input
-    line: int  # 1-based line number of the next record
-    done: int = 0
-    succeeded: int = 0
-    failed: int = 0
-
-
 class ShardOutput(BaseModel):
     shard: int
     records: int
@@ -179,6 +171,5 @@ class InlineOutput(BaseModel):
 
 
 class SummaryInput(_Strict):
-    output_uri: str
-    summary: dict[str, Any]
+    summary: BatchSummary
     unsettled_shards: list[int] = []  # stopped shards whose final files, if any, count too

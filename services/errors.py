@@ -1,0 +1,97 @@
+"""Errors as typed values with codes, shared by the worker, the Serve app and the metrics.
+
+Two kinds:
+
+- ``RecordError``: one bad record (data, not an exception for the batch). It goes to the errors
+  file with its ``stage`` and ``code``; the metrics label it by ``code``. Nothing ever parses its
+  message back.
+- ``Failure``: why an activity or the workflow failed, as the ``type`` of Temporal's
+  ``ApplicationError``; the workflow's retry policies and the CLI name these, never message text.
+
+Stdlib only: the Serve image imports it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Stage(StrEnum):
+    """Where a record failed."""
+
+    PARSE = "parse"  # the worker could not read it as a record
+    DUPLICATE = "duplicate"  # its id repeats an earlier record's
+    MODEL = "model"  # Serve's model rejected it
+
+
+class Code(StrEnum):
+    """Why a record failed: a bounded set, used as the ``reason`` metric label."""
+
+    TOO_LONG = "too_long"
+    NOT_UTF8 = "not_utf8"
+    MALFORMED_JSON = "malformed_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_ID = "missing_id"
+    BAD_ID = "bad_id"
+    DUPLICATE_ID = "duplicate_id"
+    INVALID_INPUT = "invalid_input"  # the model's validate() refused it
+    MODEL_ERROR = "model_error"  # the model raised on it
+    OTHER = "other"
+
+
+CODES_BY_STAGE: dict[Stage, tuple[Code, ...]] = {
+    Stage.PARSE: (
+        Code.TOO_LONG,
+        Code.NOT_UTF8,
+        Code.MALFORMED_JSON,
+        Code.NOT_AN_OBJECT,
+        Code.MISSING_ID,
+        Code.BAD_ID,
+    ),
+    Stage.DUPLICATE: (Code.DUPLICATE_ID,),
+    Stage.MODEL: (Code.INVALID_INPUT, Code.MODEL_ERROR),
+}  # and OTHER, at any stage, for what none of these names (e.g. a code from a newer Serve)
+
+
+class RecordError(ValueError):
+    """A record that cannot be processed: where (``stage``), why (``code``) and a message for
+    people (``message``, which may quote the record but never a secret)."""
+
+    def __init__(self, stage: Stage, code: Code, message: str):
+        super().__init__(message)
+        self.stage, self.code, self.message = stage, code, message
+
+
+class AuthCode(StrEnum):
+    """Why the Serve ingress refused a request (never the token itself)."""
+
+    MISSING_HEADER = "missing_header"  # 401
+    MALFORMED_HEADER = "malformed_header"  # 401
+    INVALID_TOKEN = "invalid_token"  # 403
+
+
+class Failure(StrEnum):
+    """``ApplicationError`` types raised by the activities and the workflow."""
+
+    INPUT_NOT_FOUND = "InputNotFound"
+    EMPTY_INPUT = "EmptyInput"
+    OUTPUT_NOT_WRITABLE = "OutputNotWritable"
+    INPUT_CHANGED = "InputChanged"
+    DUPLICATE_IDS = "DuplicateIds"
+    ERROR_BUDGET_EXCEEDED = "ErrorBudgetExceeded"
+    SERVE_UNAVAILABLE = "ServeUnavailable"
+    SERVE_PROTOCOL_ERROR = "ServeProtocolError"
+
+    @staticmethod
+    def serve_http(status: int) -> str:
+        """The type of a non-retryable HTTP answer from Serve (e.g. ``ServeHTTP403``)."""
+        return f"ServeHTTP{status}"
+
+
+# Failures a retry cannot fix: the workflow's retry policies stop at once on these.
+NON_RETRYABLE: tuple[Failure, ...] = (
+    Failure.INPUT_NOT_FOUND,
+    Failure.EMPTY_INPUT,
+    Failure.OUTPUT_NOT_WRITABLE,
+    Failure.INPUT_CHANGED,
+)

@@ -1,0 +1,235 @@
+"""Orchestration of a file batch: plan, run shards through a sliding window, continue-as-new
+before history grows large, and write the summary however the batch ends.
+
+Workflow code: deterministic, no I/O; the activities do the work. Records never pass through
+here, only shard numbers, counters and URIs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+from services.errors import NON_RETRYABLE
+from services.worker.accounting import check_error_budget, per_second
+from services.worker.activities import BatchActivities
+from services.worker.contracts import (
+    BatchInferenceInput,
+    BatchInferenceOutput,
+    BatchState,
+    PlanInput,
+    Progress,
+    ShardInput,
+    ShardOutput,
+    SummaryInput,
+)
+from services.worker.layout import OutputLayout
+from services.worker.manifests import BatchStatus, BatchSummary
+
+# Continue-as-new well before Temporal's 51,200-event hard limit even if the server's
+# suggestion is late; each shard costs about six events.
+MAX_HISTORY_EVENTS = 20_000
+NON_RETRYABLE_TYPES = [str(failure) for failure in NON_RETRYABLE]
+
+
+class FileBatch:
+    def __init__(self, input: BatchInferenceInput):
+        assert input.input_uri and input.output_uri
+        self.input, self.tuning = input, input.tuning
+        self.output_uri: str = input.output_uri
+        self.status: str = "planning"
+        self.state: BatchState | None = input.state
+        self.pending: dict[int, asyncio.Task[ShardOutput]] = {}
+        self.shards_this_run = 0
+
+    # --- what the progress query reads ---------------------------------------------------------
+
+    def progress(self) -> Progress:
+        state = self.state
+        if state is None:
+            return Progress(status=self.status)  # type: ignore[arg-type]
+        elapsed = (workflow.now() - state.started_at).total_seconds()
+        return Progress(
+            status=self.status,  # type: ignore[arg-type]
+            total_records=state.total_records,
+            succeeded=state.succeeded,
+            failed=state.failed,
+            shards_total=state.num_shards,
+            shards_done=state.next_shard - len(self.pending),
+            shards_running=len(self.pending),
+            run=state.runs,
+            elapsed_s=round(elapsed, 3),
+            records_per_second=per_second(state.succeeded + state.failed, elapsed),
+        )
+
+    # --- the run -------------------------------------------------------------------------------
+
+    async def run(self) -> BatchInferenceOutput:
+        state = self.state = self.state or await self._plan()
+        self.status = "running"
+        try:
+            await self._run_shards(state)
+        except BaseException as exc:
+            await self._stop(state, "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed")
+            raise
+        if state.next_shard < state.num_shards:
+            state.runs += 1
+            workflow.continue_as_new(self.input)
+        self.status = "finalizing"
+        summary_uri = await self._write_summary(state, "completed")
+        self.status = "completed"
+        return self._output(state, "completed", summary_uri)
+
+    async def _plan(self) -> BatchState:
+        started = workflow.now()
+        # A local activity: the plan runs inside the workflow task that needs it, so the first
+        # shards are scheduled in that task. A long plan keeps its task alive with heartbeats;
+        # if the worker dies, the task times out in seconds and another worker plans again.
+        plan = await workflow.execute_local_activity_method(
+            BatchActivities.plan_batch,
+            PlanInput(
+                input_uri=self.input.input_uri,  # type: ignore[arg-type]
+                output_uri=self.output_uri,
+                shard_size=self.tuning.shard_size,
+                max_concurrent_shards=self.tuning.max_concurrent_shards,
+            ),
+            start_to_close_timeout=timedelta(hours=2),
+            retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE_TYPES),
+        )
+        self.input.state = BatchState(
+            started_at=started, total_records=plan.total_records, num_shards=plan.num_shards
+        )
+        return self.input.state
+
+    def _should_continue_as_new(self) -> bool:
+        info, limit = workflow.info(), self.tuning.continue_as_new_after_shards
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > MAX_HISTORY_EVENTS
+            or (limit is not None and self.shards_this_run >= limit)
+        )
+
+    async def _run_shards(self, state: BatchState) -> None:
+        """The sliding window: keep ``max_concurrent_shards`` shards running, count each one as it
+        finishes, stop at the error budget or when it is time to continue-as-new."""
+        while self.pending or state.next_shard < state.num_shards:
+            rolling_over = self._should_continue_as_new()
+            while (
+                not rolling_over
+                and len(self.pending) < self.tuning.max_concurrent_shards
+                and state.next_shard < state.num_shards
+            ):
+                self.pending[state.next_shard] = self._start_shard(state.next_shard)
+                state.next_shard += 1
+                self.shards_this_run += 1
+                rolling_over = self._should_continue_as_new()
+            if not self.pending:
+                return  # rolling over with nothing in flight
+            done, _ = await workflow.wait(self.pending.values(), return_when=asyncio.FIRST_COMPLETED)
+            for shard, task in list(self.pending.items()):
+                if task in done:
+                    del self.pending[shard]
+                    self._count(state, task.result())  # a shard out of retries fails the batch here
+            check_error_budget(
+                state.failed,
+                state.total_records,
+                self.input.max_error_ratio,
+                f"see {OutputLayout(self.output_uri).errors_uri()}",
+            )
+
+    def _start_shard(self, shard: int) -> asyncio.Task[ShardOutput]:
+        tuning = self.tuning
+        return workflow.start_activity_method(
+            BatchActivities.process_shard,
+            ShardInput(
+                input_uri=self.input.input_uri,  # type: ignore[arg-type]
+                output_uri=self.output_uri,
+                shard=shard,
+                model=self.input.model,
+                micro_batch_size=tuning.micro_batch_size,
+                max_in_flight=tuning.max_in_flight,
+                checkpoint_every=tuning.checkpoint_every,
+                parts_in_flight=tuning.parts_in_flight,
+            ),
+            start_to_close_timeout=timedelta(hours=6),
+            heartbeat_timeout=timedelta(seconds=tuning.heartbeat_timeout_s),
+            retry_policy=RetryPolicy(
+                initial_interval=timedelta(seconds=1),
+                maximum_interval=timedelta(seconds=60),
+                maximum_attempts=tuning.shard_max_attempts,
+                non_retryable_error_types=NON_RETRYABLE_TYPES,
+            ),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+
+    @staticmethod
+    def _count(state: BatchState, result: ShardOutput) -> None:
+        state.succeeded += result.succeeded
+        state.failed += result.failed
+        state.resumed_records += result.resumed_from
+
+    async def _stop(self, state: BatchState, status: BatchStatus) -> None:
+        """Cancel the running shards, count those that finished anyway, write the summary."""
+        for task in self.pending.values():
+            task.cancel()
+        if self.pending:
+            await workflow.wait(self.pending.values())
+        unsettled = []
+        for shard, task in self.pending.items():
+            # A shard that finished before its cancellation took effect has committed its files:
+            # the summary counts it. One whose result came with the cancellation ends cancelled
+            # here all the same: the summary activity counts its files instead.
+            if not task.cancelled() and task.exception() is None:
+                self._count(state, task.result())
+            else:
+                unsettled.append(shard)
+        self.pending.clear()
+        self.status = status
+        try:
+            await self._write_summary(state, status, unsettled)
+        except Exception as summary_exc:  # the original error matters more
+            workflow.logger.warning("could not write the %s summary: %s", status, summary_exc)
+
+    # --- the end -------------------------------------------------------------------------------
+
+    def _output(
+        self, state: BatchState, status: BatchStatus, summary_uri: str | None
+    ) -> BatchInferenceOutput:
+        duration = (workflow.now() - state.started_at).total_seconds()
+        return BatchInferenceOutput(
+            status=status,
+            total_records=state.total_records,
+            succeeded=state.succeeded,
+            failed=state.failed,
+            shards=state.num_shards,
+            runs=state.runs,
+            resumed_records=state.resumed_records,
+            duration_s=round(duration, 3),
+            records_per_second=per_second(state.succeeded + state.failed, duration),
+            output_uri=self.output_uri,
+            errors_uri=OutputLayout(self.output_uri).errors_uri(),
+            summary_uri=summary_uri,
+        )
+
+    async def _write_summary(
+        self, state: BatchState, status: BatchStatus, unsettled: list[int] | None = None
+    ) -> str:
+        output = self._output(state, status, None)
+        summary = BatchSummary(
+            **output.model_dump(
+                include=set(BatchSummary.model_fields) & set(BatchInferenceOutput.model_fields)
+            ),
+            workflow_id=workflow.info().workflow_id,
+            input_uri=self.input.input_uri,
+            model=self.input.model,
+            shards_done=state.next_shard - len(self.pending) if status == "completed" else None,
+        )
+        # A local activity too: the result is returned in the task that wrote the summary.
+        return await workflow.execute_local_activity_method(
+            BatchActivities.write_summary,
+            SummaryInput(summary=summary, unsettled_shards=unsettled or []),
+            start_to_close_timeout=timedelta(minutes=5),
+        )

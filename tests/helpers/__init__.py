@@ -1,0 +1,1 @@
+"""Shared test code: plain helpers any test package may import (fixtures stay in conftest.py)."""

@@ -1,0 +1,62 @@
+"""Running a batch end to end and checking its outcome: every input id exactly once."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from temporalio.client import Client
+
+from services import constants as c
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from tests.helpers.records import echo_records, read_outputs, write_jsonl
+
+
+async def execute_batch(client: Client, queue: str, batch, prefix: str = "it"):
+    """Run a BatchInference workflow to its end on ``queue`` and return its typed result."""
+    return await client.execute_workflow(
+        c.WORKFLOW_NAME,
+        batch,
+        id=f"{prefix}-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+        result_type=BatchInferenceOutput,
+    )
+
+
+def echo_batch(
+    tmp_path: Path, total: int, prefix: str = "e", **tuning
+) -> tuple[list[dict], Path, BatchInferenceInput]:
+    """``total`` echo records in ``tmp_path/in.jsonl`` and a batch writing to ``tmp_path/out``:
+    (records, output folder, batch input)."""
+    records = echo_records(total, prefix)
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    output = tmp_path / "out"
+    batch = BatchInferenceInput(
+        input_uri=str(source), output_uri=str(output), model="echo", tuning=Tuning(**tuning)
+    )
+    return records, output, batch
+
+
+def assert_exactly_once(output: Path, ids: list, result: BatchInferenceOutput | None = None) -> None:
+    """Every input id exactly once across ``shard-*.jsonl`` and ``errors/``, and the summary
+    (and the workflow result) counting what the files hold."""
+    results, errors = read_outputs(output)
+    seen = Counter(r["id"] for r in results) + Counter(e["id"] for e in errors)
+    repeated = {k: v for k, v in seen.items() if v > 1}
+    assert not repeated, f"ids written more than once: {list(repeated.items())[:10]}"
+    missing = set(ids) - set(seen)
+    assert not missing, f"{len(missing)} ids missing, e.g. {sorted(missing, key=str)[:10]}"
+    assert set(seen) == set(ids)
+    summary = json.loads((output / c.SUMMARY_FILE).read_text())
+    assert summary["status"] == "completed"
+    assert (summary["total_records"], summary["succeeded"], summary["failed"]) == (
+        len(ids),
+        len(results),
+        len(errors),
+    )
+    if result is not None:
+        counts = (result.total_records, result.succeeded, result.failed)
+        assert counts == (len(ids), len(results), len(errors))
+    assert not (output / c.PARTS_DIR).exists(), "a completed batch leaves no parts behind"
