@@ -319,7 +319,7 @@ def parser() -> argparse.ArgumentParser:
     state_help = "folder for the dev server's database, tokens and Ray's files"
 
     high_throughput_help = (
-        "Ray Serve's high-throughput mode (HAProxy ingress): ~2x records/s here, but Ray binds "
+        "Ray Serve's high-throughput mode (HAProxy ingress): faster, but Ray binds "
         "replica and HAProxy ports on all interfaces (docs/performance.md)"
     )
     run = sub.add_parser("run", help="start Temporal, Ray Serve and a worker; run a batch; stop all")

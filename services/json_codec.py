@@ -1,8 +1,8 @@
 """JSON on the hot path: orjson where it gives the same values as the standard library.
 
-Parsing and encoding records was a third of the worker's CPU with ``json``; orjson is 4-20x
-faster (figures in docs/performance.md). It differs from ``json`` in three corners, handled here
-so that no value changes silently:
+Parsing and encoding records is much of the worker's CPU, and orjson does it several times
+faster than ``json``. It differs from ``json`` in three corners, handled here so that no value
+changes silently:
 
 - integers past 64 bits: orjson reads them as floats (precision lost) and cannot write them, so
   text with a 19-digit run is read, and such a value written, by ``json`` instead;
@@ -22,7 +22,7 @@ import orjson
 
 JSONDecodeError = json.JSONDecodeError  # orjson's error subclasses it
 # 19 digits in a row may be an integer past orjson's 64 bits: digits mapped to "0", then one
-# substring search (2x faster than a regex on every record).
+# substring search (cheaper than a regex on every record).
 _DIGITS = bytes.maketrans(b"123456789", b"000000000")
 _LONG_NUMBER = b"0" * 19
 
@@ -92,9 +92,9 @@ _dumps_line = functools.partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
 
 def dumps_jsonl(values: list[Any]) -> bytes:
     """JSON Lines text of ``values``: ``dumps(value, newline=True)`` of each, joined. One bytes
-    object, not one per value: orjson gives every result a 4 KiB buffer, so 2,000 lines held as
-    their own objects take 8 MiB, not 200 KiB, and cost 2.7 us each to allocate instead of
-    0.3 us when joined 32 at a time (the same few buffers reused; docs/performance.md)."""
+    object, not one per value: orjson gives every result a buffer of at least 4 KiB, so lines
+    held as their own objects take twenty times their size; joined 32 at a time, the same few
+    buffers are reused."""
     try:
         return b"".join([b"".join(map(_dumps_line, values[i : i + 32])) for i in range(0, len(values), 32)])
     except TypeError:

@@ -138,9 +138,7 @@ def load_serve_config(
 # The dev server's SQLite file in WAL mode, synced at checkpoints rather than at every
 # transaction: what it has committed still survives the server being killed (the WAL is
 # replayed when it starts again), not a crash of the machine itself. With the default journal
-# each of a batch's round trips waited for the disk: the workflow's shape with no-op
-# activities took 108-153 ms a batch here, 78-94 ms in WAL mode (in memory: 88-104;
-# docs/performance.md).
+# each of a batch's round trips waits for the disk.
 SQLITE_PRAGMAS = ("--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal")
 
 

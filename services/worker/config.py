@@ -142,8 +142,8 @@ class WorkerSettings(TemporalSettings):
         16, ge=1, validation_alias=_env(c.ENV_WORKER_MAX_CONCURRENT_ACTIVITIES)
     )
     eager_activities: int = Field(
-        # A batch's whole first wave (the default window): the SDK's own default of 3 left the
-        # fourth shard to a dispatch round trip, 5-8 ms later (docs/performance.md).
+        # A batch's whole first wave (the default window): the SDK's own default of 3 leaves
+        # the fourth shard to a dispatch round trip.
         Tuning.model_fields["max_concurrent_shards"].default,
         ge=0,
         le=64,

@@ -24,9 +24,8 @@ def _glibc() -> ctypes.CDLL | None:
 def limit_malloc_arenas(arenas: int = 1) -> bool:
     """One glibc malloc arena unless ``MALLOC_ARENA_MAX`` says otherwise. glibc gives threads
     arenas of their own (up to 8 per core); the worker's file-I/O threads and the Temporal
-    core's each kept freed memory apart, and peak RSS grew with the batch: one arena took
-    9 MB off it at 1M records, at the same throughput (docs/performance.md). False where the
-    C library is not glibc (nothing to do)."""
+    core's each kept freed memory apart, and peak RSS grew with the batch. False where the C
+    library is not glibc (nothing to do)."""
     if "MALLOC_ARENA_MAX" in os.environ:  # glibc reads it itself
         return False
     libc = _glibc()
@@ -36,8 +35,8 @@ def limit_malloc_arenas(arenas: int = 1) -> bool:
 def release_free_memory() -> bool:
     """Hand the heap's free pages back to the OS (``malloc_trim``). A shard's request bodies,
     replies and result lines (60-250 KB each, under glibc's mmap threshold) are freed in an
-    order that leaves free memory scattered through the heap, where glibc keeps it: over a 1M
-    batch the worker's RSS crept up 5-8 MB after its first second. ~1 ms a call here; the
-    activities call it every few parts (``TRIM_EVERY_PARTS``). True if memory was released."""
+    order that leaves free memory scattered through the heap, where glibc keeps it, and RSS
+    creeps up over a long batch. The shard pipeline calls it every few parts
+    (``TRIM_EVERY_PARTS``). True if memory was released."""
     libc = _glibc()
     return libc is not None and libc.malloc_trim(0) == 1

@@ -110,7 +110,7 @@ async def run_worker(
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, settings, serve)
     # Everything built so far lives as long as the worker: out of the collector's way, a full
-    # collection no longer rescans it while records churn (-20% worker CPU, docs/performance.md).
+    # collection no longer rescans it while records churn.
     gc.freeze()
     try:
         async with worker:
