@@ -78,7 +78,6 @@ _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _MIX = np.uint64(0xFF51AFD7ED558CCD)
 _SHIFT = np.uint64(33)
-_FAST_ID_WIDTH = 256  # longer string ids take the regex path
 
 
 def _block_hashes(block: Any, lengths: Any) -> Any:
@@ -124,52 +123,8 @@ def key_hashes(keys: Sequence[bytes]) -> Any:
     return _block_hashes(_zero_past(_rows(padded, starts, width), lengths), lengths)
 
 
-_ID_PREFIX = np.frombuffer(b'{"id":"', dtype=np.uint8)
-
-
-def _string_id_hashes(text: bytes, starts: Any) -> Any:
-    """``key_hashes`` of the ids of a clean chunk's lines (``starts``: where each begins) with
-    no per-line Python step, when every line starts ``{"id":"``, the string has no escape or
-    control byte, a comma or brace follows it, and ``"id"`` is in each line once; else None.
-    The key is the string with its quotes: its canonical JSON, as ``record_key`` gives. Each
-    line's first bytes are copied into one row of a small array; no pass over the whole text
-    but ``bytes.count``."""
-    widths = (24, 64, _FAST_ID_WIDTH + 8)
-    padded = np.frombuffer(text + bytes(widths[-1]), dtype=np.uint8)
-    lines = np.arange(len(starts))
-    for width in widths:
-        rows = _rows(padded, starts, width)
-        if not (rows[:, :7] == _ID_PREFIX).all():
-            return None
-        body = rows[:, 7 : width - 1]  # room left for the byte after the closing quote
-        # The first quote, backslash or control byte after the opening quote must be a quote.
-        stops = (body == ord('"')) | (body == ord("\\")) | (body < 0x20)
-        first = stops.argmax(axis=1)
-        if stops[lines, first].all():
-            break
-    else:
-        return None
-    closing = 7 + first
-    if not (rows[lines, closing] == ord('"')).all():
-        return None
-    follows = rows[lines, closing + 1]
-    if not ((follows == ord(",")) | (follows == ord("}"))).all():
-        return None
-    if text.count(b'"id"') != len(starts):
-        return None
-    lengths = closing - 5  # from the opening quote (column 6) to the closing one
-    block = np.zeros((len(starts), _word_width(lengths)), dtype=np.uint8)
-    block[:, : width - 6] = rows[:, 6 : 6 + block.shape[1]]
-    return _block_hashes(_zero_past(block, lengths), lengths)
-
-
 def chunk_key_hashes(records: Records) -> Any:
-    """``key_hashes(chunk_keys(records))``: by numpy alone for a clean chunk whose ids are
-    plain strings that come first (the regex and the per-key hashing were half of planning)."""
-    if records.text is not None and len(records):
-        starts = np.asarray(records.offsets) - records.offsets[0]
-        if (hashes := _string_id_hashes(records.text, starts)) is not None:
-            return hashes
+    """The ``key_hashes`` of a scanned chunk's ids."""
     return key_hashes(chunk_keys(records))
 
 

@@ -6,7 +6,6 @@ import io
 import json
 import random
 
-import numpy as np
 import pytest
 
 from services.worker import duplicates, jsonl_scan
@@ -80,7 +79,7 @@ def test_key_hashes_depend_on_the_key_alone() -> None:
 def test_chunk_key_hashes_are_the_hashes_of_the_chunks_keys(chunk_bytes: int) -> None:
     tricky = [
         b'{"id":"a,b}c","n":1}',  # a comma and a brace inside the id
-        b'{"id":"esc\\"q","n":1}',  # an escaped quote: the fast path steps aside
+        b'{"id":"esc\\"q","n":1}',  # an escaped quote
         b'{"id":"caf\xc3\xa9"}',  # UTF-8
         b'{"id":"\\u0041","n":1}',  # an escape: the key is its canonical form, "A"
         b'{"id":"a\tb","n":1}',  # a raw control byte: not valid JSON, no key
@@ -88,7 +87,7 @@ def test_chunk_key_hashes_are_the_hashes_of_the_chunks_keys(chunk_bytes: int) ->
         b'{"id":"twice","id":"later"}',
         b'{"id":"x"   ,"n":1}',
         b'{"id":12,"n":1}',
-        b'{"id":"' + b"L" * 300 + b'"}',  # longer than the fast path takes
+        b'{"id":"' + b"L" * 300 + b'"}',  # a long id
         b'{"id":"',  # broken
     ]
     plain = [b'{"id":"r%d","input":{"n":%d}}' % (i, i) for i in range(400)]
@@ -97,10 +96,6 @@ def test_chunk_key_hashes_are_the_hashes_of_the_chunks_keys(chunk_bytes: int) ->
         for chunk in jsonl_scan.scan_records(io.BytesIO(data), chunk_bytes=chunk_bytes):
             expected = duplicates.key_hashes(duplicates.candidate_keys(chunk.raws)).tolist()
             assert duplicates.chunk_key_hashes(chunk).tolist() == expected
-    # the fast path really runs on the usual layout (whole chunks of plain string ids)
-    chunk = next(jsonl_scan.scan_records(io.BytesIO(b"\n".join(plain) + b"\n")))
-    starts = np.asarray(chunk.offsets) - chunk.offsets[0]
-    assert duplicates._string_id_hashes(chunk.text, starts) is not None
 
 
 @pytest.mark.parametrize("spill_at", [3, 1 << 17])
