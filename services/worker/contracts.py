@@ -115,10 +115,13 @@ class BatchInferenceOutput(BaseModel):
     predictions: list[InlinePrediction] | None = None
 
 
+ProgressStatus = Literal["planning", "running", "finalizing", "completed", "cancelled", "failed"]
+
+
 class Progress(BaseModel):
     """The ``progress`` query's answer."""
 
-    status: Literal["planning", "running", "finalizing", "completed", "cancelled", "failed"]
+    status: ProgressStatus
     total_records: int = 0
     succeeded: int = 0
     failed: int = 0

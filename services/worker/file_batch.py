@@ -22,6 +22,7 @@ from services.worker.contracts import (
     BatchState,
     PlanInput,
     Progress,
+    ProgressStatus,
     ShardInput,
     ShardOutput,
     SummaryInput,
@@ -39,8 +40,9 @@ class FileBatch:
     def __init__(self, input: BatchInferenceInput):
         assert input.input_uri and input.output_uri
         self.input, self.tuning = input, input.tuning
+        self.input_uri: str = input.input_uri
         self.output_uri: str = input.output_uri
-        self.status: str = "planning"
+        self.status: ProgressStatus = "planning"
         self.state: BatchState | None = input.state
         self.pending: dict[int, asyncio.Task[ShardOutput]] = {}
         self.shards_this_run = 0
@@ -50,10 +52,10 @@ class FileBatch:
     def progress(self) -> Progress:
         state = self.state
         if state is None:
-            return Progress(status=self.status)  # type: ignore[arg-type]
+            return Progress(status=self.status)
         elapsed = (workflow.now() - state.started_at).total_seconds()
         return Progress(
-            status=self.status,  # type: ignore[arg-type]
+            status=self.status,
             total_records=state.total_records,
             succeeded=state.succeeded,
             failed=state.failed,
@@ -91,7 +93,7 @@ class FileBatch:
         plan = await workflow.execute_local_activity_method(
             BatchActivities.plan_batch,
             PlanInput(
-                input_uri=self.input.input_uri,  # type: ignore[arg-type]
+                input_uri=self.input_uri,
                 output_uri=self.output_uri,
                 shard_size=self.tuning.shard_size,
                 max_concurrent_shards=self.tuning.max_concurrent_shards,
@@ -145,7 +147,7 @@ class FileBatch:
         return workflow.start_activity_method(
             BatchActivities.process_shard,
             ShardInput(
-                input_uri=self.input.input_uri,  # type: ignore[arg-type]
+                input_uri=self.input_uri,
                 output_uri=self.output_uri,
                 shard=shard,
                 model=self.input.model,
@@ -223,7 +225,7 @@ class FileBatch:
                 include=set(BatchSummary.model_fields) & set(BatchInferenceOutput.model_fields)
             ),
             workflow_id=workflow.info().workflow_id,
-            input_uri=self.input.input_uri,
+            input_uri=self.input_uri,
             model=self.input.model,
             shards_done=state.next_shard - len(self.pending) if status == "completed" else None,
         )

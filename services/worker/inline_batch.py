@@ -22,6 +22,7 @@ from services.worker.contracts import (
     InlineInput,
     InlinePrediction,
     Progress,
+    ProgressStatus,
 )
 
 MAX_REASONS_CHARS = 2000  # of the failed records' reasons quoted in the error budget's message
@@ -33,12 +34,12 @@ class InlineBatch:
         self.input, self.records = input, input.records
         size = input.tuning.micro_batch_size
         self.chunks = [self.records[i : i + size] for i in range(0, len(self.records), size)]
-        self.status: str = "running"
+        self.status: ProgressStatus = "running"
         self.running = self.done = self.succeeded = self.failed = 0
 
     def progress(self) -> Progress:
         return Progress(
-            status=self.status,  # type: ignore[arg-type]
+            status=self.status,
             total_records=len(self.records),
             succeeded=self.succeeded,
             failed=self.failed,
