@@ -28,7 +28,8 @@ from typing import Any
 
 import services
 from bench import harness
-from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token
+from services.local.ray_serve import LocalRayServe, ensure_token
+from services.local.temporal_dev import TemporalDevServer
 
 
 def machine() -> dict[str, Any]:

@@ -33,14 +33,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from services import constants as c
 from services import json_codec
 from services import metrics as m
-from services.local.stack import (
-    CLUSTER_MARKER,
-    LOOPBACK,
-    SAMPLE_DATASET,
-    LocalRayServe,
-    free_port,
-    marked_pids,
-)
+from services.local.paths import SAMPLE_DATASET
+from services.local.processes import LOOPBACK, free_port, marked_pids
+from services.local.ray_serve import CLUSTER_MARKER, LocalRayServe
 from services.serve.models import BUILTIN_MODELS
 from services.worker import fs, jsonl, jsonl_sink
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning

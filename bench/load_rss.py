@@ -31,7 +31,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from services import constants as c
-from services.local.stack import REPO_ROOT, LocalRayServe, TemporalDevServer, ensure_token, free_port
+from services.local.paths import REPO_ROOT
+from services.local.processes import free_port
+from services.local.ray_serve import LocalRayServe, ensure_token
+from services.local.temporal_dev import TemporalDevServer
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
 
 BASE = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5], [6.3, 2.5, 4.9, 1.5]]

@@ -203,7 +203,7 @@ def _wait_forever(what: str) -> None:
 
 
 def cmd_temporal(args: argparse.Namespace) -> int:
-    from services.local.stack import TemporalDevServer
+    from services.local.temporal_dev import TemporalDevServer
 
     server = TemporalDevServer(args.state_dir, port=args.port, ui_port=args.port + 1000).start()
     print(f"Temporal dev server at {server.address}, UI http://127.0.0.1:{server.ui_port}", file=sys.stderr)
@@ -215,7 +215,7 @@ def cmd_temporal(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from services.local.stack import LocalRayServe, ensure_token
+    from services.local.ray_serve import LocalRayServe, ensure_token
 
     token = ensure_token(args.state_dir / "serve-token")
     serve = LocalRayServe(args.state_dir, token, high_throughput=args.high_throughput)
@@ -236,7 +236,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _start_prometheus(state: Path, settings: WorkerSettings, serve):
     """A local Prometheus scraping the worker and Ray with the alert rules, if installed."""
-    from services.local.stack import LocalPrometheus, free_port, prometheus_config
+    from services.local.processes import free_port
+    from services.local.prometheus import LocalPrometheus, prometheus_config
 
     if not LocalPrometheus.available():
         print("--prometheus: no 'prometheus' binary (apt-get install prometheus); skipped", file=sys.stderr)
@@ -254,7 +255,9 @@ def _start_prometheus(state: Path, settings: WorkerSettings, serve):
 
 
 async def _run_stack(args: argparse.Namespace) -> int:
-    from services.local.stack import SAMPLE_DATASET, LocalRayServe, TemporalDevServer, ensure_token
+    from services.local.paths import SAMPLE_DATASET
+    from services.local.ray_serve import LocalRayServe, ensure_token
+    from services.local.temporal_dev import TemporalDevServer
     from services.worker.worker import run_worker
 
     state: Path = args.state_dir

@@ -20,7 +20,8 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
-from services.local.stack import LocalRayServe, TemporalDevServer, ensure_token
+from services.local.ray_serve import LocalRayServe, ensure_token
+from services.local.temporal_dev import TemporalDevServer
 from services.worker.config import WorkerSettings
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from services import constants as c
-from services.local.stack import SERVE_CONFIG
+from services.local.ray_serve import SERVE_CONFIG
 from tests.helpers.k8s import (
     CHART,
     KUBE_VERSIONS,

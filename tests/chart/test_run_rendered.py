@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from services import constants as c
-from services.local.stack import free_port, venv_bin
+from services.local.processes import free_port, venv_bin
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
 from tests.helpers.k8s import (
     REPO_ROOT,

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from services import constants as c
-from services.local.stack import free_port
+from services.local.processes import free_port
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
 from tests.helpers.docker import ray_version
 from tests.helpers.k8s import find, load_k8s, pod_env, render, secret_data

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from services.local.stack import venv_bin
+from services.local.processes import venv_bin
 from tests.helpers.docker import RAY_STANDIN_DOCKERFILE, REPO_ROOT
 
 DOCKERFILES = [

@@ -21,7 +21,7 @@ from temporalio.testing import ActivityEnvironment
 from services import constants as c
 from services.cli import describe_failure
 from services.cli import main as cli_main
-from services.local.stack import venv_bin
+from services.local.processes import venv_bin
 from services.worker import duplicates, jsonl, plan
 from services.worker.activities import BatchActivities
 from services.worker.contracts import (

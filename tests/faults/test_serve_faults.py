@@ -22,14 +22,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from services import constants as c
-from services.local.stack import (
-    CLUSTER_MARKER,
-    LocalRayServe,
-    ensure_token,
-    free_port,
-    load_serve_config,
-    marked_pids,
-)
+from services.local.processes import free_port, marked_pids
+from services.local.ray_serve import CLUSTER_MARKER, LocalRayServe, ensure_token, load_serve_config
 from services.worker.contracts import BatchInferenceOutput
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from tests.helpers.batches import assert_exactly_once, echo_batch

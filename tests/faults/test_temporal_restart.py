@@ -18,7 +18,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from services import constants as c
-from services.local.stack import TemporalDevServer, free_port
+from services.local.processes import free_port
+from services.local.temporal_dev import TemporalDevServer
 from services.worker.contracts import BatchInferenceOutput
 from tests.helpers.batches import assert_exactly_once, echo_batch
 from tests.helpers.proxy import CountingProxy

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services import constants as c
-from services.local.stack import REPO_ROOT
+from services.local.paths import REPO_ROOT
 
 
 @dataclass

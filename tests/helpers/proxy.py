@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from services.local.stack import free_port
+from services.local.processes import free_port
 
 
 @dataclass

@@ -9,7 +9,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from services.local.stack import venv_bin
+from services.local.processes import venv_bin
 
 
 async def time_skipping_env() -> WorkflowEnvironment:

@@ -157,7 +157,7 @@ async def test_temporal_cli_line_from_the_readme(client, run_worker, temporal_se
     """The exact `temporal workflow start` form the README shows, with the real CLI."""
     import asyncio
 
-    from services.local.stack import venv_bin
+    from services.local.processes import venv_bin
 
     source = write_jsonl(tmp_path / "in.jsonl", iris_records(120))
     output = tmp_path / "out"

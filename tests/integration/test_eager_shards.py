@@ -14,7 +14,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from services import metrics as m
-from services.local.stack import LocalRayServe, TemporalDevServer
+from services.local.ray_serve import LocalRayServe
+from services.local.temporal_dev import TemporalDevServer
 from services.worker.config import WorkerSettings
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.telemetry import TemporalMetricsBridge

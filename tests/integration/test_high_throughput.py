@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from services import constants as c
-from services.local.stack import LocalRayServe
+from services.local.ray_serve import LocalRayServe
 from services.worker.config import WorkerSettings
 from services.worker.contracts import BatchInferenceInput
 from services.worker.serve_client import ServeClient, TokenSource

@@ -23,14 +23,10 @@ from temporalio.client import Client, WorkflowFailureError
 
 from services import constants as c
 from services import metrics as m
-from services.local.stack import (
-    LocalPrometheus,
-    LocalRayServe,
-    TemporalDevServer,
-    free_port,
-    prometheus_config,
-    wait_for_port,
-)
+from services.local.processes import free_port, wait_for_port
+from services.local.prometheus import LocalPrometheus, prometheus_config
+from services.local.ray_serve import LocalRayServe
+from services.local.temporal_dev import TemporalDevServer
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
 from tests.helpers.promql import metric_names, must_have_panels, panel_queries, rules
 from tests.helpers.records import iris_records, write_jsonl

@@ -16,7 +16,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from services import metrics as m
-from services.local.stack import TemporalDevServer, free_port
+from services.local.processes import free_port
+from services.local.temporal_dev import TemporalDevServer
 from services.worker.config import WorkerSettings
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.telemetry import MetricsServer, TemporalMetricsBridge

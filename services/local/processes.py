@@ -1,0 +1,93 @@
+"""Child-process helpers shared by the local servers (loopback only).
+
+Each local server's ``stop()`` stops what its ``start()`` started and nothing else on the
+machine: these start from the venv, wait for ports, and find and stop exactly those processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+def venv_bin(name: str) -> str:
+    """A console script next to this interpreter (the venv), else on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"'{name}' not found: install the project with the 'local'/'serve' extras")
+    return found
+
+
+def marked_pids(name: str, value: str) -> list[int]:
+    """Processes whose environment holds ``name=value`` (Linux /proc)."""
+    needle = f"{name}={value}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+    return pids
+
+
+def stop_marked(name: str, value: str, timeout_s: float = 15) -> None:
+    """SIGTERM every process of one local Ray cluster, SIGKILL what is left after the timeout.
+
+    ``ray stop`` would stop every Ray cluster on the machine, not just ours."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = marked_pids(name, value)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout_s
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+            time.sleep(0.2)
+        if not pids:
+            return
+
+
+def _zombie(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return ") Z " in Path(f"/proc/{pid}/stat").read_text()
+    return True
+
+
+def terminate(proc: subprocess.Popen | None, timeout_s: float = 15) -> None:
+    """SIGTERM a child server, SIGKILL it if it is still there after ``timeout_s``."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"port {port} did not open within {timeout_s:.0f}s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
