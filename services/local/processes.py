@@ -42,12 +42,38 @@ def marked_pids(name: str, value: str) -> list[int]:
     return pids
 
 
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process (Linux /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # the command name may hold spaces and parentheses: the fields follow its last ")"
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def with_descendants(pids: list[int]) -> list[int]:
+    """``pids`` and every process below them. Ray renames its agent processes, which hides
+    their environment (and so the marker) from /proc: they are found as children instead."""
+    parents = _parents()
+    found, frontier = set(pids), set(pids)
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return sorted(found)
+
+
 def stop_marked(name: str, value: str, timeout_s: float = 15) -> None:
-    """SIGTERM every process of one local Ray cluster, SIGKILL what is left after the timeout.
+    """SIGTERM every process of one local Ray cluster (those holding the marker and what they
+    started), SIGKILL what is left after the timeout.
 
     ``ray stop`` would stop every Ray cluster on the machine, not just ours."""
+    known: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = marked_pids(name, value)
+        # again before SIGKILL: a dying cluster may have started processes meanwhile
+        known = with_descendants(marked_pids(name, value) + known)
+        pids = [p for p in known if Path(f"/proc/{p}").exists() and not _zombie(p)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
