@@ -7,6 +7,7 @@ close) on object stores, so a reader sees the old content or the whole new one.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -92,8 +93,11 @@ def glob(uri: str, pattern: str) -> list[str]:
 
 
 def open_input(uri: str) -> IO[bytes]:
+    """A binary file with the whole ``io`` reading API (``readline(limit)``, iteration, seek)."""
     fs, path = fsspec.core.url_to_fs(uri)
     if isinstance(fs, LocalFileSystem):
         # The built-in reader: fsspec's local wrapper adds a Python call to every readline.
         return open(path, "rb")
-    return fs.open(path, "rb")
+    # fsspec's remote files (S3, GCS, ...) have no readline(limit); io's buffer gives it, over
+    # their own ranged reads.
+    return io.BufferedReader(fs.open(path, "rb"), buffer_size=COPY_CHUNK)  # type: ignore[arg-type]
