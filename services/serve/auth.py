@@ -60,19 +60,11 @@ class TokenStore:
 
     def check(self, header: str | None) -> None:
         if not header:
-            raise AuthError(
-                401,
-                AuthCode.MISSING_HEADER,
-                f"missing Authorization header: expected '{AUTH_SCHEME} <token>'",
-            )
+            raise AuthError(401, AuthCode.MISSING_HEADER, f"missing Authorization header: {EXPECTED}")
         scheme, _, presented = header.partition(" ")
         presented = presented.strip()
         if scheme.lower() != AUTH_SCHEME.lower() or not presented:
-            raise AuthError(
-                401,
-                AuthCode.MALFORMED_HEADER,
-                f"malformed Authorization header: expected '{AUTH_SCHEME} <token>'",
-            )
+            raise AuthError(401, AuthCode.MALFORMED_HEADER, f"malformed Authorization header: {EXPECTED}")
         ok = False
         for token in self.tokens():  # check all: no early exit that times the match position
             ok |= hmac.compare_digest(presented.encode(), token.encode())

@@ -42,6 +42,7 @@ class FileBatch:
         self.input, self.tuning = input, input.tuning
         self.input_uri: str = input.input_uri
         self.output_uri: str = input.output_uri
+        self.errors_uri = OutputLayout(input.output_uri).errors_uri()
         self.status: ProgressStatus = "planning"
         self.state: BatchState | None = input.state
         self.pending: dict[int, asyncio.Task[ShardOutput]] = {}
@@ -139,7 +140,7 @@ class FileBatch:
                 state.failed,
                 state.total_records,
                 self.input.max_error_ratio,
-                f"see {OutputLayout(self.output_uri).errors_uri()}",
+                f"see {self.errors_uri}",
             )
 
     def _start_shard(self, shard: int) -> asyncio.Task[ShardOutput]:
@@ -212,7 +213,7 @@ class FileBatch:
             duration_s=round(duration, 3),
             records_per_second=per_second(state.succeeded + state.failed, duration),
             output_uri=self.output_uri,
-            errors_uri=OutputLayout(self.output_uri).errors_uri(),
+            errors_uri=self.errors_uri,
             summary_uri=summary_uri,
         )
 

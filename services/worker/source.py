@@ -36,7 +36,7 @@ class ParsedPart:
     lines: Sequence[int]
     ids: list[Any]
     inputs: list[Any]
-    positions: Sequence[int]
+    positions: range | list[int]
     failures: dict[int, RecordFailure] = field(default_factory=dict)
 
 
@@ -71,7 +71,8 @@ class JsonlShardReader:
         parsed = None if duplicates or None in raws else jsonl.parse_lines(raws)  # type: ignore[arg-type]
         if parsed is not None:
             return ParsedPart(lines, parsed[0], parsed[1], range(len(raws)))
-        out = ParsedPart(lines, [], [], [])
+        positions: list[int] = []
+        out = ParsedPart(lines, [], [], positions)
         for pos, (line, raw) in enumerate(zip(lines, raws, strict=True)):
             if raw is None:
                 out.failures[pos] = RecordFailure.of(None, line, jsonl.too_long())
@@ -84,7 +85,7 @@ class JsonlShardReader:
             if duplicates and line in duplicates:
                 out.failures[pos] = RecordFailure.of(record_id, line, duplicate(duplicates[line]))
                 continue
-            out.positions.append(pos)  # type: ignore[attr-defined]
+            positions.append(pos)
             out.ids.append(record_id)
             out.inputs.append(model_input)
         return out

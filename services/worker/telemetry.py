@@ -7,7 +7,7 @@
   query: facts only the workflow knows, exported without putting metrics in workflow code.
 
 The Temporal SDK's metrics are bridged in ``sdk_metrics``; ``metrics_server`` serves both on
-the worker's one ``/metrics`` port (both re-exported here for the worker and the tests).
+the worker's one ``/metrics`` port.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from services import constants as c
 from services import metrics as m
 from services.errors import CODES_BY_STAGE, Stage
 from services.worker.manifests import RecordFailure
-from services.worker.metrics_server import MetricsServer as MetricsServer
-from services.worker.sdk_metrics import TemporalMetricsBridge as TemporalMetricsBridge
 
 log = logging.getLogger(__name__)
 

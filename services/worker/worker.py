@@ -23,13 +23,10 @@ from services import constants as c
 from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
 from services.worker.malloc import limit_malloc_arenas
+from services.worker.metrics_server import MetricsServer
+from services.worker.sdk_metrics import TemporalMetricsBridge
 from services.worker.serve_client import ServeClient, TokenSource
-from services.worker.telemetry import (
-    BatchProgressPoller,
-    MetricsServer,
-    TemporalMetricsBridge,
-    record_serve_attempt,
-)
+from services.worker.telemetry import BatchProgressPoller, record_serve_attempt
 from services.worker.workflows import BatchInferenceWorkflow
 
 log = logging.getLogger("services.worker")

@@ -17,8 +17,8 @@ from services import metrics as m
 from services.local.ray_serve import LocalRayServe
 from services.local.temporal_dev import TemporalDevServer
 from services.worker.config import WorkerSettings
+from services.worker.sdk_metrics import TemporalMetricsBridge
 from services.worker.serve_client import ServeClient, TokenSource
-from services.worker.telemetry import TemporalMetricsBridge
 from services.worker.worker import build_worker
 from tests.helpers.batches import execute_batch
 from tests.helpers.records import iris_records, write_jsonl

@@ -19,8 +19,9 @@ from services import metrics as m
 from services.local.processes import free_port
 from services.local.temporal_dev import TemporalDevServer
 from services.worker.config import WorkerSettings
+from services.worker.metrics_server import MetricsServer
+from services.worker.sdk_metrics import TemporalMetricsBridge
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
-from services.worker.telemetry import MetricsServer, TemporalMetricsBridge
 from services.worker.worker import build_worker
 
 pytestmark = pytest.mark.integration
