@@ -296,7 +296,7 @@ async def run_direct(
                 parsed = jsonl.parse_lines(raws)  # the worker's own bulk parse: equal footing
                 if parsed is None:
                     parsed = tuple(map(list, zip(*map(jsonl.parse_line, raws), strict=True)))
-                ids, inputs = parsed
+                ids, inputs, _ = parsed
                 steps = range(0, len(ids), micro_batch)
                 parts = await asyncio.gather(
                     *(send(ids[i : i + micro_batch], inputs[i : i + micro_batch]) for i in steps)

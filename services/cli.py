@@ -128,7 +128,7 @@ def print_summary(result: BatchInferenceOutput, wall_s: float | None = None) -> 
             f"{result.total_records} records in {wall_s:.1f}s wall ({done / wall_s:.0f} records/s)"
         )
     if result.output_uri:
-        print(f"results: {result.output_uri}/shard-*.jsonl   errors: {result.errors_uri}/")
+        print(f"results: {result.output_uri}/   errors: {result.errors_uri}/")
 
 
 def describe_failure(err: WorkflowFailureError) -> str:

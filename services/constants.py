@@ -64,9 +64,19 @@ ENV_TEMPORAL_CONFIG_FILE = "TEMPORAL_CONFIG_FILE"
 ENV_TEMPORAL_TASK_QUEUE = "TEMPORAL_TASK_QUEUE"
 ENV_TEMPORAL_API_KEY_FILE = "TEMPORAL_API_KEY_FILE"
 
+# Object storage: read by the storage libraries, not by this project's code (botocore, under
+# s3fs; gcsfs and google-auth). The chart sets them from worker.objectStore; tests name them here.
+ENV_AWS_ENDPOINT_URL_S3 = "AWS_ENDPOINT_URL_S3"  # botocore: the endpoint of S3 clients only
+ENV_AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"  # botocore's region (it does not read AWS_REGION)
+ENV_STORAGE_EMULATOR_HOST = "STORAGE_EMULATOR_HOST"  # gcsfs: every request goes to this host
+ENV_GOOGLE_APPLICATION_CREDENTIALS = "GOOGLE_APPLICATION_CREDENTIALS"  # google-auth: a JSON file
+
 # --- Outputs --------------------------------------------------------------------------------
-SHARD_FILE = "shard-{shard:05d}.jsonl"
+SHARD_NAME = "shard-{shard:05d}"  # then .jsonl or .parquet (results); errors are .jsonl
 ERRORS_DIR = "errors"
+# Beside Parquet results the errors folder starts with "_": readers of a Parquet dataset
+# (pyarrow, pandas, Spark, Ray Data) skip such names, so the output folder reads as one table.
+PARQUET_ERRORS_DIR = "_errors"
 PARTS_DIR = "_parts"
 PLAN_FILE = "_plan.json"
 SUMMARY_FILE = "_summary.json"

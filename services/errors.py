@@ -33,6 +33,9 @@ class Code(StrEnum):
     NOT_AN_OBJECT = "not_an_object"
     MISSING_ID = "missing_id"
     BAD_ID = "bad_id"
+    MISSING_FIELD = "missing_field"  # a field the model input is made of is not there
+    BAD_ROW = "bad_row"  # a CSV row with the wrong number of fields
+    BAD_VALUE = "bad_value"  # a CSV value that is not of its column's type
     DUPLICATE_ID = "duplicate_id"
     INVALID_INPUT = "invalid_input"  # the model's validate() refused it
     MODEL_ERROR = "model_error"  # the model raised on it
@@ -47,6 +50,9 @@ CODES_BY_STAGE: dict[Stage, tuple[Code, ...]] = {
         Code.NOT_AN_OBJECT,
         Code.MISSING_ID,
         Code.BAD_ID,
+        Code.MISSING_FIELD,
+        Code.BAD_ROW,
+        Code.BAD_VALUE,
     ),
     Stage.DUPLICATE: (Code.DUPLICATE_ID,),
     Stage.MODEL: (Code.INVALID_INPUT, Code.MODEL_ERROR),
@@ -78,6 +84,8 @@ class Failure(StrEnum):
     OUTPUT_NOT_WRITABLE = "OutputNotWritable"
     INPUT_CHANGED = "InputChanged"
     DUPLICATE_IDS = "DuplicateIds"
+    INPUT_UNREADABLE = "InputUnreadable"  # a corrupt or truncated file, a schema that does not fit
+    ACCESS_DENIED = "AccessDenied"
     ERROR_BUDGET_EXCEEDED = "ErrorBudgetExceeded"
     SERVE_UNAVAILABLE = "ServeUnavailable"
     SERVE_PROTOCOL_ERROR = "ServeProtocolError"
@@ -94,4 +102,6 @@ NON_RETRYABLE: tuple[Failure, ...] = (
     Failure.EMPTY_INPUT,
     Failure.OUTPUT_NOT_WRITABLE,
     Failure.INPUT_CHANGED,
+    Failure.INPUT_UNREADABLE,
+    Failure.ACCESS_DENIED,
 )

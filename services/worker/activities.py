@@ -30,9 +30,10 @@ from services.worker.contracts import (
 )
 from services.worker.layout import OutputLayout
 from services.worker.manifests import ShardProgress
-from services.worker.pipeline import HeapTrimmer, ShardFailed, ShardPipeline
+from services.worker.pipeline import HeapTrimmer, ShardPipeline
 from services.worker.plan import PlanError, make_plan
 from services.worker.serve_client import ServeClient, model_error
+from services.worker.source import ShardFailed
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ class BatchActivities:
     @telemetry.shard_activity
     async def process_shard(self, input: ShardInput) -> ShardOutput:
         info = activity.info()
-        layout = OutputLayout(input.output_uri)
-        plan = await asyncio.to_thread(layout.read_plan)
+        plan = await asyncio.to_thread(OutputLayout(input.output_uri).read_plan)
+        layout = OutputLayout(input.output_uri, plan.spec.output_format)
         if info.attempt > 1 and (counts := await asyncio.to_thread(layout.final_counts, input.shard)):
             # An earlier attempt wrote the final files and died before Temporal heard of it (the
             # plan removed any earlier batch's final files, so these are this batch's).
@@ -96,7 +97,7 @@ class BatchActivities:
         if info.heartbeat_details:
             progress = ShardProgress.model_validate(info.heartbeat_details[0])
         else:
-            progress = ShardProgress(offset=entry.offset, line=entry.line)
+            progress = entry.start()
         progress = await asyncio.to_thread(layout.last_checkpoint, input.shard, plan.plan_id, progress)
         if progress.done:
             log.info("shard %d resumes at record %d (attempt %d)", input.shard, progress.done, info.attempt)
@@ -131,8 +132,8 @@ class BatchActivities:
 
     @activity.defn
     async def write_summary(self, input: SummaryInput) -> str:
-        layout = OutputLayout(input.summary.output_uri)
         summary = input.summary
+        layout = OutputLayout(summary.output_uri, summary.output_format)
         if input.unsettled_shards:
             # A shard can commit its final files and still end cancelled in the workflow (its
             # result and the cancellation arriving together): its files say what it did.

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.errors import Code
-from services.worker.manifests import BatchStatus, BatchSummary
+from services.worker.manifests import BatchStatus, BatchSummary, DataSpec
 
 # Temporal refuses payloads over 2 MB and warns above 256 KB: inline batches stay under this.
 INLINE_LIMIT_BYTES = 256 * 1024
@@ -56,11 +56,16 @@ class BatchState(_Strict):
     runs: int = 1
 
 
-class BatchInferenceInput(_Strict):
-    """Start a batch: inline ``records`` (small jobs) or ``input_uri`` + ``output_uri``."""
+class BatchInferenceInput(DataSpec):
+    """Start a batch: inline ``records`` (small jobs) or ``input_uri`` + ``output_uri``. The
+    fields of ``DataSpec`` (formats, which fields are the id and the model input) apply to file
+    batches."""
 
     records: list[Any] | None = Field(None, description="inline records (small jobs only)")
-    input_uri: str | None = Field(None, description="JSONL file: local path or fsspec URL")
+    input_uri: str | list[str] | None = Field(
+        None,
+        description="a file, a folder/prefix, a glob, or a list of them: local paths or fsspec URLs",
+    )
     output_uri: str | None = Field(None, description="folder for shard outputs and errors")
     model: str | None = Field(None, description="model name; None = Serve's default model")
     max_error_ratio: float = Field(
@@ -69,10 +74,15 @@ class BatchInferenceInput(_Strict):
     tuning: Tuning = Field(default_factory=Tuning)
     state: BatchState | None = Field(None, description="internal: set by continue-as-new")
 
+    def data_spec(self) -> DataSpec:
+        return DataSpec.model_validate(self.model_dump(include=set(DataSpec.model_fields)))
+
     @model_validator(mode="after")
     def _check_source(self) -> BatchInferenceInput:
         if (self.records is None) == (self.input_uri is None):
-            raise ValueError("give exactly one of 'records' (inline) or 'input_uri' (a JSONL file)")
+            raise ValueError("give exactly one of 'records' (inline) or 'input_uri' (files)")
+        if isinstance(self.input_uri, list) and not self.input_uri:
+            raise ValueError("'input_uri' is an empty list: nothing to do")
         if self.input_uri is not None and not self.output_uri:
             raise ValueError("'output_uri' is required with 'input_uri'")
         if self.records is not None:
@@ -134,8 +144,9 @@ class Progress(BaseModel):
 
 
 class PlanInput(_Strict):
-    input_uri: str
+    input_uri: str | list[str]
     output_uri: str
+    spec: DataSpec = Field(default_factory=DataSpec)
     shard_size: int
     max_concurrent_shards: int = 1  # shards are cut in a multiple of this
 
@@ -146,7 +157,7 @@ class PlanOutput(BaseModel):
 
 
 class ShardInput(_Strict):
-    input_uri: str
+    input_uri: str | list[str] | None = None  # unused: the plan lists the files
     output_uri: str
     shard: int
     model: str | None

@@ -17,21 +17,23 @@ from services import json_codec
 from services.worker.jsonl_scan import Records
 
 
-def record_key(raw: bytes | None) -> bytes | None:
-    """The id of a raw line as canonical JSON (``1`` and ``"1"`` differ), or None for a line
-    that is not a valid record (that line becomes a parse error instead)."""
+def id_key(record_id: Any) -> bytes | None:
+    """An id as canonical JSON (``1`` and ``"1"`` differ), or None if it is not a valid id
+    (that record becomes a parse error instead)."""
+    if isinstance(record_id, bool) or not isinstance(record_id, str | int):
+        return None
+    return json_codec.dumps(record_id)
+
+
+def record_key(raw: bytes | None, id_field: str = "id") -> bytes | None:
+    """The ``id_key`` of a raw JSONL line, or None for a line that is not a valid record."""
     if raw is None:
         return None
     try:
         obj = json_codec.loads_strict(raw)
     except ValueError:  # malformed JSON or not UTF-8
         return None
-    if not isinstance(obj, dict):
-        return None
-    record_id = obj.get("id")
-    if isinstance(record_id, bool) or not isinstance(record_id, str | int):
-        return None
-    return json_codec.dumps(record_id)
+    return id_key(obj.get(id_field)) if isinstance(obj, dict) else None
 
 
 # An id that comes first, as a plain string (no escapes) or a short integer, is its own
@@ -48,13 +50,13 @@ _LEADING_ID = re.compile(_ID_FIRST)
 _LINE_ID = re.compile(rb"\n" + _ID_FIRST)
 
 
-def candidate_key(raw: bytes | None) -> bytes | None:
-    """``record_key`` without parsing the line in the usual layout (the id first, once): the
-    planning scan's first pass. Equal to ``record_key`` for every valid record; a broken line
-    may get a key here, which at worst triggers the exact second pass."""
-    if raw is not None and (match := _LEADING_ID.match(raw)) and raw.count(b'"id"') == 1:
+def candidate_key(raw: bytes | None, id_field: str = "id") -> bytes | None:
+    """``record_key`` without parsing the line in the usual layout (the id first, once, named
+    ``id``): the planning scan's first pass. Equal to ``record_key`` for every valid record; a
+    broken line may get a key here, which at worst triggers the exact second pass."""
+    if id_field == "id" and raw is not None and (match := _LEADING_ID.match(raw)) and raw.count(b'"id"') == 1:
         return match.group(1)
-    return record_key(raw)
+    return record_key(raw, id_field)
 
 
 def _keys_in_text(text: bytes, count: int) -> list[bytes] | None:
@@ -65,11 +67,15 @@ def _keys_in_text(text: bytes, count: int) -> list[bytes] | None:
     return keys if len(keys) == count and text.count(b'"id"') == count else None
 
 
-def chunk_keys(records: Records) -> list[bytes]:
+def chunk_keys(records: Records, id_field: str = "id") -> list[bytes]:
     """``candidate_keys`` of a scanned chunk, its text searched whole when it has one."""
-    if records.text is not None and (keys := _keys_in_text(records.text, len(records))) is not None:
+    if (
+        id_field == "id"
+        and records.text is not None
+        and (keys := _keys_in_text(records.text, len(records))) is not None
+    ):
         return keys
-    return candidate_keys(records.raws)
+    return candidate_keys(records.raws, id_field)
 
 
 # 64-bit FNV-1a over 8-byte words, then the length and murmur3's final mix (so the low bits,
@@ -123,17 +129,21 @@ def key_hashes(keys: Sequence[bytes]) -> Any:
     return _block_hashes(_zero_past(_rows(padded, starts, width), lengths), lengths)
 
 
-def chunk_key_hashes(records: Records) -> Any:
+def chunk_key_hashes(records: Records, id_field: str = "id") -> Any:
     """The ``key_hashes`` of a scanned chunk's ids."""
-    return key_hashes(chunk_keys(records))
+    return key_hashes(chunk_keys(records, id_field))
 
 
-def candidate_keys(raws: list[bytes | None]) -> list[bytes]:
+def candidate_keys(raws: list[bytes | None], id_field: str = "id") -> list[bytes]:
     """``candidate_key`` of many lines with one regex pass when all have the usual layout;
     line by line otherwise."""
-    if None not in raws and (keys := _keys_in_text(b"\n".join(raws), len(raws))) is not None:  # type: ignore[arg-type]
+    if (
+        id_field == "id"
+        and None not in raws
+        and (keys := _keys_in_text(b"\n".join(raws), len(raws))) is not None  # type: ignore[arg-type]
+    ):
         return keys
-    return [key for raw in raws if (key := candidate_key(raw)) is not None]
+    return [key for raw in raws if (key := candidate_key(raw, id_field)) is not None]
 
 
 class DuplicateIds:

@@ -40,9 +40,9 @@ class FileBatch:
     def __init__(self, input: BatchInferenceInput):
         assert input.input_uri and input.output_uri
         self.input, self.tuning = input, input.tuning
-        self.input_uri: str = input.input_uri
+        self.input_uri: str | list[str] = input.input_uri
         self.output_uri: str = input.output_uri
-        self.errors_uri = OutputLayout(input.output_uri).errors_uri()
+        self.errors_uri = OutputLayout(input.output_uri, input.output_format).errors_uri()
         self.status: ProgressStatus = "planning"
         self.state: BatchState | None = input.state
         self.pending: dict[int, asyncio.Task[ShardOutput]] = {}
@@ -96,6 +96,7 @@ class FileBatch:
             PlanInput(
                 input_uri=self.input_uri,
                 output_uri=self.output_uri,
+                spec=self.input.data_spec(),
                 shard_size=self.tuning.shard_size,
                 max_concurrent_shards=self.tuning.max_concurrent_shards,
             ),
@@ -148,7 +149,6 @@ class FileBatch:
         return workflow.start_activity_method(
             BatchActivities.process_shard,
             ShardInput(
-                input_uri=self.input_uri,
                 output_uri=self.output_uri,
                 shard=shard,
                 model=self.input.model,
@@ -227,6 +227,7 @@ class FileBatch:
             ),
             workflow_id=workflow.info().workflow_id,
             input_uri=self.input_uri,
+            output_format=self.input.output_format,
             model=self.input.model,
             shards_done=state.next_shard - len(self.pending) if status == "completed" else None,
         )

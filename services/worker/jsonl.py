@@ -1,8 +1,8 @@
 """The JSONL record source: what a record is (a non-blank line), how a shard reads its lines,
 and how a line becomes (id, model input) or a ``RecordError`` with a code.
 
-A record is one JSON object per line with an ``id`` (string or integer); the model input is its
-``input`` field if present, otherwise the object without ``id``.
+A record is one JSON object per line with an id (string or integer); ``fields.py`` says which
+fields are its id and model input.
 """
 
 from __future__ import annotations
@@ -14,28 +14,29 @@ from typing import IO, Any
 
 from services import json_codec
 from services.errors import Code, RecordError, Stage
+from services.worker.fields import FieldReader
+from services.worker.manifests import RecordFields
 
 MAX_RECORD_BYTES = 1 << 20  # a longer line is a bad record, not an out-of-memory worker
 
 
+DEFAULT_FIELDS = FieldReader(RecordFields())
+
+
 def split_record(obj: Any) -> tuple[Any, Any]:
-    """(id, model input). The model input is ``input`` if present, else the object minus ``id``;
-    a non-object (inline only) is the model input itself, with no id."""
+    """(id, model input) of an inline record. The model input is ``input`` if present, else the
+    object minus ``id``; a non-object is the model input itself, with no id."""
     if isinstance(obj, dict) and "id" in obj:
-        return obj["id"], _model_input(obj)
+        return obj["id"], DEFAULT_FIELDS.model_input(obj)
     return None, obj
-
-
-def _model_input(record: dict[str, Any]) -> Any:
-    return record["input"] if "input" in record else {k: v for k, v in record.items() if k != "id"}
 
 
 def _bad(code: Code, message: str) -> RecordError:
     return RecordError(Stage.PARSE, code, message)
 
 
-def parse_line(raw: bytes) -> tuple[Any, Any]:
-    """Parse one JSONL line into (id, model input) or raise ``RecordError``."""
+def load_line(raw: bytes) -> dict[str, Any]:
+    """One JSONL line as a JSON object, or ``RecordError``."""
     try:
         obj = json_codec.loads_strict(raw)
     except UnicodeDecodeError as exc:
@@ -45,39 +46,34 @@ def parse_line(raw: bytes) -> tuple[Any, Any]:
         raise _bad(Code.MALFORMED_JSON, f"malformed JSON: {exc.msg}{where}") from None
     if not isinstance(obj, dict):
         raise _bad(Code.NOT_AN_OBJECT, f"a record must be a JSON object, got {type(obj).__name__}")
-    if "id" not in obj:
-        raise _bad(Code.MISSING_ID, "record has no 'id' field")
-    if not isinstance(obj["id"], str | int) or isinstance(obj["id"], bool):
-        raise _bad(Code.BAD_ID, "'id' must be a string or an integer")
-    return split_record(obj)
+    return obj
+
+
+def parse_line(raw: bytes, fields: FieldReader = DEFAULT_FIELDS) -> tuple[Any, Any, dict[str, Any] | None]:
+    """Parse one JSONL line into (id, model input, kept values) or raise ``RecordError``."""
+    return fields.split(load_line(raw))
 
 
 def too_long() -> RecordError:
     return _bad(Code.TOO_LONG, f"record longer than {MAX_RECORD_BYTES} bytes")
 
 
-_ID_TYPES = (str, int)  # exactly: orjson gives no subclasses, and a bool is not an id
-
-
-def parse_lines(raws: list[bytes]) -> tuple[list[Any], list[Any]] | None:
-    """``parse_line`` of many lines at once, as (ids, model inputs), when every line is a good
-    record (the usual case); None otherwise, and the caller goes line by line for each bad
-    line's own error."""
+def parse_lines(
+    raws: list[bytes], fields: FieldReader = DEFAULT_FIELDS
+) -> tuple[list[Any], list[Any], list[Any] | None] | None:
+    """``parse_line`` of many lines at once, as (ids, model inputs, kept values), when every
+    line is a good record (the usual case); None otherwise, and the caller goes line by line for
+    each bad line's own error."""
     records = json_codec.loads_lines_strict(raws)
-    if records is None or not all(type(r) is dict for r in records):
-        return None
-    ids = [r.get("id") for r in records]
-    if not all(type(i) in _ID_TYPES for i in ids):
-        return None
-    return ids, [r["input"] if "input" in r else _model_input(r) for r in records]
+    return None if records is None else fields.split_all(records)
 
 
-def id_hint(raw: bytes) -> Any:
+def id_hint(raw: bytes, id_field: str = "id") -> Any:
     """Best-effort id of a bad line, for the errors file."""
     with contextlib.suppress(Exception):
         obj = json_codec.loads(raw)
         if isinstance(obj, dict):
-            return obj.get("id")
+            return obj.get(id_field)
     return None
 
 

@@ -50,13 +50,17 @@ class Records:
 
 
 def scan_records(
-    fh: IO[bytes], max_bytes: int = MAX_RECORD_BYTES, chunk_bytes: int = 1 << 20
+    fh: IO[bytes],
+    max_bytes: int = MAX_RECORD_BYTES,
+    chunk_bytes: int = 1 << 20,
+    line: int = 1,
+    offset: int = 0,
 ) -> Iterator[Records]:
     """Every record from ``fh``'s start, one ``Records`` per chunk read: the records
     ``read_records`` gives, read in big chunks for the planning scan. A chunk without blank or
     overlong lines (the usual case) costs no Python step per line: its newlines are found by
-    numpy, its lines never split. A line past ``max_bytes`` is never held whole."""
-    line, offset = 1, 0
+    numpy, its lines never split. A line past ``max_bytes`` is never held whole. ``line`` and
+    ``offset`` are those of ``fh``'s current position."""
     carry: list[bytes] = []  # the start of a line continued in the next chunk
     carry_len = 0
     while chunk := fh.read(chunk_bytes):

@@ -1,9 +1,9 @@
 """The output folder of a batch and the protocol that makes its results exactly-once.
 
     _plan.json                      the plan (before any shard runs)
-    _parts/shard-NNNNN/part-PPPPP.{out,err,ckpt}.jsonl
+    _parts/shard-NNNNN/part-PPPPP.{out.jsonl|out.parquet,err.jsonl,ckpt.jsonl}
                                     committed parts of unfinished shards; the checkpoint last
-    shard-NNNNN.jsonl               a shard's results: its parts joined
+    shard-NNNNN.{jsonl|parquet}     a shard's results: its parts joined
     errors/shard-NNNNN.jsonl        its errors, written after the results: both there = whole
     _summary.json                   how the batch ended
 
@@ -14,34 +14,37 @@ listing, except to clear what an earlier batch left in the same folder.
 
 from __future__ import annotations
 
-from services.constants import ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_FILE, SUMMARY_FILE
-from services.worker import fs
-from services.worker.manifests import BatchSummary, Checkpoint, Plan, ShardProgress
+from services.constants import ERRORS_DIR, PARQUET_ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_NAME, SUMMARY_FILE
+from services.worker import fs, parquet_sink
+from services.worker.manifests import BatchSummary, Checkpoint, OutputFormat, Plan, ShardProgress
 
-_SHARD_GLOB = SHARD_FILE.replace("{shard:05d}", "*")
+_SHARD_GLOB = SHARD_NAME.replace("{shard:05d}", "*")
 PART_KINDS = ("out", "err", "ckpt")
+OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("jsonl", "parquet")
 
 
 class OutputLayout:
-    def __init__(self, output_uri: str):
+    def __init__(self, output_uri: str, output_format: OutputFormat = "jsonl"):
         self.uri = output_uri
+        self.format = output_format
 
     # --- names -------------------------------------------------------------------------------
 
     def shard_uri(self, shard: int) -> str:
-        return fs.join(self.uri, SHARD_FILE.format(shard=shard))
+        return fs.join(self.uri, f"{SHARD_NAME.format(shard=shard)}.{self.format}")
 
     def errors_uri(self, shard: int | None = None) -> str:
-        base = fs.join(self.uri, ERRORS_DIR)
-        return base if shard is None else fs.join(base, SHARD_FILE.format(shard=shard))
+        base = fs.join(self.uri, PARQUET_ERRORS_DIR if self.format == "parquet" else ERRORS_DIR)
+        return base if shard is None else fs.join(base, f"{SHARD_NAME.format(shard=shard)}.jsonl")
 
     def parts_uri(self, shard: int | None = None) -> str:
         base = fs.join(self.uri, PARTS_DIR)
-        return base if shard is None else fs.join(base, SHARD_FILE.format(shard=shard).removesuffix(".jsonl"))
+        return base if shard is None else fs.join(base, SHARD_NAME.format(shard=shard))
 
     def part_uri(self, shard: int, part: int, kind: str) -> str:
         assert kind in PART_KINDS, kind
-        return fs.join(self.parts_uri(shard), f"part-{part:05d}.{kind}.jsonl")
+        ext = self.format if kind == "out" else "jsonl"
+        return fs.join(self.parts_uri(shard), f"part-{part:05d}.{kind}.{ext}")
 
     @property
     def plan_uri(self) -> str:
@@ -58,8 +61,12 @@ class OutputLayout:
         this batch writes its own, and one it does not finish must not show an earlier batch's
         results as its own. Raises ``OSError`` if the folder cannot be written."""
         fs.write_bytes(self.plan_uri, plan.model_dump_json(indent=2).encode() + b"\n")
-        for final in fs.glob(self.uri, _SHARD_GLOB) + fs.glob(self.errors_uri(), _SHARD_GLOB):
-            fs.remove(final)
+        for fmt in OUTPUT_FORMATS:
+            earlier = OutputLayout(self.uri, fmt)
+            for final in fs.glob(self.uri, f"{_SHARD_GLOB}.{fmt}") + fs.glob(
+                earlier.errors_uri(), f"{_SHARD_GLOB}.jsonl"
+            ):
+                fs.remove(final)
 
     def read_plan(self) -> Plan:
         return Plan.model_validate_json(fs.read_bytes(self.plan_uri))
@@ -96,7 +103,11 @@ class OutputLayout:
         parts: if the worker dies after the join but before Temporal records the shard as done,
         the retry finds both final files and reports them (``final_counts``); if it dies during
         the join, the parts are still there to join again."""
-        fs.concat(self.shard_uri(shard), [self.part_uri(shard, p, "out") for p in range(parts)])
+        results = [self.part_uri(shard, p, "out") for p in range(parts)]
+        if self.format == "parquet":
+            parquet_sink.join(self.shard_uri(shard), results)
+        else:
+            fs.concat(self.shard_uri(shard), results)
         fs.concat(
             self.errors_uri(shard), [self.part_uri(shard, p, "err") for p in range(parts)], missing_ok=True
         )
@@ -109,7 +120,8 @@ class OutputLayout:
         errors file is written last, so both there means the shard is whole."""
         results, errors = self.shard_uri(shard), self.errors_uri(shard)
         if fs.exists(results) and fs.exists(errors):
-            return fs.count_lines(results), fs.count_lines(errors)
+            count = parquet_sink.count_rows if self.format == "parquet" else fs.count_lines
+            return count(results), fs.count_lines(errors)
         return None
 
     def count_final(self, shards: list[int]) -> tuple[int, int]:
@@ -130,10 +142,10 @@ class OutputLayout:
         if summary.status == "completed":
             fs.remove(self.parts_uri(), recursive=True)
             return
-        for final in fs.glob(self.uri, _SHARD_GLOB):
-            name = final.rsplit("/", 1)[-1]
-            if fs.exists(fs.join(self.errors_uri(), name)):
-                fs.remove(fs.join(self.parts_uri(), name.removesuffix(".jsonl")), recursive=True)
+        for final in fs.glob(self.uri, f"{_SHARD_GLOB}.{self.format}"):
+            name = final.rsplit("/", 1)[-1].removesuffix(f".{self.format}")
+            if fs.exists(fs.join(self.errors_uri(), f"{name}.jsonl")):
+                fs.remove(fs.join(self.parts_uri(), name), recursive=True)
 
     def read_summary(self) -> BatchSummary:
         return BatchSummary.model_validate_json(fs.read_bytes(self.summary_uri))

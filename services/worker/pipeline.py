@@ -17,26 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.errors import Failure
-from services.worker import jsonl_sink, telemetry
+from services.worker import jsonl_sink, parquet_sink, telemetry
 from services.worker.contracts import ShardInput
 from services.worker.layout import OutputLayout
 from services.worker.malloc import release_free_memory
 from services.worker.manifests import Checkpoint, Plan, RecordFailure, ShardProgress
 from services.worker.serve_client import ServeClient, model_error
-from services.worker.source import JsonlShardReader, RawPart, ShardReader
+from services.worker.source import PartParser, RawPart, ShardReader
 
 # Parts committed (by all shards of a worker) between two hand-backs of the heap's free memory
 # to the OS (malloc.py): often enough to bound peak RSS, rarely enough to cost little CPU.
 TRIM_EVERY_PARTS = 8
-
-
-class ShardFailed(Exception):
-    """The shard cannot go on (non-retryable): ``failure`` says why."""
-
-    def __init__(self, failure: Failure, message: str):
-        super().__init__(message)
-        self.failure = failure
 
 
 @dataclass
@@ -83,38 +74,35 @@ class ShardPipeline:
         trimmer: HeapTrimmer,
     ):
         self.serve, self.input, self.plan = serve, input, plan
-        self.layout = OutputLayout(input.output_uri)
+        self.layout = OutputLayout(input.output_uri, plan.spec.output_format)
         self.entry = plan.shards[input.shard]
         self.progress = progress  # the last committed part's: what the activity heartbeats
         self._trimmer = trimmer
-        self._duplicates = dict(self.entry.duplicates)
+        self._parser = PartParser(
+            plan, {(d.file, d.line): (d.first_file, d.first_line) for d in self.entry.duplicates}
+        )
+        self._parquet = plan.spec.output_format == "parquet"
 
     async def run(self) -> ShardProgress:
         """Process the shard's records from ``progress`` on and commit its final files."""
-        reader: ShardReader = await asyncio.to_thread(
-            JsonlShardReader, self.input.input_uri, self.progress.offset, self.plan.short_lines
+        reader = await asyncio.to_thread(
+            ShardReader, self.plan, self.input.shard, self.progress, self.input.checkpoint_every
         )
-        ahead: collections.deque[tuple[asyncio.Task[PartResult], int, int, int]] = collections.deque()
+        ahead: collections.deque[tuple[asyncio.Task[PartResult], int, ShardProgress]] = collections.deque()
         limit = asyncio.Semaphore(self.input.max_in_flight)
         total = self.entry.records
         try:
-            read_done, read_line = self.progress.done, self.progress.line
+            read_done = self.progress.done
             while self.progress.done < total:
                 while len(ahead) < self.input.parts_in_flight and read_done < total:
                     want = min(self.input.checkpoint_every, total - read_done)
-                    raw = await asyncio.to_thread(reader.read, want, read_line)
-                    if len(raw.raws) != want:
-                        raise ShardFailed(
-                            Failure.INPUT_CHANGED,
-                            f"input changed while the batch ran: shard {self.input.shard} expected {want} "
-                            f"more records at line {read_line}, found {len(raw.raws)}",
-                        )
-                    task = asyncio.create_task(self._predict(reader, raw, limit))
-                    ahead.append((task, want, raw.consumed, raw.next_line))
-                    read_done, read_line = read_done + want, raw.next_line
+                    raw = await asyncio.to_thread(reader.read, want)
+                    task = asyncio.create_task(self._predict(raw, limit))
+                    ahead.append((task, raw.count, raw.end))
+                    read_done += raw.count
                     del raw
-                task, want, consumed, next_line = ahead.popleft()
-                await self._commit_part(await task, want, consumed, next_line)
+                task, count, end = ahead.popleft()
+                await self._commit_part(await task, count, end)
         finally:
             for task, *_ in ahead:
                 task.cancel()
@@ -129,15 +117,15 @@ class ShardPipeline:
             await commit  # cancelled while joining: the shard is done, so report it done
         return self.progress
 
-    async def _commit_part(self, result: PartResult, records: int, consumed: int, next_line: int) -> None:
+    async def _commit_part(self, result: PartResult, records: int, end: ShardProgress) -> None:
         done = self.progress
-        progress = ShardProgress(
-            part=done.part + 1,
-            offset=done.offset + consumed,
-            line=next_line,
-            done=done.done + records,
-            succeeded=done.succeeded + result.succeeded,
-            failed=done.failed + len(result.failures),
+        progress = end.model_copy(
+            update={
+                "part": done.part + 1,
+                "done": done.done + records,
+                "succeeded": done.succeeded + result.succeeded,
+                "failed": done.failed + len(result.failures),
+            }
         )
         checkpoint = Checkpoint(plan_id=self.plan.plan_id, progress=progress)
         await uninterrupted(
@@ -147,26 +135,35 @@ class ShardPipeline:
         self.progress = progress
         await self._trimmer.part_committed()
 
-    async def _predict(self, reader: ShardReader, raw: RawPart, limit: asyncio.Semaphore) -> PartResult:
+    def _results(self, ids: list[Any], predictions: list[Any], keeps: list[Any] | None) -> Any:
+        """One reply's results as the output format's piece: JSONL lines or an Arrow table."""
+        if self._parquet:
+            return parquet_sink.table(ids, predictions, keeps, self.plan.spec.keep_columns)
+        return jsonl_sink.results(ids, predictions, keeps)
+
+    async def _predict(self, raw: RawPart, limit: asyncio.Semaphore) -> PartResult:
         """Results and errors for one part, in input order. The worker's hottest code.
 
         What a part holds while its requests are out sets the worker's peak memory: each
-        micro-batch is encoded at once and the raw lines and parsed inputs let go, and each
-        reply becomes result lines on arrival."""
-        part = reader.parse(raw, self._duplicates)
+        micro-batch is encoded at once and the raw records and parsed inputs let go, and each
+        reply becomes results on arrival."""
+        part = self._parser.parse(raw)
         del raw
-        ids, lines, positions, failures = part.ids, part.lines, part.positions, part.failures
+        ids, keeps, positions, failures = part.ids, part.keeps, part.positions, part.failures
         size = self.input.micro_batch_size
         batches = [(start, min(size, len(ids) - start)) for start in range(0, len(ids), size)]
         bodies = [self.serve.encode(part.inputs[start : start + count]) for start, count in batches]
-        del part
+        part.inputs = []
         model = self.input.model
 
-        async def send(start: int, count: int, body: bytes) -> bytes | tuple[list[Any], list[Any]]:
+        def kept(start: int, count: int) -> list[Any] | None:
+            return None if keeps is None else keeps[start : start + count]
+
+        async def send(start: int, count: int, body: bytes) -> tuple[Any, None] | tuple[list[Any], list[Any]]:
             async with limit:
                 predictions, model_errors = await telemetry.serve_predict(self.serve, model, body, count)
-            if model_errors.count(None) == count:  # none rejected (the usual case): lines now
-                return jsonl_sink.results(ids[start : start + count], predictions)
+            if model_errors.count(None) == count:  # none rejected (the usual case): results now
+                return self._results(ids[start : start + count], predictions, kept(start, count)), None
             return predictions, model_errors
 
         try:
@@ -180,23 +177,31 @@ class ShardPipeline:
             # Surface the first real error (e.g. a non-retryable ApplicationError) as itself,
             # so Temporal's retry policy sees its type.
             raise group_error.exceptions[0] from None
-        out: list[bytes] = []
+        out: list[Any] = []
         succeeded = 0
         for (start, count), task in zip(batches, tasks, strict=True):
-            reply = task.result()
-            if isinstance(reply, bytes):
-                out.append(reply)
+            results, model_errors = task.result()
+            if model_errors is None:
+                out.append(results)
                 succeeded += count
                 continue
-            kept_ids, kept = [], []
-            for index, prediction, error in zip(itertools.count(start), *reply, strict=False):
+            good: list[int] = []
+            for index, error in zip(itertools.count(start), model_errors, strict=False):
                 if error is None:
-                    kept_ids.append(ids[index])
-                    kept.append(prediction)
+                    good.append(index)
                 else:
-                    pos = positions[index]
-                    failures[pos] = RecordFailure.of(ids[index], lines[pos], model_error(error))
-            out.append(jsonl_sink.results(kept_ids, kept))
-            succeeded += len(kept_ids)
+                    file, line = part.where(positions[index])
+                    failures[positions[index]] = RecordFailure.of(
+                        ids[index], line, model_error(error), self.plan.files[file].uri
+                    )
+            out.append(
+                self._results(
+                    [ids[i] for i in good],
+                    [results[i - start] for i in good],
+                    None if keeps is None else [keeps[i] for i in good],
+                )
+            )
+            succeeded += len(good)
         ordered = [failures[pos] for pos in sorted(failures)]
-        return PartResult(b"".join(out), succeeded, jsonl_sink.failures(ordered), ordered)
+        body = parquet_sink.to_bytes(out) if self._parquet else b"".join(out)
+        return PartResult(body, succeeded, jsonl_sink.failures(ordered), ordered)

@@ -1,23 +1,37 @@
-"""Planning a file batch: count the records once, cut equal shards, note where each starts and
-which records repeat an earlier id, and write the plan before any shard runs.
+"""Planning a file batch: find the input files, count their records once, cut equal shards over
+them all, note where each shard starts and which records repeat an earlier id, and write the
+plan before any shard runs.
 
-One fast scan of the input (``jsonl_scan``) feeds the index of record starts and the duplicate
-finder together; a second scan runs only when some id hash repeats.
+Files are listed in bulk (``inputs``) and scanned in parallel: a text file in one pass (its
+record index and id hashes together, ``text_files``), a Parquet file by its footer and id column
+(``parquet_files``). A second pass over the records runs only when some id hash repeats.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import threading
 import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from services.errors import Failure
-from services.worker import duplicates, fs, jsonl, jsonl_scan
+from services.worker import csv_records, duplicates, parquet_files, text_files
 from services.worker.contracts import PlanInput
+from services.worker.inputs import FoundFile, InputError, resolve
 from services.worker.layout import OutputLayout
-from services.worker.manifests import Plan, ShardPlan
+from services.worker.manifests import DataSpec, Duplicate, InputFile, Plan, Segment, ShardPlan
+from services.worker.source import PartParser, ShardReader
 
 # Records repeating an earlier id go to the errors file; past this many the input is taken to be
 # broken (e.g. a file concatenated twice) and planning fails, saying so.
 MAX_DUPLICATE_RECORDS = 100_000
+# Files scanned at once: object stores answer many requests in parallel; a local disk is read
+# by fewer threads (the scan's numpy work holds the GIL part of the time).
+REMOTE_SCANS, LOCAL_SCANS = 16, 2
 
 
 class PlanError(Exception):
@@ -38,80 +52,213 @@ def shard_sizes(total: int, shard_size: int, window: int) -> list[int]:
     return [base + 1] * extra + [base] * (count - extra)
 
 
+class _Scanned:
+    """One file as scanned: its plan entry, and its record index if it is plain text."""
+
+    def __init__(self, file: InputFile, text: text_files.ScannedText | None = None):
+        self.file, self.text = file, text
+
+
 def make_plan(input: PlanInput) -> Plan:
     """Plan the batch and write ``_plan.json``; raises ``PlanError``."""
-    if not fs.exists(input.input_uri):
-        raise PlanError(Failure.INPUT_NOT_FOUND, f"input not found: {input.input_uri}")
-    index = jsonl_scan.RecordIndex()
-    ids = duplicates.DuplicateIds()
-    long_lines = False
     try:
-        with fs.open_input(input.input_uri) as fh:
-            for records in jsonl_scan.scan_records(fh):
-                index.add(records)
-                long_lines = long_lines or records.long_lines
-                ids.add(duplicates.chunk_key_hashes(records))
-            size, total = fh.tell(), index.total
-            if total == 0:
-                raise PlanError(Failure.EMPTY_INPUT, f"input has no records (empty file): {input.input_uri}")
-            shards: list[ShardPlan] = []
-            start = 0
-            for count in shard_sizes(total, input.shard_size, input.max_concurrent_shards):
-                # A shard starts at its first record, not at blank lines before it.
-                line, offset = index.locate(fh, start)
-                shards.append(ShardPlan(offset=offset, line=line, records=count))
-                start += count
-        repeated, extra = ids.repeated_hashes(MAX_DUPLICATE_RECORDS)
-    finally:
-        ids.close()
-    found = _mark_duplicates(input.input_uri, shards, repeated, extra) if repeated else 0
+        found = resolve(input.input_uri, input.spec.input_format)
+        ids = duplicates.DuplicateIds()
+        try:
+            scanned = _scan_all(found, input.spec, ids)
+            repeated, extra = ids.repeated_hashes(MAX_DUPLICATE_RECORDS)
+        finally:
+            ids.close()
+    except InputError as exc:
+        raise PlanError(exc.failure, str(exc)) from None
+    except FileNotFoundError as exc:  # a file deleted between the listing and its scan
+        raise PlanError(Failure.INPUT_NOT_FOUND, f"input not found: {exc.filename or exc}") from None
+    except PermissionError as exc:
+        where = exc.filename or input.input_uri
+        raise PlanError(Failure.ACCESS_DENIED, f"access denied reading {where}") from None
+    files = [s.file for s in scanned]
+    total = sum(f.records for f in files)
+    if total == 0:
+        raise PlanError(Failure.EMPTY_INPUT, f"input has no records (empty files): {input.input_uri}")
     plan = Plan(
         plan_id=uuid.uuid4().hex,
         input_uri=input.input_uri,
-        input_bytes=size,
+        spec=input.spec,
+        files=files,
+        input_bytes=sum(f.size for f in files),
         shard_size=input.shard_size,
         total_records=total,
-        short_lines=not long_lines,
-        duplicate_records=found,
-        shards=shards,
+        shards=_cut_shards(scanned, shard_sizes(total, input.shard_size, input.max_concurrent_shards)),
     )
+    if repeated:
+        plan.duplicate_records = _mark_duplicates(plan, repeated, extra)
     try:
-        OutputLayout(input.output_uri).start(plan)
+        OutputLayout(input.output_uri, input.spec.output_format).start(plan)
     except OSError as exc:
         raise PlanError(
             Failure.OUTPUT_NOT_WRITABLE,
-            f"cannot write to output location {input.output_uri}: {exc.strerror or exc}",
+            f"cannot write to output location {input.output_uri}: {exc.strerror or type(exc).__name__}",
         ) from None
     return plan
 
 
-def _mark_duplicates(input_uri: str, shards: list[ShardPlan], repeated: set[int], extra: int) -> int:
-    """Second scan, only when some id hash repeats: note in each shard's plan the lines whose id
-    an earlier line already has; a hash collision of two different ids is not a duplicate.
+def _scan_all(found: list[FoundFile], spec: DataSpec, ids: duplicates.DuplicateIds) -> list[_Scanned]:
+    local = all(isinstance(fsspec.core.url_to_fs(f.uri)[0], LocalFileSystem) for f in found[:1])
+    lock = threading.Lock()
+    with concurrent.futures.ThreadPoolExecutor(LOCAL_SCANS if local else REMOTE_SCANS) as pool:
+        scanned = list(pool.map(lambda f: _scan(f, spec, ids, lock), found))
+    if found and found[0].format == "parquet":
+        _same_schema(found, spec)
+    return scanned
+
+
+def _scan(found: FoundFile, spec: DataSpec, ids: duplicates.DuplicateIds, lock: threading.Lock) -> _Scanned:
+    entry: dict[str, Any] = {
+        "uri": found.uri,
+        "format": found.format,
+        "compression": found.compression,
+        "size": found.size,
+        "version": found.version,
+        "partition": found.partition,
+    }
+    if found.format == "parquet":
+        groups, _ = parquet_files.footer(found, spec)
+        for values in parquet_files.id_batches(found.uri, spec.id_field):
+            hashes = duplicates.key_hashes([k for v in values if (k := duplicates.id_key(v)) is not None])
+            with lock:
+                ids.add(hashes)
+        return _Scanned(InputFile(**entry, records=sum(groups), row_groups=groups))
+    if found.format == "jsonl":
+        hashes = functools.partial(duplicates.chunk_key_hashes, id_field=spec.id_field)
+        text = text_files.scan_text(found, hashes, ids, lock)
+        return _Scanned(InputFile(**entry, records=text.records, short_lines=text.short_lines), text)
+    csv_ids = _CsvIds(found, spec)
+    text = text_files.scan_text(found, csv_ids.hashes, ids, lock)
+    assert text.header is not None
+    columns = csv_records.column_types(
+        text.header, text.first_lines, spec.id_field, spec.column_types, found.uri
+    )
+    if missing := [c for c in spec.required(found.partition) if c not in columns]:
+        raise InputError(
+            Failure.INPUT_UNREADABLE,
+            f"{found.uri}: no column {missing[0]!r} (its header: {', '.join(columns)})",
+        )
+    return _Scanned(
+        InputFile(**entry, records=text.records, short_lines=text.short_lines, columns=columns), text
+    )
+
+
+class _CsvIds:
+    """The id hashes of a CSV file's chunks, its id column read by pyarrow (its header read
+    from the file's first chunk of lines)."""
+
+    def __init__(self, found: FoundFile, spec: DataSpec):
+        self.found, self.spec = found, spec
+        self.names: list[str] | None = None
+
+    def hashes(self, chunk: Any) -> Any:
+        if self.names is None:
+            with text_files.open_text(self.found.uri, self.found.compression) as fh:
+                self.names = csv_records.header_names(
+                    text_files.read_header(fh, self.found.uri), self.found.uri
+                )
+        if self.spec.id_field not in self.names:
+            return duplicates.key_hashes([])
+        kind = self.spec.column_types.get(self.spec.id_field, "string")
+        values = csv_records.column_values(
+            [raw for raw in chunk.raws if raw is not None], self.names, self.spec.id_field, kind
+        )
+        return duplicates.key_hashes([k for v in values if (k := duplicates.id_key(v)) is not None])
+
+
+def _same_schema(found: list[FoundFile], spec: DataSpec) -> None:
+    """Every Parquet file has the columns the batch reads, of the same types as the first."""
+    first = parquet_files.footer(found[0], spec)[1]
+    for other in found[1:]:
+        schema = parquet_files.footer(other, spec)[1]
+        if not schema.equals(first):
+            raise InputError(
+                Failure.INPUT_UNREADABLE,
+                f"{other.uri}: its schema differs from {found[0].uri}'s "
+                f"({_columns(schema)} vs {_columns(first)})",
+            )
+
+
+def _columns(schema: Any) -> str:
+    return ", ".join(f"{field.name}: {field.type}" for field in schema)
+
+
+def _cut_shards(scanned: list[_Scanned], sizes: list[int]) -> list[ShardPlan]:
+    """Shards of ``sizes`` records over the files in order, each a run of segments."""
+    shards: list[ShardPlan] = []
+    file, used = 0, 0  # the next record: record ``used`` of file ``file``
+    handles: dict[int, Any] = {}
+    try:
+        for size in sizes:
+            segments: list[Segment] = []
+            left = size
+            while left:
+                while scanned[file].file.records == used:
+                    file, used = file + 1, 0
+                take = min(left, scanned[file].file.records - used)
+                offset, line = _locate(scanned[file], used, handles, file)
+                segments.append(Segment(file=file, start=used, offset=offset, line=line, records=take))
+                used, left = used + take, left - take
+            shards.append(ShardPlan(segments=segments, records=size))
+    finally:
+        for fh in handles.values():
+            fh.close()
+    return shards
+
+
+def _locate(scanned: _Scanned, start: int, handles: dict[int, Any], key: int) -> tuple[int, int]:
+    """(byte offset, line) of record ``start`` of a plain text file; (0, row) otherwise (a
+    compressed file's reader counts lines itself)."""
+    file, text = scanned.file, scanned.text
+    if file.format == "parquet":
+        return 0, start + 1
+    if text is None or text.index is None:
+        return 0, 0
+    if key not in handles:
+        handles[key] = text_files.open_text(file.uri, None)
+    line, offset = text.index.locate(handles[key], start)
+    return offset, line
+
+
+def _mark_duplicates(plan: Plan, repeated: set[int], extra: int) -> int:
+    """Second pass, only when some id hash repeats: note in each shard's plan the records whose
+    id an earlier record already has; a hash collision of two different ids is not a duplicate.
     Returns how many records are duplicates."""
-    first_line: dict[bytes, int] = {}
+    first_seen: dict[bytes, tuple[int, int]] = {}
     found = 0
-    with fs.open_input(input_uri) as fh:
-        line = 1
-        for shard in shards:
-            records, _, line = jsonl.read_records(fh, shard.records, line)
-            keyed = [
-                (number, key) for number, raw in records if (key := duplicates.record_key(raw)) is not None
-            ]
-            hashes = duplicates.key_hashes([key for _, key in keyed]).tolist()
-            for (number, key), key_hash in zip(keyed, hashes, strict=True):
-                if key_hash not in repeated:
-                    continue
-                first = first_line.setdefault(key, number)
-                if first == number:
-                    continue
-                if extra > MAX_DUPLICATE_RECORDS:
-                    raise PlanError(
-                        Failure.DUPLICATE_IDS,
-                        f"more than {MAX_DUPLICATE_RECORDS} records repeat an earlier id (e.g. id "
-                        f"{key.decode()} at line {number} repeats line {first}): the input looks duplicated; "
-                        "remove the repeated records and resubmit",
+    parser = PartParser(plan, {})
+    for number, shard in enumerate(plan.shards):
+        reader = ShardReader(plan, number, shard.start())
+        try:
+            while (part := reader.read(65_536)).count:
+                parsed = parser.parse(part)
+                keys = [duplicates.id_key(i) for i in parsed.ids]
+                hashes = duplicates.key_hashes([k for k in keys if k is not None]).tolist()
+                keyed = [(pos, k) for pos, k in zip(parsed.positions, keys, strict=True) if k is not None]
+                for (pos, key), key_hash in zip(keyed, hashes, strict=True):
+                    if key_hash not in repeated:
+                        continue
+                    here = parsed.where(pos)
+                    first = first_seen.setdefault(key, here)
+                    if first == here:
+                        continue
+                    if extra > MAX_DUPLICATE_RECORDS:
+                        raise PlanError(
+                            Failure.DUPLICATE_IDS,
+                            f"more than {MAX_DUPLICATE_RECORDS} records repeat an earlier id (e.g. id "
+                            f"{key.decode()} at line {here[1]} of {plan.files[here[0]].uri} repeats line "
+                            f"{first[1]} of {plan.files[first[0]].uri}): the input looks duplicated; remove "
+                            "the repeated records and resubmit",
+                        )
+                    shard.duplicates.append(
+                        Duplicate(file=here[0], line=here[1], first_file=first[0], first_line=first[1])
                     )
-                shard.duplicates.append((number, first))
-            found += len(shard.duplicates)
+        finally:
+            reader.close()
+        found += len(shard.duplicates)
     return found

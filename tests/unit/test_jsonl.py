@@ -47,8 +47,8 @@ def test_parse_line_reasons(raw, reason, code):
 
 
 def test_model_input_is_input_field_or_record_without_id():
-    assert jsonl.parse_line(b'{"id": 1, "input": [1, 2]}') == (1, [1, 2])
-    assert jsonl.parse_line(b'{"id": "a", "features": [1]}') == ("a", {"features": [1]})
+    assert jsonl.parse_line(b'{"id": 1, "input": [1, 2]}') == (1, [1, 2], None)
+    assert jsonl.parse_line(b'{"id": "a", "features": [1]}') == ("a", {"features": [1]}, None)
 
 
 GOOD_LINES = [b'{"id": 1, "input": [1, 2]}\n', b'{"id": "a", "features": [1]}\n', b'{"id":-3,"input":null}']
@@ -71,7 +71,11 @@ def test_parse_lines_is_parse_line_in_bulk_or_declines(bad):
     """The bulk path gives parse_line's values for good lines and declines (None) whenever a
     line needs parse_line's own answer: an error, or json's value of a long integer."""
     one_by_one = [jsonl.parse_line(raw) for raw in GOOD_LINES]
-    assert jsonl.parse_lines(GOOD_LINES) == ([i for i, _ in one_by_one], [x for _, x in one_by_one])
+    assert jsonl.parse_lines(GOOD_LINES) == (
+        [i for i, _, _ in one_by_one],
+        [x for _, x, _ in one_by_one],
+        None,
+    )
     assert jsonl.parse_lines([*GOOD_LINES, bad]) is None
 
 

@@ -9,7 +9,16 @@ import pytest
 
 from services.worker import fs
 from services.worker.layout import OutputLayout
-from services.worker.manifests import BatchSummary, Checkpoint, Plan, ShardPlan, ShardProgress
+from services.worker.manifests import (
+    BatchSummary,
+    Checkpoint,
+    DataSpec,
+    InputFile,
+    Plan,
+    Segment,
+    ShardPlan,
+    ShardProgress,
+)
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -20,9 +29,11 @@ def output_uri(request, tmp_path) -> str:
 
 
 def plan(shards: int = 2) -> Plan:
+    file = InputFile(uri="in.jsonl", format="jsonl", size=10, records=5 * shards)
+    segments = [[Segment(file=0, start=5 * n, offset=n, line=5 * n + 1, records=5)] for n in range(shards)]
     return Plan(
-        plan_id="p1", input_uri="in.jsonl", input_bytes=10, shard_size=5, total_records=5 * shards,
-        short_lines=True, shards=[ShardPlan(offset=0, line=1, records=5) for _ in range(shards)],
+        plan_id="p1", input_uri="in.jsonl", spec=DataSpec(), files=[file], input_bytes=10, shard_size=5,
+        total_records=5 * shards, shards=[ShardPlan(segments=s, records=5) for s in segments],
     )  # fmt: skip
 
 

@@ -1,0 +1,122 @@
+"""Parquet inputs: the plan reads each file's footer (rows per row group, schema) and its id
+column (for repeated ids), never the other columns; a shard streams its row groups in record
+batches of only the columns it needs, so memory follows the part size, not the file.
+
+A record's "line" is its 1-based row number in the file.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Iterator
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from services.errors import Failure
+from services.worker import fs
+from services.worker.inputs import FoundFile, InputError
+from services.worker.manifests import InputFile, RecordFields
+
+
+def unreadable(uri: str, exc: BaseException) -> InputError:
+    return InputError(Failure.INPUT_UNREADABLE, f"{uri}: not a readable Parquet file ({exc})")
+
+
+def open_parquet(uri: str) -> tuple[pq.ParquetFile, IO[bytes]]:
+    fh = fs.open_input(uri)
+    try:
+        return pq.ParquetFile(fh), fh
+    except (pa.ArrowException, OSError) as exc:
+        fh.close()
+        if isinstance(exc, FileNotFoundError | PermissionError):
+            raise
+        raise unreadable(uri, exc) from None
+
+
+def needed_columns(names: list[str], fields: RecordFields) -> list[str]:
+    """The columns a shard reads: the id, the model input's and the kept ones (those not a
+    Hive partition key), in file order."""
+    if fields.input_columns is not None:
+        wanted = {fields.id_field, *fields.input_columns, *fields.keep_columns}
+    elif fields.input_field is not None:
+        wanted = {fields.id_field, fields.input_field, *fields.keep_columns}
+    else:
+        return names
+    return [name for name in names if name in wanted]
+
+
+def footer(found: FoundFile, fields: RecordFields) -> tuple[list[int], pa.Schema]:
+    """(rows per row group, the schema of the columns a shard reads) of one file, checking that
+    the columns the batch needs are there."""
+    file, fh = open_parquet(found.uri)
+    with fh:
+        schema = file.schema_arrow
+        groups = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
+    names = schema.names
+    if missing := [c for c in fields.required(found.partition) if c not in names]:
+        raise InputError(
+            Failure.INPUT_UNREADABLE,
+            f"{found.uri}: no column {missing[0]!r} (its columns: {', '.join(names)})",
+        )
+    kept = needed_columns(names, fields)
+    return groups, pa.schema([schema.field(name) for name in kept])
+
+
+def id_batches(uri: str, id_field: str) -> Iterator[list[Any]]:
+    """The id column of a file, a record batch at a time, as Python values."""
+    file, fh = open_parquet(uri)
+    with fh:
+        try:
+            for batch in file.iter_batches(batch_size=65_536, columns=[id_field]):
+                yield batch.column(0).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise unreadable(uri, exc) from None
+
+
+class ParquetSegmentReader:
+    """A run of a Parquet file's rows from row ``start`` (0-based): the row groups from the one
+    holding it, streamed in record batches; rows before ``start`` in that group are dropped."""
+
+    def __init__(self, file: InputFile, start: int, fields: RecordFields, batch_rows: int):
+        self.file = file
+        self._file, self._fh = open_parquet(file.uri)
+        columns = needed_columns(self._file.schema_arrow.names, fields)
+        bounds = list(itertools.accumulate(file.row_groups, initial=0))
+        group = bisect.bisect_right(bounds, start) - 1
+        self._skip = start - bounds[group]
+        self.row = start
+        self._batches = self._file.iter_batches(
+            batch_size=batch_rows, row_groups=range(group, len(file.row_groups)), columns=columns
+        )
+        self._held: list[pa.RecordBatch] = []
+
+    def read(self, count: int) -> tuple[range, pa.Table]:
+        """(row numbers, table) of up to ``count`` rows."""
+        rows, taken = 0, []
+        try:
+            while rows < count:
+                batch = self._held.pop() if self._held else next(self._batches, None)
+                if batch is None:
+                    break
+                if self._skip:
+                    cut = min(self._skip, batch.num_rows)
+                    batch, self._skip = batch.slice(cut), self._skip - cut
+                want = count - rows
+                if batch.num_rows > want:
+                    self._held.append(batch.slice(want))
+                    batch = batch.slice(0, want)
+                if batch.num_rows:
+                    taken.append(batch)
+                    rows += batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            raise unreadable(self.file.uri, exc) from None
+        first = self.row + 1
+        self.row += rows
+        table = pa.Table.from_batches(taken) if taken else None
+        return range(first, first + rows), table  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self._fh.close()

@@ -1,0 +1,101 @@
+"""The Parquet result sink: a part's results as one Parquet file (``id``, ``prediction`` and the
+kept columns), and a shard's parts joined into its final file. Errors files stay JSONL.
+
+Column types come from the values (pyarrow's inference): a prediction that is a number, a list
+or an object becomes a number, list or struct column. Parts whose types differ only in width or
+nulls are joined with pyarrow's permissive promotion; values no single Arrow type can hold
+(e.g. a prediction that is sometimes a string, sometimes an object) are written as JSON text.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from services import json_codec
+from services.worker import fs
+
+_MIXED = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
+def _array(values: list[Any]) -> pa.Array:
+    try:
+        return pa.array(values)
+    except _MIXED:
+        return pa.array([None if v is None else json_codec.dumps(v).decode() for v in values], pa.string())
+
+
+def table(
+    ids: list[Any], predictions: list[Any], keeps: list[dict[str, Any]] | None, keep: list[str]
+) -> pa.Table:
+    """Results of some records as a table."""
+    columns = {"id": _array(ids), "prediction": _array(predictions)}
+    for name in keep:
+        columns[name] = _array([k[name] for k in keeps or []])
+    return pa.table(columns)
+
+
+def to_bytes(tables: list[pa.Table]) -> bytes:
+    """One Parquet file of a part's result tables."""
+    out = io.BytesIO()
+    pq.write_table(_concat(tables) if tables else table([], [], None, []), out)
+    return out.getvalue()
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except _MIXED:
+        return pa.concat_tables([_as_json_text(t) for t in tables])
+
+
+def _as_json_text(t: pa.Table) -> pa.Table:
+    """Every column but ``id`` as JSON text: what parts of irreconcilable types are joined as."""
+    columns = {"id": t.column("id")}
+    for name in t.column_names[1:]:
+        values = t.column(name).to_pylist()
+        columns[name] = pa.array(
+            [
+                None if v is None else v if isinstance(v, str) else json_codec.dumps(v).decode()
+                for v in values
+            ],
+            pa.string(),
+        )
+    return pa.table(columns)
+
+
+def join(target: str, sources: list[str]) -> None:
+    """Write the parts ``sources`` as one Parquet file at ``target`` (atomically), a row group
+    per part, reading one part at a time."""
+    schemas = [_read_schema(src) for src in sources]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive")
+        convert = None
+    except _MIXED:
+        schema, convert = None, _as_json_text
+    with fs.atomic_writer(target) as out:
+        writer = None
+        for src in sources:
+            part = pq.read_table(io.BytesIO(fs.read_bytes(src)))
+            part = convert(part) if convert else part.cast(schema)
+            if writer is None:
+                writer = pq.ParquetWriter(out, part.schema)
+            writer.write_table(part)
+        if writer is None:
+            writer = pq.ParquetWriter(
+                out, schema or pa.schema([("id", pa.string()), ("prediction", pa.null())])
+            )
+        writer.close()
+
+
+def _read_schema(uri: str) -> pa.Schema:
+    with fs.open_input(uri) as fh:
+        return pq.read_schema(fh)
+
+
+def count_rows(uri: str) -> int:
+    with fs.open_input(uri) as fh:
+        return pq.read_metadata(fh).num_rows
