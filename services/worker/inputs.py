@@ -158,4 +158,4 @@ def _file(fs: Any, info: dict[str, Any], input_format: InputFormat | None) -> Fo
 
 
 def _uri(fs: Any, name: str) -> str:
-    return name if isinstance(fs, LocalFileSystem) else _uri(fs, name)
+    return name if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(name)

@@ -18,10 +18,12 @@ from services.worker.manifests import DataSpec, Plan
 from services.worker.plan import make_plan
 from services.worker.serve_client import ServeClient, TokenSource
 
+Handler = Callable[[httpx.Request], httpx.Response]
 
-def echo_serve(reject: Callable[[Any], bool] = lambda _: False) -> tuple[ServeClient, list[int]]:
-    """A Serve mock predicting each input as itself (a model error for inputs ``reject``
-    picks), and the number of inputs of each request it answered."""
+
+def echo_handler(reject: Callable[[Any], bool] = lambda _: False) -> tuple[Handler, list[int]]:
+    """A Serve mock's handler predicting each input as itself (a model error for inputs
+    ``reject`` picks), and the number of inputs of each request it answered."""
     calls: list[int] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -30,7 +32,16 @@ def echo_serve(reject: Callable[[Any], bool] = lambda _: False) -> tuple[ServeCl
         errors = [{"code": "model_error", "message": "rejected"} if reject(x) else None for x in inputs]
         return httpx.Response(200, json={"predictions": inputs, "errors": errors})
 
-    return ServeClient("http://serve.test", TokenSource("t"), transport=httpx.MockTransport(handler)), calls
+    return handler, calls
+
+
+def serve_client(handler: Handler) -> ServeClient:
+    return ServeClient("http://serve.test", TokenSource("t"), transport=httpx.MockTransport(handler))
+
+
+def echo_serve(reject: Callable[[Any], bool] = lambda _: False) -> tuple[ServeClient, list[int]]:
+    handler, calls = echo_handler(reject)
+    return serve_client(handler), calls
 
 
 def shard_input(output: str, shard: int, checkpoint_every: int = 3) -> ShardInput:
@@ -40,7 +51,9 @@ def shard_input(output: str, shard: int, checkpoint_every: int = 3) -> ShardInpu
     )  # fmt: skip
 
 
-def plan_batch(input_uri: str | list[str], output: str, spec: DataSpec | None = None, shard_size: int = 7) -> Plan:
+def plan_batch(
+    input_uri: str | list[str], output: str, spec: DataSpec | None = None, shard_size: int = 7
+) -> Plan:
     return make_plan(
         PlanInput(input_uri=input_uri, output_uri=output, spec=spec or DataSpec(), shard_size=shard_size)
     )
