@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -22,6 +23,7 @@ from temporalio.service import RPCError
 from services import constants as c
 from services.worker.config import TemporalSettings, WorkerSettings
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
+from services.worker.manifests import DataSpec
 
 # --- submitting and watching -----------------------------------------------------------------
 
@@ -33,20 +35,32 @@ def build_input(args: argparse.Namespace) -> BatchInferenceInput:
         records = json.loads(text)
         if not isinstance(records, list):
             raise ValueError("--inline takes a JSON list of records")
-    tuning = {}
+    tuning, data = {}, {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set takes key=value, got {item!r}")
-        tuning[key] = json.loads(value) if value else None
+        (data if key in DataSpec.model_fields else tuning)[key] = _value(value)
+    inputs = [_abs_uri(uri) for uri in args.input or []]
     return BatchInferenceInput(
         records=records,
-        input_uri=_abs_uri(args.input),
+        input_uri=(inputs[0] if len(inputs) == 1 else inputs) if inputs else None,
         output_uri=_abs_uri(args.output),
         model=args.model,
         max_error_ratio=args.max_error_ratio,
         tuning=Tuning(**tuning),
+        **data,
     )
+
+
+def _value(text: str) -> Any:
+    """A ``--set`` value: JSON (numbers, lists, objects), else the text itself (``parquet``)."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _abs_uri(uri: str | None) -> str | None:
@@ -349,12 +363,23 @@ def parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser("submit", help="start a batch (TEMPORAL_* env vars say where)")
     src = sb.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", help="input JSONL: local path or fsspec URL")
+    src.add_argument(
+        "--input",
+        action="append",
+        help="input file, folder, glob (quoted) or prefix: local path or fsspec URL; repeat for several",
+    )
     src.add_argument("--inline", help="JSON list of records, or @file.json")
     sb.add_argument("--output", help="output folder: local path or fsspec URL (with --input)")
     sb.add_argument("--model", help="model name (default: Serve's default model)")
     sb.add_argument("--max-error-ratio", type=float, default=0.0)
-    sb.add_argument("--set", action="append", metavar="KEY=VALUE", help="tuning, e.g. micro_batch_size=64")
+    sb.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a data option (id_field, input_field, input_columns, keep_columns, column_types, input_format, "
+        "output_format) or tuning (micro_batch_size, shard_size, ...); VALUE is JSON or plain text, "
+        'e.g. output_format=parquet, input_columns=\'["f1","f2"]\'',
+    )
     sb.add_argument("--id", help="workflow id (default: batch-<random>)")
     sb.add_argument(
         "--id-conflict",

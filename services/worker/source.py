@@ -102,6 +102,12 @@ class ShardReader:
             return TextSegmentReader(file, start, self._offset, self._line)
         except InputError as exc:
             raise ShardFailed(exc.failure, str(exc)) from None
+        except FileNotFoundError:
+            raise ShardFailed(
+                Failure.INPUT_CHANGED, f"input changed while the batch ran: {file.uri} is gone"
+            ) from None
+        except PermissionError:
+            raise ShardFailed(Failure.ACCESS_DENIED, f"access denied reading {file.uri}") from None
 
     def read(self, count: int) -> RawPart:
         """The next ``count`` records (fewer only at the shard's end), a chunk per file."""
