@@ -1,4 +1,5 @@
-"""A counting pass-through HTTP proxy in front of Serve: what the workers really sent."""
+"""HTTP servers in a thread of the test process: a counting pass-through proxy in front of Serve
+(what the workers really sent), and the uvicorn runner it shares with the other test proxies."""
 
 from __future__ import annotations
 
@@ -9,10 +10,48 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
-from services.local.processes import free_port
+from services.local.processes import LOOPBACK, free_port
+
+
+class ThreadedServer:
+    """An ASGI app served by uvicorn on a loopback port, in a daemon thread of this process: it
+    stops with the process whatever ends it, and ``stop()`` (or leaving the ``with``) ends it
+    sooner."""
+
+    def __init__(self, app: Any, port: int, name: str = "server") -> None:
+        import uvicorn
+
+        self.name, self.port = name, port
+        config = uvicorn.Config(app, host=LOOPBACK, port=port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True)
+
+    def start(self, timeout_s: float = 20) -> ThreadedServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive():  # e.g. the port was taken meanwhile
+                raise RuntimeError(f"{self.name} on port {self.port} exited on start")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"{self.name} did not start within {timeout_s:.0f}s")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, timeout_s: float = 15) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> ThreadedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @dataclass
@@ -32,7 +71,7 @@ class CountingProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK}:{self.port}"
 
     def _app(self):
         from starlette.applications import Starlette
@@ -68,19 +107,8 @@ class CountingProxy:
         return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
 
     def __enter__(self) -> CountingProxy:
-        import uvicorn
-
-        config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve()), daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise TimeoutError("counting proxy did not start")
-            time.sleep(0.05)
+        self._server = ThreadedServer(self._app(), self.port, "counting proxy").start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(15)
+        self._server.stop()
