@@ -26,6 +26,8 @@ CHART_YAML = yaml.safe_load((CHART / "Chart.yaml").read_text())
 JOBS = ["job-submit-cli.yaml", "job-temporal-cli.yaml"]
 ENV_NAMES = {v for k, v in vars(c).items() if k.startswith("ENV_")}
 OUR_ENV = re.compile(r"^(TEMPORAL|SERVE|WORKER)_[A-Z_]+$")
+# The storage libraries' own variables the chart sets (worker.objectStore).
+OBJECT_STORE_ENV = re.compile(r"^(AWS|GOOGLE|STORAGE)_[A-Z0-9_]+$")
 
 
 def ray_pin() -> str:
@@ -81,11 +83,14 @@ def test_env_var_names_are_the_ones_the_code_reads() -> None:
     """Every TEMPORAL_*/SERVE_*/WORKER_* name set by the chart, the Jobs or the Dockerfiles is
     one services/constants.py defines (a typo would be silently ignored by the worker)."""
     used: set[str] = set()
+    object_store = {"s3": {"endpointUrl": "http://minio:9000", "region": "r"},
+                    "gcs": {"endpointUrl": "gcs:4443", "credentialsSecret": "g"}}  # fmt: skip
     docs = render({"temporal": {"tls": {"enabled": True, "existingSecret": "t", "serverName": "x"},
-                                "apiKey": {"existingSecret": "k"}}})  # fmt: skip
+                                "apiKey": {"existingSecret": "k"}},
+                   "worker": {"objectStore": object_store}})  # fmt: skip
     for doc in docs:
         text = yaml.safe_dump(doc)
-        used |= set(re.findall(r"name: ((?:TEMPORAL|SERVE|WORKER)_[A-Z_]+)", text))
+        used |= set(re.findall(r"name: ((?:TEMPORAL|SERVE|WORKER|AWS|GOOGLE|STORAGE)_[A-Z0-9_]+)", text))
         if doc["kind"] == "ConfigMap":
             used |= set(doc["data"])
     for job in JOBS:
@@ -98,6 +103,29 @@ def test_env_var_names_are_the_ones_the_code_reads() -> None:
     ours = {name for name in used if OUR_ENV.match(name)}
     assert {c.ENV_SERVE_TOKEN_FILE, c.ENV_SERVE_TOKENS_FILE, c.ENV_TEMPORAL_API_KEY_FILE} <= ours
     assert ours <= ENV_NAMES, f"not defined in services/constants.py: {sorted(ours - ENV_NAMES)}"
+    libraries = {name for name in used if OBJECT_STORE_ENV.match(name)}
+    assert libraries == {
+        c.ENV_AWS_ENDPOINT_URL_S3,
+        c.ENV_AWS_DEFAULT_REGION,
+        c.ENV_STORAGE_EMULATOR_HOST,
+        c.ENV_GOOGLE_APPLICATION_CREDENTIALS,
+    }
+
+
+def test_worker_image_installs_the_object_store_extras() -> None:
+    """Dockerfile.worker's default EXTRAS are optional-dependency groups of pyproject.toml (it
+    reads them from there at build time), and they include both object stores."""
+    text = (REPO_ROOT / "Dockerfile.worker").read_text()
+    match = re.search(r'^ARG EXTRAS="([^"]*)"$', text, re.M)
+    assert match, "Dockerfile.worker has no EXTRAS default"
+    extras = [e.strip() for e in match.group(1).split(",") if e.strip()]
+    groups = PYPROJECT["project"]["optional-dependencies"]
+    assert set(extras) <= set(groups), sorted(set(extras) - set(groups))
+    assert {"s3", "gcs"} <= set(extras)
+    assert any(d.startswith("s3fs") for d in groups["s3"])
+    assert any(d.startswith("gcsfs") for d in groups["gcs"])
+    # Installed with the dependencies, before the code is copied (the cached layer).
+    assert text.index("ARG EXTRAS=") < text.index("COPY services ")
 
 
 def test_jobs_start_the_workflow_the_worker_runs() -> None:

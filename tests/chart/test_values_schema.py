@@ -48,6 +48,31 @@ BAD_VALUES = [
     ("name too long for KubeRay", {"fullnameOverride": "x" * 48}, r"/fullnameOverride'?: maxLength"),
     ("no worker group", {"serve": {"workerGroups": []}}, r"/serve/workerGroups'?: minItems"),
     ("short fixed token", {"auth": {"token": "secret"}}, r"/auth/token'?: .*does not match pattern"),
+    (
+        "endpoint port as a number",
+        {"worker": {"objectStore": {"s3": {"endpointUrl": 9000}}}},
+        r"/worker/objectStore/s3/endpointUrl'?: got number, want string",
+    ),
+    (
+        "endpoint without a scheme",
+        {"worker": {"objectStore": {"s3": {"endpointUrl": "minio:9000"}}}},
+        r"/worker/objectStore/s3/endpointUrl'?: .*does not match pattern",
+    ),
+    (
+        "GCS endpoint with a path",
+        {"worker": {"objectStore": {"gcs": {"endpointUrl": "http://fake-gcs:4443/storage/v1"}}}},
+        r"/worker/objectStore/gcs/endpointUrl'?: .*does not match pattern",
+    ),
+    (
+        "a key as a plain value",
+        {"worker": {"objectStore": {"s3": {"secretAccessKey": "wJalrXUtnFEMI"}}}},
+        r"/worker/objectStore/s3'?: additional properties 'secretAccessKey' not allowed",
+    ),
+    (
+        "Secret given as an object",
+        {"worker": {"objectStore": {"credentialsSecret": {"name": "s3-keys"}}}},
+        r"/worker/objectStore/credentialsSecret'?: got object, want string",
+    ),
 ]
 
 

@@ -45,6 +45,8 @@ def test_worker_image_contents(docker, worker_image) -> None:
             "batch-inference submit --help >/dev/null",  # the CLI Job's command
             "for tool in gcc cc make; do ! command -v $tool; done",  # no build tools
             "! python -c 'import ray' 2>/dev/null",  # no Ray in the worker image
+            # The object-store extras (EXTRAS' default): fsspec finds both backends.
+            'python -c \'import fsspec; fsspec.filesystem("s3"); fsspec.filesystem("gs", token="anon")\'',
         ]
     )
     result = docker("run", "--rm", "--network", "host", "--entrypoint", "sh", worker_image, "-c", script)

@@ -113,6 +113,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "replicas": 3,
             "gracefulShutdownSeconds": 120,
             "dataVolume": {"existingClaim": "batch-data"},
+            "objectStore": {
+                "credentialsSecret": "object-store-keys",
+                "s3": {"endpointUrl": "http://minio.storage.svc:9000", "region": "eu-west-1"},
+                "gcs": {"endpointUrl": "fake-gcs.storage.svc:4443", "credentialsSecret": "gcs-key"},
+            },
             "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}],
             "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
             "topologySpreadConstraints": [
@@ -217,16 +222,21 @@ def pod_env(
     config_maps: dict[str, dict[str, str]] | None = None,
     pod_metadata: dict | None = None,
     overrides: dict[str, str] | None = None,
+    secrets: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, str]:
     """A container's environment as the kubelet builds it: ``envFrom`` first, then ``env`` (which
     wins), ``$(VAR)`` references to earlier vars expanded, ``fieldRef`` from the pod's metadata.
-    ``overrides`` replace values afterwards (e.g. cluster DNS names -> loopback)."""
+    ``overrides`` replace values afterwards (e.g. cluster DNS names -> loopback). ``secrets``:
+    the decoded data of the Secrets ``envFrom`` may reference, by name."""
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
-        ref = source.get("configMapRef")
-        assert ref, f"only configMapRef envFrom is emulated: {source}"
-        data = (config_maps or {}).get(ref["name"])
-        assert data is not None, f"ConfigMap {ref['name']!r} is not among the rendered objects"
+        if "secretRef" in source:
+            kind, ref, found = "Secret", source["secretRef"], secrets or {}
+        else:
+            kind, ref, found = "ConfigMap", source.get("configMapRef"), config_maps or {}
+        assert ref, f"only configMapRef and secretRef envFrom are emulated: {source}"
+        data = found.get(ref["name"])
+        assert data is not None, f"{kind} {ref['name']!r} is not among the given objects"
         env.update({source.get("prefix", "") + k: v for k, v in data.items()})
     for item in container.get("env") or []:
         if "value" in item:

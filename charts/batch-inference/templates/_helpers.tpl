@@ -139,6 +139,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 /var/run/secrets/batch-inference/temporal-api-key
 {{- end -}}
 
+{{- define "batch-inference.gcsCredentialsMountPath" -}}
+/var/run/secrets/batch-inference/gcs-credentials
+{{- end -}}
+
 {{- define "batch-inference.terminationGracePeriodSeconds" -}}
 {{- add .Values.worker.gracefulShutdownSeconds .Values.worker.terminationGraceMarginSeconds -}}
 {{- end -}}
