@@ -96,6 +96,15 @@ class Failure(StrEnum):
         return f"ServeHTTP{status}"
 
 
+class BatchError(Exception):
+    """Something a retry cannot fix stops the batch (or a shard): ``failure`` is its type,
+    raised to Temporal as a non-retryable ``ApplicationError``."""
+
+    def __init__(self, failure: Failure, message: str):
+        super().__init__(message)
+        self.failure = failure
+
+
 # Failures a retry cannot fix: the workflow's retry policies stop at once on these.
 NON_RETRYABLE: tuple[Failure, ...] = (
     Failure.INPUT_NOT_FOUND,

@@ -17,6 +17,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from services.errors import BatchError
 from services.worker import jsonl, telemetry
 from services.worker.contracts import (
     InlineInput,
@@ -38,7 +39,7 @@ from services.worker.source import ShardFailed
 log = logging.getLogger(__name__)
 
 
-def _non_retryable(error: PlanError | ShardFailed) -> ApplicationError:
+def _non_retryable(error: BatchError) -> ApplicationError:
     return ApplicationError(str(error), type=error.failure, non_retryable=True)
 
 

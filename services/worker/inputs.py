@@ -14,7 +14,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from services.errors import Failure
+from services.errors import BatchError, Failure
 from services.worker.manifests import Compression, InputFormat
 
 FORMAT_SUFFIXES: dict[str, InputFormat] = {
@@ -30,12 +30,8 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 _PARTITION = re.compile(r"^([^=/]+)=([^/]*)$")
 
 
-class InputError(Exception):
-    """The input cannot be resolved: ``failure`` says why (a non-retryable failure type)."""
-
-    def __init__(self, failure: Failure, message: str):
-        super().__init__(message)
-        self.failure = failure
+class InputError(BatchError):
+    """An input file cannot be found or read."""
 
 
 @dataclass

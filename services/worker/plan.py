@@ -18,7 +18,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from services.errors import Failure
+from services.errors import BatchError, Failure
 from services.worker import csv_records, duplicates, parquet_files, text_files
 from services.worker.contracts import PlanInput
 from services.worker.inputs import FoundFile, InputError, resolve
@@ -34,12 +34,8 @@ MAX_DUPLICATE_RECORDS = 100_000
 REMOTE_SCANS, LOCAL_SCANS = 16, 2
 
 
-class PlanError(Exception):
-    """The batch cannot start: ``failure`` says why (a non-retryable failure type)."""
-
-    def __init__(self, failure: Failure, message: str):
-        super().__init__(message)
-        self.failure = failure
+class PlanError(BatchError):
+    """The batch cannot start."""
 
 
 def shard_sizes(total: int, shard_size: int, window: int) -> list[int]:

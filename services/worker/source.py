@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from services.errors import Code, Failure, RecordError, Stage
+from services.errors import BatchError, Code, Failure, RecordError, Stage
 from services.worker import csv_records, jsonl
 from services.worker.fields import FieldReader
 from services.worker.inputs import InputError
@@ -28,12 +28,8 @@ from services.worker.text_files import TextSegmentReader
 Location = tuple[int, int]  # (file index, line)
 
 
-class ShardFailed(Exception):
-    """The shard cannot go on (non-retryable): ``failure`` says why."""
-
-    def __init__(self, failure: Failure, message: str):
-        super().__init__(message)
-        self.failure = failure
+class ShardFailed(BatchError):
+    """The shard cannot go on."""
 
 
 @dataclass

@@ -114,11 +114,13 @@ def moto_s3() -> Iterator[str]:
         server.stop()
 
 
-SLOW_DOWN_XML = (
+ERROR_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>\n'
-    "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message>"
+    "<Error><Code>{code}</Code><Message>{message}</Message>"
     "<RequestId>{request_id}</RequestId><HostId>s3-fault-proxy</HostId></Error>"
 )
+SLOW_DOWN = (503, "SlowDown", "Please reduce your request rate.")
+ACCESS_DENIED = (403, "AccessDenied", "Access Denied")
 
 # Hop-by-hop headers: about one connection, not forwarded (RFC 9110 7.6.1). ``expect`` too: the
 # proxy has answered ``100-continue`` to its client itself.
@@ -145,6 +147,7 @@ class S3FaultProxy:
     header including ``Host``, so SigV4 signatures still match; bodies streamed both ways), and
     inside a fault window answers some or all requests itself with S3's ``503 SlowDown``.
 
+    ``deny(bucket)`` answers every request for that bucket with S3's ``403 AccessDenied``.
     ``slow_down(n)`` answers the next ``n`` requests with 503; ``slow_down(fraction=0.3)`` each
     request with probability 0.3 until ``recover()``; ``slow_down_for(seconds)`` every request for
     a while. ``methods`` limits a window to those methods (e.g. ``{"PUT", "POST"}``: the writes).
@@ -160,6 +163,7 @@ class S3FaultProxy:
     log: list[tuple[str, str, int]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _window: dict[str, Any] | None = None
+    _denied: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -199,6 +203,12 @@ class S3FaultProxy:
         self, seconds: float, *, fraction: float = 1.0, methods: Iterable[str] | None = None
     ) -> None:
         self.slow_down(fraction=fraction, seconds=seconds, methods=methods)
+
+    def deny(self, bucket: str) -> None:
+        """Answer every request for ``bucket`` with 403 AccessDenied, as S3 does without the
+        permission."""
+        with self._lock:
+            self._denied.add(bucket)
 
     def recover(self) -> None:
         """End the fault window: forward everything again."""
@@ -254,10 +264,12 @@ class S3FaultProxy:
             method = scope["method"]
             target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
             entry, slow = self._take(method, target, rng)
-            if slow:
+            bucket = target.split(b"?", 1)[0].lstrip(b"/").split(b"/", 1)[0].decode("latin-1")
+            error = ACCESS_DENIED if bucket in self._denied else SLOW_DOWN if slow else None
+            if error:
                 await _drain(receive)
-                self._record(entry, 503)
-                await _respond_slow_down(send, head=method == "HEAD")
+                self._record(entry, error[0])
+                await _respond_error(send, *error, head=method == "HEAD")
                 return
             await self._forward(client["c"], scope, receive, send, target, entry)
 
@@ -320,11 +332,11 @@ async def _drain(receive: Any) -> None:
             return
 
 
-async def _respond_slow_down(send: Any, head: bool) -> None:
+async def _respond_error(send: Any, status: int, code: str, message: str, head: bool) -> None:
     request_id = uuid.uuid4().hex[:16].upper()
-    payload = b"" if head else SLOW_DOWN_XML.format(request_id=request_id).encode()
+    payload = b"" if head else ERROR_XML.format(code=code, message=message, request_id=request_id).encode()
     headers = [(b"content-type", b"application/xml"), (b"x-amz-request-id", request_id.encode())]
-    await send({"type": "http.response.start", "status": 503, "headers": headers + _length(payload)})
+    await send({"type": "http.response.start", "status": status, "headers": headers + _length(payload)})
     await send({"type": "http.response.body", "body": payload})
 
 
