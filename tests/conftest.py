@@ -12,7 +12,6 @@ Plain helpers live in ``tests/helpers/``.
 from __future__ import annotations
 
 import contextlib
-import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -28,16 +27,6 @@ from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
 from tests.helpers.processes import WorkerProcess, WorkerProcesses
 from tests.helpers.temporal import connect_when_ready
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """SIGTERM (a CI timeout, ``timeout``, ``kill``) ends the session like Ctrl-C: pytest then
-    tears the session fixtures down, stopping the Temporal server and Ray it started."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 @pytest.fixture(scope="session")
