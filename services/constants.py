@@ -70,6 +70,9 @@ ENV_AWS_ENDPOINT_URL_S3 = "AWS_ENDPOINT_URL_S3"  # botocore: the endpoint of S3 
 ENV_AWS_DEFAULT_REGION = "AWS_DEFAULT_REGION"  # botocore's region (it does not read AWS_REGION)
 ENV_STORAGE_EMULATOR_HOST = "STORAGE_EMULATOR_HOST"  # gcsfs: every request goes to this host
 ENV_GOOGLE_APPLICATION_CREDENTIALS = "GOOGLE_APPLICATION_CREDENTIALS"  # google-auth: a JSON file
+# gcsfs: its zonal/HNS bucket probe speaks gRPC over TLS to Google, which an emulator does not
+# (each call then waits 60 s); read once, when gcsfs is imported.
+ENV_GCSFS_ZB_HNS_SUPPORT = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
 
 # --- Outputs --------------------------------------------------------------------------------
 SHARD_NAME = "shard-{shard:05d}"  # then .jsonl or .parquet (results); errors are .jsonl

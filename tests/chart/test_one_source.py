@@ -27,7 +27,8 @@ JOBS = ["job-submit-cli.yaml", "job-temporal-cli.yaml"]
 ENV_NAMES = {v for k, v in vars(c).items() if k.startswith("ENV_")}
 OUR_ENV = re.compile(r"^(TEMPORAL|SERVE|WORKER)_[A-Z_]+$")
 # The storage libraries' own variables the chart sets (worker.objectStore).
-OBJECT_STORE_ENV = re.compile(r"^(AWS|GOOGLE|STORAGE)_[A-Z0-9_]+$")
+OBJECT_STORE_ENV = re.compile(r"^(AWS|GOOGLE|STORAGE|GCSFS)_[A-Z0-9_]+$")
+ENV_ENTRY = re.compile(r"name: ((?:TEMPORAL|SERVE|WORKER|AWS|GOOGLE|STORAGE|GCSFS)_[A-Z0-9_]+)")
 
 
 def ray_pin() -> str:
@@ -90,7 +91,7 @@ def test_env_var_names_are_the_ones_the_code_reads() -> None:
                    "worker": {"objectStore": object_store}})  # fmt: skip
     for doc in docs:
         text = yaml.safe_dump(doc)
-        used |= set(re.findall(r"name: ((?:TEMPORAL|SERVE|WORKER|AWS|GOOGLE|STORAGE)_[A-Z0-9_]+)", text))
+        used |= set(re.findall(ENV_ENTRY, text))
         if doc["kind"] == "ConfigMap":
             used |= set(doc["data"])
     for job in JOBS:
@@ -109,6 +110,7 @@ def test_env_var_names_are_the_ones_the_code_reads() -> None:
         c.ENV_AWS_DEFAULT_REGION,
         c.ENV_STORAGE_EMULATOR_HOST,
         c.ENV_GOOGLE_APPLICATION_CREDENTIALS,
+        c.ENV_GCSFS_ZB_HNS_SUPPORT,
     }
 
 

@@ -50,7 +50,7 @@ GCS_TEST_ENV = {
     # gcsfs (2025.x on) otherwise swaps in its "extended" filesystem, which asks every bucket's
     # type over gRPC with TLS and spends 60 s per bucket timing out against a plain-HTTP emulator.
     # Read when gcsfs is imported, so it only helps a process that has not imported it yet.
-    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+    c.ENV_GCSFS_ZB_HNS_SUPPORT: "false",
     # token="anon" for every gs:// filesystem fsspec makes (fsspec reads FSSPEC_<PROTOCOL>_<KWARG>
     # when it is imported; this process's own config is set too). Without it gcsfs tries
     # google-auth's default credentials, which probe the cloud metadata server off this machine.
@@ -64,7 +64,7 @@ FAKE_GCS_BINARY = "vendor/fake-gcs-server/bin/fake-gcs-server-linux-{arch}"
 
 # Set on import too: a test module that imports gcsfs (e.g. ``pytest.importorskip("gcsfs")``)
 # before fake_gcs() runs would otherwise fix the extended filesystem for the whole process.
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+os.environ.setdefault(c.ENV_GCSFS_ZB_HNS_SUPPORT, "false")
 
 
 @contextlib.contextmanager
