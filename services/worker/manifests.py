@@ -97,7 +97,10 @@ class Segment(BaseModel):
     file: int = Field(description="index into the plan's files")
     start: int = Field(description="0-based index of the first record in the file")
     offset: int = Field(0, description="its byte offset (plain text files)")
-    line: int = Field(1, description="its 1-based line (text) or row (Parquet) number")
+    line: int = Field(
+        1,
+        description="its 1-based line (text) or row (Parquet); 0 in a compressed file (counted when read)",
+    )
     records: int
 
 

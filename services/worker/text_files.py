@@ -30,6 +30,8 @@ try:  # fsspec's zstd codec; without it .zst inputs say so when opened
 except ImportError:  # pragma: no cover
     ZstdError = EOFError  # type: ignore[misc,assignment]
 
+# A CSV file's first rows: what its column types are inferred from.
+TYPE_SAMPLE_ROWS = 1000
 # Truncated or corrupt compressed data, as each codec reports it.
 CORRUPT_DATA: tuple[type[BaseException], ...] = (EOFError, zlib.error, gzip.BadGzipFile, ZstdError)
 
@@ -66,7 +68,7 @@ class ScannedText:
     records: int
     short_lines: bool
     header: bytes | None
-    first_lines: list[bytes]  # the first records, for a CSV file's column types
+    first_lines: list[bytes]  # a CSV file's first records, for its column types
     index: jsonl_scan.RecordIndex | None  # where records start (plain files only)
     data_offset: int  # where the records start (after a CSV header)
 
@@ -92,7 +94,7 @@ def scan_text(
                     index.add(chunk)
                 records += len(chunk)
                 long_lines = long_lines or chunk.long_lines
-                if len(first_lines) < 1000:
+                if header is not None and len(first_lines) < TYPE_SAMPLE_ROWS:
                     first_lines.extend(
                         raw for raw in chunk.raws[: 1000 - len(first_lines)] if raw is not None
                     )
