@@ -86,6 +86,7 @@ class Failure(StrEnum):
     DUPLICATE_IDS = "DuplicateIds"
     INPUT_UNREADABLE = "InputUnreadable"  # a corrupt or truncated file, a schema that does not fit
     ACCESS_DENIED = "AccessDenied"
+    OUTPUT_IN_USE = "OutputInUse"  # the output folder holds another batch
     ERROR_BUDGET_EXCEEDED = "ErrorBudgetExceeded"
     SERVE_UNAVAILABLE = "ServeUnavailable"
     SERVE_PROTOCOL_ERROR = "ServeProtocolError"
@@ -113,4 +114,5 @@ NON_RETRYABLE: tuple[Failure, ...] = (
     Failure.INPUT_CHANGED,
     Failure.INPUT_UNREADABLE,
     Failure.ACCESS_DENIED,
+    Failure.OUTPUT_IN_USE,
 )

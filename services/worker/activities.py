@@ -85,9 +85,10 @@ class BatchActivities:
         info = activity.info()
         plan = await asyncio.to_thread(OutputLayout(input.output_uri).read_plan)
         layout = OutputLayout(input.output_uri, plan.spec.output_format)
-        if info.attempt > 1 and (counts := await asyncio.to_thread(layout.final_counts, input.shard)):
-            # An earlier attempt wrote the final files and died before Temporal heard of it (the
-            # plan removed any earlier batch's final files, so these are this batch's).
+        if counts := await asyncio.to_thread(layout.final_counts, input.shard):
+            # An earlier attempt wrote the final files and died before Temporal heard of it, or
+            # the batch resumes in its folder (a new plan removes any other batch's final files,
+            # so these are this batch's).
             succeeded, failed = counts
             log.info("shard %d was already committed (attempt %d)", input.shard, info.attempt)
             records = succeeded + failed

@@ -71,6 +71,10 @@ class BatchInferenceInput(DataSpec):
     max_error_ratio: float = Field(
         0.0, ge=0, le=1, description="fraction of records allowed to fail before the batch fails"
     )
+    start_over: bool = Field(
+        False,
+        description="plan anew even if the output folder holds this batch already (else it resumes there)",
+    )
     tuning: Tuning = Field(default_factory=Tuning)
     state: BatchState | None = Field(None, description="internal: set by continue-as-new")
 
@@ -147,6 +151,8 @@ class PlanInput(_Strict):
     input_uri: str | list[str]
     output_uri: str
     spec: DataSpec = Field(default_factory=DataSpec)
+    model: str | None = None
+    start_over: bool = False
     shard_size: int
     max_concurrent_shards: int = 1  # shards are cut in a multiple of this
 

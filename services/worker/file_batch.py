@@ -97,6 +97,8 @@ class FileBatch:
                 input_uri=self.input_uri,
                 output_uri=self.output_uri,
                 spec=self.input.data_spec(),
+                model=self.input.model,
+                start_over=self.input.start_over,
                 shard_size=self.tuning.shard_size,
                 max_concurrent_shards=self.tuning.max_concurrent_shards,
             ),

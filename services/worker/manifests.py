@@ -147,6 +147,7 @@ class Plan(BaseModel):
     plan_id: str = Field(description="tells this batch's checkpoints from leftovers in the folder")
     input_uri: str | list[str]
     spec: DataSpec
+    model: str | None = None
     files: list[InputFile]
     input_bytes: int
     shard_size: int

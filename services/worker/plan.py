@@ -10,13 +10,16 @@ record index and id hashes together, ``text_files``), a Parquet file by its foot
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import ValidationError
 
 from services.errors import BatchError, Failure
 from services.worker import csv_records, duplicates, parquet_files, text_files
@@ -56,22 +59,21 @@ class _Scanned:
 
 
 def make_plan(input: PlanInput) -> Plan:
-    """Plan the batch and write ``_plan.json``; raises ``PlanError``."""
-    try:
+    """Plan the batch and write ``_plan.json``, or take up the plan already in the output folder
+    (a resumed batch); raises ``PlanError``."""
+    with _input_errors(input.input_uri):
         found = resolve(input.input_uri, input.spec.input_format)
-        ids = duplicates.DuplicateIds()
-        try:
+    layout = OutputLayout(input.output_uri, input.spec.output_format)
+    if not input.start_over and (earlier := _earlier_plan(layout)) is not None:
+        _check_same_batch(earlier, input, found)
+        return earlier
+    ids = duplicates.DuplicateIds()
+    try:
+        with _input_errors(input.input_uri):
             scanned = _scan_all(found, input.spec, ids)
-            repeated, extra = ids.repeated_hashes(MAX_DUPLICATE_RECORDS)
-        finally:
-            ids.close()
-    except InputError as exc:
-        raise PlanError(exc.failure, str(exc)) from None
-    except FileNotFoundError as exc:  # a file deleted between the listing and its scan
-        raise PlanError(Failure.INPUT_NOT_FOUND, f"input not found: {exc.filename or exc}") from None
-    except PermissionError as exc:
-        where = exc.filename or input.input_uri
-        raise PlanError(Failure.ACCESS_DENIED, f"access denied reading {where}") from None
+        repeated, extra = ids.repeated_hashes(MAX_DUPLICATE_RECORDS)
+    finally:
+        ids.close()
     files = [s.file for s in scanned]
     total = sum(f.records for f in files)
     if total == 0:
@@ -80,6 +82,7 @@ def make_plan(input: PlanInput) -> Plan:
         plan_id=uuid.uuid4().hex,
         input_uri=input.input_uri,
         spec=input.spec,
+        model=input.model,
         files=files,
         input_bytes=sum(f.size for f in files),
         shard_size=input.shard_size,
@@ -89,13 +92,60 @@ def make_plan(input: PlanInput) -> Plan:
     if repeated:
         plan.duplicate_records = _mark_duplicates(plan, repeated, extra)
     try:
-        OutputLayout(input.output_uri, input.spec.output_format).start(plan)
+        layout.start(plan)
     except OSError as exc:
         raise PlanError(
             Failure.OUTPUT_NOT_WRITABLE,
             f"cannot write to output location {input.output_uri}: {exc.strerror or type(exc).__name__}",
         ) from None
     return plan
+
+
+@contextlib.contextmanager
+def _input_errors(input_uri: str | list[str]) -> Iterator[None]:
+    """Reading the input: what cannot be found or read fails the plan, naming it."""
+    try:
+        yield
+    except InputError as exc:
+        raise PlanError(exc.failure, str(exc)) from None
+    except FileNotFoundError as exc:  # a file deleted between the listing and its scan
+        raise PlanError(Failure.INPUT_NOT_FOUND, f"input not found: {exc.filename or exc}") from None
+    except PermissionError as exc:
+        raise PlanError(Failure.ACCESS_DENIED, f"access denied reading {exc.filename or input_uri}") from None
+
+
+def _earlier_plan(layout: OutputLayout) -> Plan | None:
+    """The plan of a batch that ran in this folder before, if any (one written by an older
+    version, which this one cannot read, counts as none)."""
+    try:
+        return layout.read_plan()
+    except (FileNotFoundError, NotADirectoryError, ValidationError):
+        return None  # not there (or not a folder: writing the new plan says so)
+
+
+def _check_same_batch(earlier: Plan, input: PlanInput, found: list[FoundFile]) -> None:
+    """A batch started again on its output folder resumes only if it is the same batch over
+    the same files; anything else would mix two batches' results in one folder."""
+    if (earlier.input_uri, earlier.spec, earlier.model) != (input.input_uri, input.spec, input.model):
+        raise PlanError(
+            Failure.OUTPUT_IN_USE,
+            f"{input.output_uri} holds another batch (input {earlier.input_uri}, model "
+            f"{earlier.model or 'default'}, its own data options): use another output folder, or set "
+            "'start_over' to replace it",
+        )
+    planned = [(f.uri, f.size, f.version) for f in earlier.files]
+    now = [(f.uri, f.size, f.version) for f in found]
+    if planned != now:
+        changed = next(
+            (f"{a[0]} (size {a[1]}, version {a[2]} when planned; now size {b[1]}, version {b[2]})"
+             for a, b in zip(planned, now, strict=False) if a != b),
+            f"{len(planned)} files when planned, {len(now)} now",
+        )  # fmt: skip
+        raise PlanError(
+            Failure.INPUT_CHANGED,
+            f"the input changed since the batch in {input.output_uri} was planned: {changed}; set "
+            "'start_over' to plan it anew (the results so far are dropped)",
+        )
 
 
 def _scan_all(found: list[FoundFile], spec: DataSpec, ids: duplicates.DuplicateIds) -> list[_Scanned]:

@@ -235,7 +235,7 @@ def test_duplicate_detection_spills_to_disk_and_stays_exact(tmp_path, monkeypatc
     made = plan.make_plan(
         PlanInput(input_uri=str(source), output_uri=str(tmp_path / "out"), shard_size=1_000)
     )
-    marked = {n: first for s in made.shards for n, first in s.duplicates}
+    marked = {d.line: d.first_line for s in made.shards for d in s.duplicates}
     assert marked == {3001: 8, 3002: 3000}
     assert made.duplicate_records == 2 and made.total_records == 3_003
     assert Counter(len(s.duplicates) for s in made.shards) == Counter({0: 3, 2: 1})

@@ -17,10 +17,10 @@ import pytest
 import zstandard
 
 from services.errors import Failure
-from services.worker.contracts import BatchInferenceInput
+from services.worker.contracts import BatchInferenceInput, PlanInput
 from services.worker.layout import OutputLayout
 from services.worker.manifests import DataSpec
-from services.worker.plan import PlanError
+from services.worker.plan import PlanError, make_plan
 from tests.helpers.local_shards import echo_handler, echo_serve, plan_batch, run_shards, serve_client
 
 OPENERS = {"": open, ".gz": gzip.open, ".bz2": bz2.open, ".zst": zstandard.open}
@@ -215,3 +215,33 @@ def test_the_output_folder_must_be_writable(tmp_path):
 def test_bad_options_are_refused_before_the_batch_starts(fields, message):
     with pytest.raises(ValueError, match=message):
         BatchInferenceInput.model_validate({"input_uri": "in.jsonl", "output_uri": "out", **fields})
+
+
+async def test_a_batch_started_again_on_its_folder_resumes_and_sends_nothing_twice(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "x": i} for i in range(20)])
+    output = tmp_path / "out"
+    first = plan_batch(str(source), str(output), shard_size=5)
+    serve, calls = echo_serve()
+    await run_shards(plan_batch(str(source), str(output), shard_size=5), str(output), serve)
+    again = plan_batch(str(source), str(output), shard_size=8)  # other tuning: the plan stays
+    assert again.plan_id == first.plan_id and len(again.shards) == 4
+    sent = sum(calls)
+    outputs_again = await run_shards(again, str(output), serve)
+    assert sum(calls) == sent == 20, "every shard's final files are reused"
+    assert [o.resumed_from for o in outputs_again] == [5, 5, 5, 5]
+
+
+def test_another_batch_or_a_changed_input_on_a_used_folder_is_refused_unless_started_over(tmp_path):
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i} for i in range(10)])
+    output = str(tmp_path / "out")
+    first = plan_batch(str(source), output)
+    with pytest.raises(PlanError) as exc:
+        plan_batch(str(source), output, DataSpec(id_field="key"))
+    assert exc.value.failure == Failure.OUTPUT_IN_USE and "holds another batch" in str(exc.value)
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i} for i in range(11)])
+    with pytest.raises(PlanError) as exc:
+        plan_batch(str(source), output)
+    assert exc.value.failure == Failure.INPUT_CHANGED and f"{source} (size" in str(exc.value)
+    assert "start_over" in str(exc.value)
+    anew = make_plan(PlanInput(input_uri=str(source), output_uri=output, shard_size=7, start_over=True))
+    assert anew.plan_id != first.plan_id and anew.total_records == 11
