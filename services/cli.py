@@ -21,6 +21,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from services import constants as c
+from services import lineage_cli
 from services.worker.config import TemporalSettings, WorkerSettings
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
 from services.worker.manifests import DataSpec
@@ -40,12 +41,12 @@ def build_input(args: argparse.Namespace) -> BatchInferenceInput:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set takes key=value, got {item!r}")
-        (data if key in DataSpec.model_fields else tuning)[key] = _value(value)
-    inputs = [_abs_uri(uri) for uri in args.input or []]
+        (data if key in DataSpec.model_fields else tuning)[key] = parse_value(value)
+    inputs = [abs_uri(uri) for uri in args.input or []]
     return BatchInferenceInput(
         records=records,
         input_uri=(inputs[0] if len(inputs) == 1 else inputs) if inputs else None,
-        output_uri=_abs_uri(args.output),
+        output_uri=abs_uri(args.output),
         model=args.model,
         max_error_ratio=args.max_error_ratio,
         tuning=Tuning(**tuning),
@@ -53,7 +54,7 @@ def build_input(args: argparse.Namespace) -> BatchInferenceInput:
     )
 
 
-def _value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """A ``--set`` value: JSON (numbers, lists, objects), else the text itself (``parquet``)."""
     if not text:
         return None
@@ -63,7 +64,7 @@ def _value(text: str) -> Any:
         return text
 
 
-def _abs_uri(uri: str | None) -> str | None:
+def abs_uri(uri: str | None) -> str | None:
     """Local paths become absolute: the worker may run elsewhere (another directory)."""
     if uri is None or "://" in uri:
         return uri
@@ -390,6 +391,8 @@ def parser() -> argparse.ArgumentParser:
     sb.add_argument("--task-queue", help=f"default: ${c.ENV_TEMPORAL_TASK_QUEUE} or {c.DEFAULT_TASK_QUEUE}")
     sb.add_argument("--wait", action="store_true", help="show progress and print the summary")
 
+    lineage_cli.add_parsers(sub)
+
     pr = sub.add_parser("progress", help="show a batch's progress")
     pr.add_argument("workflow_id")
     pr.add_argument("--watch", action="store_true", help="follow until it ends")
@@ -407,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(_run_stack(args))
             case "submit":
                 return asyncio.run(cmd_submit(args))
+            case "verify":
+                return lineage_cli.cmd_verify(args)
+            case "retry":
+                return asyncio.run(lineage_cli.cmd_retry(args))
+            case "resume":
+                return asyncio.run(lineage_cli.cmd_resume(args))
             case "progress":
                 return asyncio.run(cmd_progress(args))
             case "worker":

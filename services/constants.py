@@ -77,6 +77,8 @@ ENV_GCSFS_ZB_HNS_SUPPORT = "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"
 # --- Outputs --------------------------------------------------------------------------------
 SHARD_NAME = "shard-{shard:05d}"  # then .jsonl or .parquet (results); errors are .jsonl
 ERRORS_DIR = "errors"
+# Retries of a batch's failed records write beside it: <output>/retries/<retry's workflow id>/.
+RETRIES_DIR = "retries"
 # Beside Parquet results the errors folder starts with "_": readers of a Parquet dataset
 # (pyarrow, pandas, Spark, Ray Data) skip such names, so the output folder reads as one table.
 PARQUET_ERRORS_DIR = "_errors"

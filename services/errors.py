@@ -76,6 +76,9 @@ class AuthCode(StrEnum):
     INVALID_TOKEN = "invalid_token"  # 403
 
 
+_SERVE_HTTP = "ServeHTTP"  # the prefix of Failure.serve_http's types
+
+
 class Failure(StrEnum):
     """``ApplicationError`` types raised by the activities and the workflow."""
 
@@ -87,6 +90,7 @@ class Failure(StrEnum):
     INPUT_UNREADABLE = "InputUnreadable"  # a corrupt or truncated file, a schema that does not fit
     ACCESS_DENIED = "AccessDenied"
     OUTPUT_IN_USE = "OutputInUse"  # the output folder holds another batch
+    UNKNOWN_MODEL = "UnknownModel"  # the batch names a model Serve does not have
     ERROR_BUDGET_EXCEEDED = "ErrorBudgetExceeded"
     SERVE_UNAVAILABLE = "ServeUnavailable"
     SERVE_PROTOCOL_ERROR = "ServeProtocolError"
@@ -94,7 +98,16 @@ class Failure(StrEnum):
     @staticmethod
     def serve_http(status: int) -> str:
         """The type of a non-retryable HTTP answer from Serve (e.g. ``ServeHTTP403``)."""
-        return f"ServeHTTP{status}"
+        return f"{_SERVE_HTTP}{status}"
+
+    @staticmethod
+    def is_ours(type_name: str | None) -> bool:
+        """Whether an ``ApplicationError`` type is one of these (or a Serve answer's): raised
+        on purpose with its reason, so its stack trace tells nobody anything."""
+        return type_name is not None and (type_name in _FAILURE_TYPES or type_name.startswith(_SERVE_HTTP))
+
+
+_FAILURE_TYPES = frozenset(Failure)
 
 
 class BatchError(Exception):
@@ -115,4 +128,32 @@ NON_RETRYABLE: tuple[Failure, ...] = (
     Failure.INPUT_UNREADABLE,
     Failure.ACCESS_DENIED,
     Failure.OUTPUT_IN_USE,
+    Failure.UNKNOWN_MODEL,
 )
+
+
+class CommandError(Exception):
+    """A mistake the person running a command can fix: the CLI prints only the message, which
+    says what to do, and exits 2 (no traceback)."""
+
+
+class NoSuchBatch(CommandError):
+    def __init__(self, workflow_id: str):
+        super().__init__(f"no batch with workflow id {workflow_id!r} (see `batch-inference list`)")
+        self.workflow_id = workflow_id
+
+
+class BadSetting(CommandError, ValueError):
+    """A ``--set`` key that is neither a data option nor a tuning one, or a value that does not fit."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+class PortInUse(CommandError):
+    """A local server's port is taken (often by the same server started earlier)."""
+
+    def __init__(self, port: int, what: str, fix: str):
+        super().__init__(f"port {port} ({what}) is already in use: {fix}")
+        self.port, self.what = port, what

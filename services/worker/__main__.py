@@ -1,3 +1,3 @@
 from services.worker.worker import main
 
-main()
+raise SystemExit(main())

@@ -31,6 +31,7 @@ from services.worker.contracts import (
 )
 from services.worker.layout import OutputLayout
 from services.worker.manifests import ShardProgress
+from services.worker.model_check import UnknownModel, check_model
 from services.worker.pipeline import HeapTrimmer, ShardPipeline
 from services.worker.plan import PlanError, make_plan
 from services.worker.serve_client import ServeClient, model_error
@@ -74,8 +75,10 @@ class BatchActivities:
     @activity.defn
     async def plan_batch(self, input: PlanInput) -> PlanOutput:
         try:
+            # Before the scan, which can take minutes: a wrong model name fails the batch at once.
+            await check_model(self.serve, input.model)
             plan = await asyncio.to_thread(make_plan, input)
-        except PlanError as exc:
+        except (PlanError, UnknownModel) as exc:
             raise _non_retryable(exc) from None
         return PlanOutput(total_records=plan.total_records, num_shards=len(plan.shards))
 
@@ -142,5 +145,7 @@ class BatchActivities:
             ok, failed = await asyncio.to_thread(layout.count_final, input.unsettled_shards)
             summary = summary.settled(ok, failed)
         await asyncio.to_thread(layout.finish, summary)
+        if summary.retry_of is not None and summary.status == "completed":
+            await asyncio.to_thread(OutputLayout(summary.retry_of).add_retry, summary.output_uri)
         telemetry.record_batch_finished(summary.model, summary.status)
         return layout.summary_uri

@@ -12,11 +12,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from services.errors import Code
+from services.constants import RETRIES_DIR
+from services.errors import Code, Stage
 from services.worker.manifests import BatchStatus, BatchSummary, DataSpec
 
 # Temporal refuses payloads over 2 MB and warns above 256 KB: inline batches stay under this.
 INLINE_LIMIT_BYTES = 256 * 1024
+# What ``retry_only`` may name: a stage, or a record error code.
+RETRYABLE_NAMES = frozenset([*Stage, *Code])
+
+
+def retry_output(retry_of: str, workflow_id: str) -> str:
+    """Where a retry writes by default: beside the batch it retries, named by its workflow id
+    (a re-delivered retry writes the same folder)."""
+    return "/".join([retry_of.rstrip("/"), RETRIES_DIR, workflow_id])
 
 
 class _Strict(BaseModel):
@@ -62,6 +71,14 @@ class BatchInferenceInput(DataSpec):
     batches."""
 
     records: list[Any] | None = Field(None, description="inline records (small jobs only)")
+    retry_of: str | None = Field(
+        None,
+        description="output folder of a finished batch: re-run its failed records (instead of input_uri)",
+    )
+    retry_only: list[str] = Field(
+        default_factory=list,
+        description="with retry_of: only failures of these stages or codes (default: all)",
+    )
     input_uri: str | list[str] | None = Field(
         None,
         description="a file, a folder/prefix, a glob, or a list of them: local paths or fsspec URLs",
@@ -83,8 +100,17 @@ class BatchInferenceInput(DataSpec):
 
     @model_validator(mode="after")
     def _check_source(self) -> BatchInferenceInput:
-        if (self.records is None) == (self.input_uri is None):
-            raise ValueError("give exactly one of 'records' (inline) or 'input_uri' (files)")
+        sources = [self.records is not None, self.input_uri is not None, self.retry_of is not None]
+        if sum(sources) != 1:
+            raise ValueError(
+                "give exactly one of 'records' (inline), 'input_uri' (files) "
+                "or 'retry_of' (a batch's failed records)"
+            )
+        if unknown := [name for name in self.retry_only if name not in RETRYABLE_NAMES]:
+            raise ValueError(
+                f"'retry_only' names unknown stages or codes {unknown}; "
+                f"valid: {', '.join(sorted(RETRYABLE_NAMES))}"
+            )
         if isinstance(self.input_uri, list) and not self.input_uri:
             raise ValueError("'input_uri' is an empty list: nothing to do")
         if self.input_uri is not None and not self.output_uri:
@@ -148,11 +174,13 @@ class Progress(BaseModel):
 
 
 class PlanInput(_Strict):
-    input_uri: str | list[str]
+    input_uri: str | list[str] | None = None
     output_uri: str
     spec: DataSpec = Field(default_factory=DataSpec)
     model: str | None = None
     start_over: bool = False
+    retry_of: str | None = None
+    retry_only: list[str] = []
     shard_size: int
     max_concurrent_shards: int = 1  # shards are cut in a multiple of this
 

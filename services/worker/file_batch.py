@@ -26,6 +26,7 @@ from services.worker.contracts import (
     ShardInput,
     ShardOutput,
     SummaryInput,
+    retry_output,
 )
 from services.worker.layout import OutputLayout
 from services.worker.manifests import BatchStatus, BatchSummary
@@ -38,9 +39,11 @@ NON_RETRYABLE_TYPES = [str(failure) for failure in NON_RETRYABLE]
 
 class FileBatch:
     def __init__(self, input: BatchInferenceInput):
-        assert input.input_uri and input.output_uri
+        if input.retry_of is not None and input.output_uri is None:
+            input.output_uri = retry_output(input.retry_of, workflow.info().workflow_id)
+        assert input.output_uri
         self.input, self.tuning = input, input.tuning
-        self.input_uri: str | list[str] = input.input_uri
+        self.input_uri: str | list[str] | None = input.input_uri
         self.output_uri: str = input.output_uri
         self.errors_uri = OutputLayout(input.output_uri, input.output_format).errors_uri()
         self.status: ProgressStatus = "planning"
@@ -99,6 +102,8 @@ class FileBatch:
                 spec=self.input.data_spec(),
                 model=self.input.model,
                 start_over=self.input.start_over,
+                retry_of=self.input.retry_of,
+                retry_only=self.input.retry_only,
                 shard_size=self.tuning.shard_size,
                 max_concurrent_shards=self.tuning.max_concurrent_shards,
             ),
@@ -229,6 +234,7 @@ class FileBatch:
             ),
             workflow_id=workflow.info().workflow_id,
             input_uri=self.input_uri,
+            retry_of=self.input.retry_of,
             output_format=self.input.output_format,
             model=self.input.model,
             shards_done=state.next_shard - len(self.pending) if status == "completed" else None,

@@ -149,3 +149,12 @@ class OutputLayout:
 
     def read_summary(self) -> BatchSummary:
         return BatchSummary.model_validate_json(fs.read_bytes(self.summary_uri))
+
+    def add_retry(self, retry_uri: str) -> None:
+        """Point this batch's summary at a completed retry of its failed records (once)."""
+        if not fs.exists(self.summary_uri):
+            return
+        summary = self.read_summary()
+        if retry_uri not in summary.retries:
+            updated = summary.model_copy(update={"retries": [*summary.retries, retry_uri]})
+            fs.write_bytes(self.summary_uri, updated.model_dump_json(indent=2).encode() + b"\n")

@@ -195,6 +195,7 @@ class BatchSummary(BaseModel):
     status: BatchStatus
     workflow_id: str
     input_uri: str | list[str] | None
+    retry_of: str | None = Field(None, description="the batch whose failed records this one re-ran")
     output_uri: str
     output_format: OutputFormat = "jsonl"
     errors_uri: str
@@ -208,6 +209,9 @@ class BatchSummary(BaseModel):
     resumed_records: int
     duration_s: float
     records_per_second: float
+    retries: list[str] = Field(
+        default_factory=list, description="output folders of retries of its failed records"
+    )
 
     def settled(self, succeeded: int, failed: int) -> BatchSummary:
         """This summary with the records of shards that committed while being stopped."""

@@ -21,8 +21,9 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
+from services.constants import PLAN_FILE
 from services.errors import BatchError, Failure
-from services.worker import csv_records, duplicates, parquet_files, text_files
+from services.worker import csv_records, duplicates, parquet_files, retry, text_files
 from services.worker.contracts import PlanInput
 from services.worker.inputs import FoundFile, InputError, resolve
 from services.worker.layout import OutputLayout
@@ -61,6 +62,9 @@ class _Scanned:
 def make_plan(input: PlanInput) -> Plan:
     """Plan the batch and write ``_plan.json``, or take up the plan already in the output folder
     (a resumed batch); raises ``PlanError``."""
+    if input.retry_of is not None:
+        return _plan_retry(input)
+    assert input.input_uri is not None
     with _input_errors(input.input_uri):
         found = resolve(input.input_uri, input.spec.input_format)
     layout = OutputLayout(input.output_uri, input.spec.output_format)
@@ -77,7 +81,8 @@ def make_plan(input: PlanInput) -> Plan:
     files = [s.file for s in scanned]
     total = sum(f.records for f in files)
     if total == 0:
-        raise PlanError(Failure.EMPTY_INPUT, f"input has no records (empty files): {input.input_uri}")
+        empty = "empty file" if len(files) == 1 else "empty files"
+        raise PlanError(Failure.EMPTY_INPUT, f"input has no records ({empty}): {input.input_uri}")
     plan = Plan(
         plan_id=uuid.uuid4().hex,
         input_uri=input.input_uri,
@@ -99,6 +104,32 @@ def make_plan(input: PlanInput) -> Plan:
             f"cannot write to output location {input.output_uri}: {exc.strerror or type(exc).__name__}",
         ) from None
     return plan
+
+
+def _plan_retry(input: PlanInput) -> Plan:
+    """A retry of a batch's failed records: copy them from its input into the retry's folder
+    (unless a plan is there already: a resumed retry), then plan that folder with the original
+    batch's data options."""
+    assert input.retry_of is not None
+    try:
+        original = OutputLayout(input.retry_of).read_plan()
+    except (FileNotFoundError, NotADirectoryError):
+        raise PlanError(
+            Failure.INPUT_NOT_FOUND, f"no batch to retry in {input.retry_of} (no {PLAN_FILE})"
+        ) from None
+    spec = original.spec.model_copy(update={"input_format": original.files[0].format})
+    planned = input.model_copy(
+        update={"input_uri": retry.input_folder(input.output_uri), "spec": spec, "retry_of": None}
+    )
+    if input.start_over or _earlier_plan(OutputLayout(input.output_uri, spec.output_format)) is None:
+        with _input_errors(input.retry_of):
+            count = retry.extract(original, input.retry_of, input.output_uri, input.retry_only)
+        if not count:
+            only = f" of {', '.join(input.retry_only)}" if input.retry_only else ""
+            raise PlanError(
+                Failure.EMPTY_INPUT, f"nothing to retry: {input.retry_of} has no failed records{only}"
+            )
+    return make_plan(planned)
 
 
 @contextlib.contextmanager
@@ -297,9 +328,8 @@ def _mark_duplicates(plan: Plan, repeated: set[int], extra: int) -> int:
                         raise PlanError(
                             Failure.DUPLICATE_IDS,
                             f"more than {MAX_DUPLICATE_RECORDS} records repeat an earlier id (e.g. id "
-                            f"{key.decode()} at line {here[1]} of {plan.files[here[0]].uri} repeats line "
-                            f"{first[1]} of {plan.files[first[0]].uri}): the input looks duplicated; remove "
-                            "the repeated records and resubmit",
+                            f"{key.decode()} at {_line(plan, here)} repeats {_line(plan, first)}): the input "
+                            "looks duplicated; remove the repeated records and resubmit",
                         )
                     shard.duplicates.append(
                         Duplicate(file=here[0], line=here[1], first_file=first[0], first_line=first[1])
@@ -308,3 +338,8 @@ def _mark_duplicates(plan: Plan, repeated: set[int], extra: int) -> int:
             reader.close()
         found += len(shard.duplicates)
     return found
+
+
+def _line(plan: Plan, where: tuple[int, int]) -> str:
+    file, line = where
+    return f"line {line}" if len(plan.files) == 1 else f"line {line} of {plan.files[file].uri}"

@@ -32,6 +32,7 @@ from services.constants import (
     ENV_SERVE_TOKEN_FILE,
     INFERENCE_ROUTE,
     MODEL_INFERENCE_ROUTE,
+    MODELS_ROUTE,
 )
 from services.errors import Code, Failure, RecordError, Stage
 from services.token_file import TokenFile
@@ -68,6 +69,13 @@ class TokenSource:
 
 def _one_token(text: str) -> str | None:
     return text.strip() or None
+
+
+class ServeModels(BaseModel):
+    """Serve's answer on ``MODELS_ROUTE``: the models it has and the one ``model: None`` gets."""
+
+    models: list[str]
+    default: str | None = None
 
 
 class ServeRecordError(BaseModel):
@@ -245,6 +253,13 @@ class ServeClient:
             type=Failure.SERVE_UNAVAILABLE,
             next_retry_delay=timedelta(seconds=delay) if delay else None,
         )
+
+    async def list_models(self, timeout_s: float = 10.0) -> ServeModels:
+        """The models Serve has: one attempt, no retries (a check before a batch, not its work).
+        Raises ``httpx.HTTPError`` (also for a non-200 answer) or ``ValidationError``."""
+        response = await self._client.get(MODELS_ROUTE, headers=self._headers(), timeout=timeout_s)
+        response.raise_for_status()
+        return ServeModels.model_validate_json(response.content)
 
     def _record(self, outcome: str, started: float, model: str | None) -> None:
         if self._on_attempt:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +22,9 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from services import constants as c
+from services.errors import CommandError, PortInUse
+from services.local.ports import next_free_port
+from services.worker import expected_failures
 from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
 from services.worker.malloc import limit_malloc_arenas
@@ -48,6 +53,24 @@ def eager_options(reservations: int) -> dict[str, Any]:
     return {"max_eager_activity_reservations_per_workflow_task": reservations}
 
 
+def start_metrics(settings: WorkerSettings, bridge: TemporalMetricsBridge) -> MetricsServer:
+    """``/metrics`` on its port; a port taken (a second worker on one machine) says what to change."""
+    try:
+        return MetricsServer(settings.metrics_host, settings.metrics_port, bridge).start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        bridge.close()
+        free = next_free_port(settings.metrics_port + 1, settings.metrics_host)
+        example = f" (e.g. {c.ENV_WORKER_METRICS_PORT}={free})" if free else ""
+        raise PortInUse(
+            settings.metrics_port,
+            f"the worker's /metrics on {settings.metrics_host}",
+            f"another worker on this machine? Give this one another port with {c.ENV_WORKER_METRICS_PORT}"
+            f"{example}, or {c.ENV_WORKER_METRICS_PORT}=0 to turn its /metrics off",
+        ) from None
+
+
 def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -> Worker:
     activities = BatchActivities(serve)
     return Worker(
@@ -74,6 +97,7 @@ async def run_worker(
     settings: WorkerSettings, stop: asyncio.Event | None = None, install_signals: bool = True
 ) -> None:
     limit_malloc_arenas()  # before the threads that would get arenas of their own start
+    expected_failures.install()
     tokens = TokenSource.from_env()
     if not tokens.configured():
         log.warning(
@@ -85,7 +109,7 @@ async def run_worker(
         # One port for the project's metrics and the Temporal SDK's (bridged from a MetricBuffer).
         bridge = TemporalMetricsBridge()
         runtime = bridge.create_runtime()
-        metrics = MetricsServer(settings.metrics_host, settings.metrics_port, bridge).start()
+        metrics = start_metrics(settings, bridge)
         log.info("metrics on %s", metrics.url)
     client = await settings.connect(runtime=runtime)
     serve = ServeClient(
@@ -139,8 +163,13 @@ async def run_worker(
     log.info("worker stopped")
 
 
-def main() -> None:
+def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO: thousands of lines a second at full speed.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    asyncio.run(run_worker(WorkerSettings()))
+    try:
+        asyncio.run(run_worker(WorkerSettings()))
+    except CommandError as exc:  # e.g. its port taken: the reason and what to change, no trace
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

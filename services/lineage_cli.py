@@ -1,0 +1,145 @@
+"""Day-2 commands on a finished batch: ``verify`` its lineage, ``retry`` its failed records,
+``resume`` it where it stopped. Each takes a workflow id or (verify, retry) an output folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+
+from services import constants as c
+from services.worker.config import TemporalSettings
+from services.worker.contracts import RETRYABLE_NAMES, BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker.layout import OutputLayout
+
+
+def add_parsers(sub: Any) -> None:
+    v = sub.add_parser(
+        "verify",
+        help="prove every input record of a batch appears exactly once in its results or errors",
+        description="Reads the batch's plan, its input, results, errors and retries. Exit 0: every input "
+        "record exactly once; 1: some missing or doubled (a few are named); 2: no batch there.",
+    )
+    v.add_argument("output", help="the batch's output folder: local path or fsspec URL")
+    v.add_argument("--json", action="store_true", help="print the verdict as JSON")
+
+    r = sub.add_parser(
+        "retry",
+        help="re-run a finished batch's failed records as a new batch beside it",
+        description="Copies the failed records (all, or --only some stages/codes) from the batch's input "
+        "into <output>/retries/<new workflow id>/ and runs them there; the original summary then lists the "
+        "retry, and `verify` counts a record its results fix as succeeded.",
+    )
+    r.add_argument("batch", help="the batch's workflow id or output folder")
+    r.add_argument(
+        "--only",
+        help="comma-separated stages or codes to retry (default: all), from: "
+        + ", ".join(sorted(RETRYABLE_NAMES)),
+    )
+    r.add_argument("--model", help="model name (default: the batch's)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="tuning, as for submit")
+    r.add_argument("--id", help="workflow id of the retry (default: retry-<random>)")
+    r.add_argument("--wait", action="store_true", help="show progress and print the summary")
+
+    s = sub.add_parser(
+        "resume",
+        help="start a failed or cancelled batch again where it stopped (same workflow id and folder)",
+        description="Finished shards are reused, unfinished ones resume after their last committed part. "
+        "Refused if the input changed since it was planned (then submit it again with "
+        "--set start_over=true).",
+    )
+    s.add_argument("workflow_id")
+    s.add_argument("--wait", action="store_true", help="show progress and print the summary")
+
+
+async def original_input(client: Client, workflow_id: str) -> BatchInferenceInput:
+    """The input a batch was started with (its first run's, before any continue-as-new)."""
+    latest = await client.get_workflow_handle(workflow_id).fetch_history()
+    started = latest.events[0].workflow_execution_started_event_attributes
+    first_run = started.first_execution_run_id or latest.run_id
+    history = await client.get_workflow_handle(workflow_id, run_id=first_run).fetch_history()
+    payloads = history.events[0].workflow_execution_started_event_attributes.input.payloads
+    (batch,) = await client.data_converter.decode(payloads, [BatchInferenceInput])
+    return batch.model_copy(update={"state": None})
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from services.worker.lineage import report, verify
+
+    try:
+        verdict = verify(args.output)
+    except FileNotFoundError:
+        print(f"error: no batch in {args.output} (no {c.PLAN_FILE})", file=sys.stderr)
+        return 2
+    print(verdict.model_dump_json(indent=2) if args.json else report(verdict))
+    return 0 if verdict.ok else 1
+
+
+def _looks_like_folder(text: str) -> bool:
+    return "/" in text or "://" in text
+
+
+async def cmd_retry(args: argparse.Namespace) -> int:
+    from services.cli import abs_uri, follow, parse_value
+
+    settings = TemporalSettings()
+    client = await settings.connect()
+    if _looks_like_folder(args.batch):
+        folder = abs_uri(args.batch)
+    else:
+        folder = (await original_input(client, args.batch)).output_uri
+    assert folder is not None
+    only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
+    layout = OutputLayout(folder)
+    model = args.model
+    try:
+        summary = layout.read_summary()
+        if summary.failed == 0:
+            print(f"nothing to retry: the batch in {folder} has no failed records")
+            return 0
+        model = model or summary.model
+    except FileNotFoundError:
+        pass  # no summary yet (or not readable from here): the worker decides
+    tuning = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        tuning[key] = parse_value(value)
+    batch = BatchInferenceInput(retry_of=folder, retry_only=only, model=model, tuning=Tuning(**tuning))
+    handle = await client.start_workflow(
+        c.WORKFLOW_NAME,
+        batch,
+        id=args.id or f"retry-{uuid.uuid4().hex[:12]}",
+        task_queue=settings.task_queue,
+        result_type=BatchInferenceOutput,
+    )
+    print(f"started workflow {handle.id}: retrying the failed records of {folder}", file=sys.stderr)
+    if not args.wait:
+        print(handle.id)
+        return 0
+    return 0 if await follow(handle) else 1
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    from services.cli import follow
+
+    settings = TemporalSettings()
+    client = await settings.connect()
+    batch = await original_input(client, args.workflow_id)
+    handle = await client.start_workflow(
+        c.WORKFLOW_NAME,
+        batch,
+        id=args.workflow_id,
+        task_queue=settings.task_queue,
+        result_type=BatchInferenceOutput,
+        # A closed batch's id may start again; a running one is refused (WorkflowAlreadyStarted).
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+    )
+    print(f"resumed workflow {handle.id} in {batch.output_uri}", file=sys.stderr)
+    if not args.wait:
+        print(handle.id)
+        return 0
+    return 0 if await follow(handle) else 1
