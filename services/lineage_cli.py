@@ -85,6 +85,7 @@ def _looks_like_folder(text: str) -> bool:
 
 async def cmd_retry(args: argparse.Namespace) -> int:
     from services.cli import abs_uri, follow, parse_value
+    from services.worker.retry import failed_lines
 
     settings = TemporalSettings()
     client = await settings.connect()
@@ -94,16 +95,18 @@ async def cmd_retry(args: argparse.Namespace) -> int:
         folder = (await original_input(client, args.batch)).output_uri
     assert folder is not None
     only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
-    layout = OutputLayout(folder)
     model = args.model
     try:
-        summary = layout.read_summary()
-        if summary.failed == 0:
-            print(f"nothing to retry: the batch in {folder} has no failed records")
+        plan = OutputLayout(folder).read_plan()
+        if not failed_lines(plan, OutputLayout(folder, plan.spec.output_format), only):
+            print(
+                f"nothing to retry: the batch in {folder} has no failed records"
+                + (f" of {args.only}" if only else "")
+            )
             return 0
-        model = model or summary.model
-    except FileNotFoundError:
-        pass  # no summary yet (or not readable from here): the worker decides
+        model = model or plan.model
+    except (FileNotFoundError, PermissionError):
+        pass  # no plan there, or not readable from here: the worker checks, and says so
     tuning = {}
     for item in args.set or []:
         key, _, value = item.partition("=")
