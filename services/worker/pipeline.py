@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ from services.worker.source import PartParser, RawPart, ShardReader
 # Parts committed (by all shards of a worker) between two hand-backs of the heap's free memory
 # to the OS (malloc.py): often enough to bound peak RSS, rarely enough to cost little CPU.
 TRIM_EVERY_PARTS = 8
+# How long a cancelled shard keeps committing the parts it has in flight (their requests are out;
+# committed, a resume does not send them again). Bounded: a worker's graceful shutdown waits.
+DRAIN_S = 5.0
 
 
 @dataclass
@@ -101,8 +105,13 @@ class ShardPipeline:
                     ahead.append((task, raw.count, raw.end))
                     read_done += raw.count
                     del raw
-                task, count, end = ahead.popleft()
-                await self._commit_part(await task, count, end)
+                task, count, end = ahead[0]
+                result = await asyncio.shield(task)  # a cancellation leaves the part running: drained
+                ahead.popleft()
+                await self._commit_part(result, count, end)
+        except asyncio.CancelledError:
+            await self._drain(ahead)
+            raise
         finally:
             for task, *_ in ahead:
                 task.cancel()
@@ -116,6 +125,20 @@ class ShardPipeline:
         except asyncio.CancelledError:
             await commit  # cancelled while joining: the shard is done, so report it done
         return self.progress
+
+    async def _drain(
+        self, ahead: collections.deque[tuple[asyncio.Task[PartResult], int, ShardProgress]]
+    ) -> None:
+        """On cancellation, commit the parts whose requests are already out as they finish, in
+        order, for up to ``DRAIN_S``: a resume then sends none of them again."""
+        deadline = time.monotonic() + DRAIN_S
+        while ahead and (left := deadline - time.monotonic()) > 0:
+            task, count, end = ahead[0]
+            done, _ = await asyncio.wait({task}, timeout=left)
+            if not done or task.cancelled() or task.exception() is not None:
+                return
+            ahead.popleft()
+            await self._commit_part(task.result(), count, end)
 
     async def _commit_part(self, result: PartResult, records: int, end: ShardProgress) -> None:
         done = self.progress
