@@ -12,7 +12,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -20,11 +19,22 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from services import batches_cli, lineage_cli, schedule_cli
 from services import constants as c
-from services import lineage_cli
+from services.cli_errors import (
+    batch_input,
+    batch_named,
+    connect,
+    describe_validation,
+    failure_line,
+    parse_value,  # noqa: F401  (lineage_cli's --set values)
+    query_progress,
+    split_settings,
+    tuning_from,
+)
+from services.errors import CommandError
 from services.worker.config import TemporalSettings, WorkerSettings
-from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
-from services.worker.manifests import DataSpec
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress
 
 # --- submitting and watching -----------------------------------------------------------------
 
@@ -36,32 +46,17 @@ def build_input(args: argparse.Namespace) -> BatchInferenceInput:
         records = json.loads(text)
         if not isinstance(records, list):
             raise ValueError("--inline takes a JSON list of records")
-    tuning, data = {}, {}
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes key=value, got {item!r}")
-        (data if key in DataSpec.model_fields else tuning)[key] = parse_value(value)
+    data, tuning = split_settings(args.set or [])  # an unknown key is refused, naming the valid ones
     inputs = [abs_uri(uri) for uri in args.input or []]
-    return BatchInferenceInput(
+    return batch_input(
         records=records,
         input_uri=(inputs[0] if len(inputs) == 1 else inputs) if inputs else None,
         output_uri=abs_uri(args.output),
         model=args.model,
         max_error_ratio=args.max_error_ratio,
-        tuning=Tuning(**tuning),
+        tuning=tuning_from(tuning),
         **data,
     )
-
-
-def parse_value(text: str) -> Any:
-    """A ``--set`` value: JSON (numbers, lists, objects), else the text itself (``parquet``)."""
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def abs_uri(uri: str | None) -> str | None:
@@ -147,13 +142,8 @@ def print_summary(result: BatchInferenceOutput, wall_s: float | None = None) -> 
 
 
 def describe_failure(err: WorkflowFailureError) -> str:
-    """The failure and its causes, outermost first: what the user needs to fix is usually last."""
-    cause = err.cause
-    parts = []
-    while cause is not None:
-        parts.append(str(cause))
-        cause = getattr(cause, "cause", None)
-    return " <- ".join(parts) or str(err)
+    """Why a batch failed, in one line (``cli_errors.failure_line``)."""
+    return failure_line(err)
 
 
 async def follow(handle: WorkflowHandle) -> BatchInferenceOutput | None:
@@ -174,7 +164,7 @@ async def follow(handle: WorkflowHandle) -> BatchInferenceOutput | None:
 async def cmd_submit(args: argparse.Namespace) -> int:
     batch = build_input(args)
     settings = TemporalSettings()
-    client = await settings.connect()
+    client = await connect(settings)
     try:
         handle = await start_batch(
             client, batch, args.task_queue or settings.task_queue, args.id, args.id_conflict == "use-existing"
@@ -194,11 +184,13 @@ async def cmd_submit(args: argparse.Namespace) -> int:
 
 
 async def cmd_progress(args: argparse.Namespace) -> int:
-    client = await TemporalSettings().connect()
+    client = await connect()
     handle = client.get_workflow_handle(args.workflow_id, result_type=BatchInferenceOutput)
-    if args.watch:
-        return 0 if await follow(handle) else 1
-    progress = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
+    with batch_named(args.workflow_id):
+        if args.watch:
+            await handle.describe()  # the watch below treats every RPC error as "not yet"
+            return 0 if await follow(handle) else 1
+        progress = await query_progress(handle)
     print(progress.model_dump_json(indent=2))
     return 0
 
@@ -206,8 +198,7 @@ async def cmd_progress(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from services.worker.worker import main
 
-    main()
-    return 0
+    return main()
 
 
 def _wait_forever(what: str) -> None:
@@ -218,8 +209,10 @@ def _wait_forever(what: str) -> None:
 
 
 def cmd_temporal(args: argparse.Namespace) -> int:
+    from services.local.ports import check_temporal_ports
     from services.local.temporal_dev import TemporalDevServer
 
+    check_temporal_ports(args.port, args.port + 1000)
     server = TemporalDevServer(args.state_dir, port=args.port, ui_port=args.port + 1000).start()
     print(f"Temporal dev server at {server.address}, UI http://127.0.0.1:{server.ui_port}", file=sys.stderr)
     try:
@@ -230,10 +223,12 @@ def cmd_temporal(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from services.local.ports import check_serve_ports
     from services.local.ray_serve import LocalRayServe, ensure_token
 
     token = ensure_token(args.state_dir / "serve-token")
     serve = LocalRayServe(args.state_dir, token, high_throughput=args.high_throughput)
+    check_serve_ports(serve.http_port, serve.gcs_port, serve.dashboard_port, serve.metrics_port)
     try:
         serve.start()
         print(
@@ -271,6 +266,7 @@ def _start_prometheus(state: Path, settings: WorkerSettings, serve):
 
 async def _run_stack(args: argparse.Namespace) -> int:
     from services.local.paths import SAMPLE_DATASET
+    from services.local.ports import check_serve_ports, check_temporal_ports
     from services.local.ray_serve import LocalRayServe, ensure_token
     from services.local.temporal_dev import TemporalDevServer
     from services.worker.worker import run_worker
@@ -279,6 +275,8 @@ async def _run_stack(args: argparse.Namespace) -> int:
     token = ensure_token(state / "serve-token")
     temporal = TemporalDevServer(state)
     serve = LocalRayServe(state, token, high_throughput=args.high_throughput)
+    check_temporal_ports(temporal.port, temporal.ui_port)
+    check_serve_ports(serve.http_port, serve.gcs_port, serve.dashboard_port, serve.metrics_port)
     stop = asyncio.Event()
     worker_task: asyncio.Task | None = None
     prometheus = None
@@ -397,6 +395,10 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("workflow_id")
     pr.add_argument("--watch", action="store_true", help="follow until it ends")
 
+    batches_cli.add_parsers(sub)
+
+    schedule_cli.add_parser(sub)
+
     sub.add_parser("token", help="print a new random Serve token")
     return p
 
@@ -418,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(lineage_cli.cmd_resume(args))
             case "progress":
                 return asyncio.run(cmd_progress(args))
+            case "list":
+                return asyncio.run(batches_cli.cmd_list(args))
+            case "cancel":
+                return asyncio.run(batches_cli.cmd_cancel(args))
+            case "schedule":
+                return asyncio.run(schedule_cli.run(args))
             case "worker":
                 return cmd_worker(args)
             case "temporal":
@@ -429,7 +437,13 @@ def main(argv: list[str] | None = None) -> int:
 
                 print(secrets.token_urlsafe(32))
                 return 0
-    except (ValidationError, ValueError, FileNotFoundError) as exc:
+    except CommandError as exc:  # says what to do: no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"error: {describe_validation(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

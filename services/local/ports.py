@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 
+from services.constants import ENV_TEMPORAL_ADDRESS
 from services.errors import PortInUse
 from services.local.processes import LOOPBACK
 
@@ -37,3 +38,29 @@ def check_free(ports: list[tuple[int, str]], fix: str, host: str = LOOPBACK) -> 
     for port, what in ports:
         if not port_free(port, host):
             raise PortInUse(port, what, fix)
+
+
+def check_temporal_ports(port: int, ui_port: int) -> None:
+    """Before ``temporal server start-dev``: a taken port would only show in its log, while
+    the port answering (the other server) looked like this one starting."""
+    free = next_free_port(port + 1, also=(ui_port - port,))
+    flag = f"--port {free}" if free else "--port <another port>"
+    check_free(
+        [(port, "Temporal's gRPC"), (ui_port, "Temporal's web UI")],
+        f"is a Temporal dev server already running? Use that one, or start this one with {flag} "
+        f"(its UI takes port+1000) and point {ENV_TEMPORAL_ADDRESS} at it",
+    )
+
+
+def check_serve_ports(http_port: int, gcs_port: int, dashboard_port: int, metrics_port: int) -> None:
+    """Before ``ray start``: the local Serve's ports are fixed (the worker's default SERVE_URL)."""
+    check_free(
+        [
+            (http_port, "Ray Serve's HTTP"),
+            (gcs_port, "Ray's GCS"),
+            (dashboard_port, "Ray's dashboard"),
+            (metrics_port, "Ray's metrics"),
+        ],
+        "is `batch-inference serve` (or another Ray) already running? Use that one, or stop it first "
+        "(Ctrl-C in its terminal)",
+    )
