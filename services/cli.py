@@ -27,7 +27,7 @@ from services.cli_errors import (
     connect,
     describe_validation,
     failure_line,
-    parse_value,  # noqa: F401  (lineage_cli's --set values)
+    parse_value,
     query_progress,
     split_settings,
     tuning_from,
@@ -176,8 +176,13 @@ async def cmd_submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    print(f"started workflow {handle.id}", file=sys.stderr)
-    if not args.wait:
+    return await started(handle, args.wait)
+
+
+async def started(handle: WorkflowHandle, wait: bool, what: str = "") -> int:
+    """Say a batch started; with ``wait``, follow it to its end (exit 1 if it failed)."""
+    print(f"started workflow {handle.id}{what}", file=sys.stderr)
+    if not wait:
         print(handle.id)
         return 0
     return 0 if await follow(handle) else 1

@@ -9,11 +9,11 @@ import uuid
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
 
 from services import constants as c
+from services.cli_errors import batch_named, connect
 from services.worker.config import TemporalSettings
-from services.worker.contracts import RETRYABLE_NAMES, BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker.contracts import RETRYABLE_NAMES, BatchInferenceInput, Tuning
 from services.worker.layout import OutputLayout
 
 
@@ -84,15 +84,16 @@ def _looks_like_folder(text: str) -> bool:
 
 
 async def cmd_retry(args: argparse.Namespace) -> int:
-    from services.cli import abs_uri, follow, parse_value
+    from services.cli import abs_uri, parse_value, start_batch, started
     from services.worker.retry import failed_lines
 
     settings = TemporalSettings()
-    client = await settings.connect()
+    client = await connect(settings)
     if _looks_like_folder(args.batch):
         folder = abs_uri(args.batch)
     else:
-        folder = (await original_input(client, args.batch)).output_uri
+        with batch_named(args.batch):
+            folder = (await original_input(client, args.batch)).output_uri
     assert folder is not None
     only = [name.strip() for name in (args.only or "").split(",") if name.strip()]
     model = args.model
@@ -107,42 +108,22 @@ async def cmd_retry(args: argparse.Namespace) -> int:
         model = model or plan.model
     except (FileNotFoundError, PermissionError):
         pass  # no plan there, or not readable from here: the worker checks, and says so
-    tuning = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        tuning[key] = parse_value(value)
+    tuning = {key: parse_value(value) for key, _, value in (item.partition("=") for item in args.set or [])}
     batch = BatchInferenceInput(retry_of=folder, retry_only=only, model=model, tuning=Tuning(**tuning))
-    handle = await client.start_workflow(
-        c.WORKFLOW_NAME,
-        batch,
-        id=args.id or f"retry-{uuid.uuid4().hex[:12]}",
-        task_queue=settings.task_queue,
-        result_type=BatchInferenceOutput,
+    handle = await start_batch(
+        client, batch, settings.task_queue, args.id or f"retry-{uuid.uuid4().hex[:12]}"
     )
-    print(f"started workflow {handle.id}: retrying the failed records of {folder}", file=sys.stderr)
-    if not args.wait:
-        print(handle.id)
-        return 0
-    return 0 if await follow(handle) else 1
+    return await started(handle, args.wait, f": retrying the failed records of {folder}")
 
 
 async def cmd_resume(args: argparse.Namespace) -> int:
-    from services.cli import follow
+    from services.cli import start_batch, started
 
     settings = TemporalSettings()
-    client = await settings.connect()
-    batch = await original_input(client, args.workflow_id)
-    handle = await client.start_workflow(
-        c.WORKFLOW_NAME,
-        batch,
-        id=args.workflow_id,
-        task_queue=settings.task_queue,
-        result_type=BatchInferenceOutput,
-        # A closed batch's id may start again; a running one is refused (WorkflowAlreadyStarted).
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-    )
-    print(f"resumed workflow {handle.id} in {batch.output_uri}", file=sys.stderr)
-    if not args.wait:
-        print(handle.id)
-        return 0
-    return 0 if await follow(handle) else 1
+    client = await connect(settings)
+    with batch_named(args.workflow_id):
+        batch = await original_input(client, args.workflow_id)
+    # The id of a closed batch may start again (Temporal's default reuse policy); a running one
+    # is refused: WorkflowAlreadyStarted.
+    handle = await start_batch(client, batch, settings.task_queue, args.workflow_id)
+    return await started(handle, args.wait, f": resuming in {batch.output_uri}")
