@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO, Any
 
 import pyarrow as pa
@@ -48,32 +49,32 @@ def needed_columns(names: list[str], fields: RecordFields) -> list[str]:
     return [name for name in names if name in wanted]
 
 
-def footer(found: FoundFile, fields: RecordFields) -> tuple[list[int], pa.Schema]:
-    """(rows per row group, the schema of the columns a shard reads) of one file, checking that
-    the columns the batch needs are there."""
+@dataclass
+class ScannedParquet:
+    row_groups: list[int]
+    schema: pa.Schema  # of the columns a shard reads
+
+
+def scan(found: FoundFile, fields: RecordFields, on_ids: Callable[[list[Any]], None]) -> ScannedParquet:
+    """One file's footer (rows per row group, schema), checking that the columns the batch
+    needs are there, and its id column a record batch at a time (``on_ids``): one open."""
     file, fh = open_parquet(found.uri)
     with fh:
         schema = file.schema_arrow
         groups = [file.metadata.row_group(i).num_rows for i in range(file.num_row_groups)]
-    names = schema.names
-    if missing := [c for c in fields.required(found.partition) if c not in names]:
-        raise InputError(
-            Failure.INPUT_UNREADABLE,
-            f"{found.uri}: no column {missing[0]!r} (its columns: {', '.join(names)})",
-        )
-    kept = needed_columns(names, fields)
-    return groups, pa.schema([schema.field(name) for name in kept])
-
-
-def id_batches(uri: str, id_field: str) -> Iterator[list[Any]]:
-    """The id column of a file, a record batch at a time, as Python values."""
-    file, fh = open_parquet(uri)
-    with fh:
+        names = schema.names
+        if missing := [c for c in fields.required(found.partition) if c not in names]:
+            raise InputError(
+                Failure.INPUT_UNREADABLE,
+                f"{found.uri}: no column {missing[0]!r} (its columns: {', '.join(names)})",
+            )
         try:
-            for batch in file.iter_batches(batch_size=65_536, columns=[id_field]):
-                yield batch.column(0).to_pylist()
+            for batch in file.iter_batches(batch_size=65_536, columns=[fields.id_field]):
+                on_ids(batch.column(0).to_pylist())
         except (pa.ArrowException, OSError) as exc:
-            raise unreadable(uri, exc) from None
+            raise unreadable(found.uri, exc) from None
+    kept = needed_columns(names, fields)
+    return ScannedParquet(groups, pa.schema([schema.field(name) for name in kept]))
 
 
 class ParquetSegmentReader:

@@ -53,10 +53,11 @@ def shard_sizes(total: int, shard_size: int, window: int) -> list[int]:
 
 
 class _Scanned:
-    """One file as scanned: its plan entry, and its record index if it is plain text."""
+    """One file as scanned: its plan entry, its record index if it is plain text, the schema of
+    the columns read if it is Parquet."""
 
-    def __init__(self, file: InputFile, text: text_files.ScannedText | None = None):
-        self.file, self.text = file, text
+    def __init__(self, file: InputFile, text: text_files.ScannedText | None = None, schema: Any = None):
+        self.file, self.text, self.schema = file, text, schema
 
 
 def make_plan(input: PlanInput) -> Plan:
@@ -185,7 +186,7 @@ def _scan_all(found: list[FoundFile], spec: DataSpec, ids: duplicates.DuplicateI
     with concurrent.futures.ThreadPoolExecutor(LOCAL_SCANS if local else REMOTE_SCANS) as pool:
         scanned = list(pool.map(lambda f: _scan(f, spec, ids, lock), found))
     if found and found[0].format == "parquet":
-        _same_schema(found, spec)
+        _same_schema(scanned)
     return scanned
 
 
@@ -199,12 +200,17 @@ def _scan(found: FoundFile, spec: DataSpec, ids: duplicates.DuplicateIds, lock: 
         "partition": found.partition,
     }
     if found.format == "parquet":
-        groups, _ = parquet_files.footer(found, spec)
-        for values in parquet_files.id_batches(found.uri, spec.id_field):
+
+        def on_ids(values: list[Any]) -> None:
             hashes = duplicates.key_hashes([k for v in values if (k := duplicates.id_key(v)) is not None])
             with lock:
                 ids.add(hashes)
-        return _Scanned(InputFile(**entry, records=sum(groups), row_groups=groups))
+
+        footer = parquet_files.scan(found, spec, on_ids)
+        return _Scanned(
+            InputFile(**entry, records=sum(footer.row_groups), row_groups=footer.row_groups),
+            schema=footer.schema,
+        )
     if found.format == "jsonl":
         hashes = functools.partial(duplicates.chunk_key_hashes, id_field=spec.id_field)
         text = text_files.scan_text(found, hashes, ids, lock)
@@ -248,16 +254,15 @@ class _CsvIds:
         return duplicates.key_hashes([k for v in values if (k := duplicates.id_key(v)) is not None])
 
 
-def _same_schema(found: list[FoundFile], spec: DataSpec) -> None:
+def _same_schema(scanned: list[_Scanned]) -> None:
     """Every Parquet file has the columns the batch reads, of the same types as the first."""
-    first = parquet_files.footer(found[0], spec)[1]
-    for other in found[1:]:
-        schema = parquet_files.footer(other, spec)[1]
-        if not schema.equals(first):
+    first = scanned[0]
+    for other in scanned[1:]:
+        if not other.schema.equals(first.schema):
             raise InputError(
                 Failure.INPUT_UNREADABLE,
-                f"{other.uri}: its schema differs from {found[0].uri}'s "
-                f"({_columns(schema)} vs {_columns(first)})",
+                f"{other.file.uri}: its schema differs from {first.file.uri}'s "
+                f"({_columns(other.schema)} vs {_columns(first.schema)})",
             )
 
 
