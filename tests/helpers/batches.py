@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import Counter
 from pathlib import Path
 
 from temporalio.client import Client
 
 from services import constants as c
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.helpers.records import echo_records, read_outputs, write_jsonl
+from services.worker.lineage import report, verify
+from tests.helpers.records import echo_records, write_jsonl
 
 
 async def execute_batch(client: Client, queue: str, batch, prefix: str = "it"):
@@ -40,23 +40,15 @@ def echo_batch(
 
 
 def assert_exactly_once(output: Path, ids: list, result: BatchInferenceOutput | None = None) -> None:
-    """Every input id exactly once across ``shard-*.jsonl`` and ``errors/``, and the summary
-    (and the workflow result) counting what the files hold."""
-    results, errors = read_outputs(output)
-    seen = Counter(r["id"] for r in results) + Counter(e["id"] for e in errors)
-    repeated = {k: v for k, v in seen.items() if v > 1}
-    assert not repeated, f"ids written more than once: {list(repeated.items())[:10]}"
-    missing = set(ids) - set(seen)
-    assert not missing, f"{len(missing)} ids missing, e.g. {sorted(missing, key=str)[:10]}"
-    assert set(seen) == set(ids)
+    """Every input id exactly once across the results and errors (``batch-inference verify``'s
+    check), and the summary (and the workflow result) counting what the files hold."""
+    verdict = verify(str(output))
+    assert verdict.ok, report(verdict)
+    assert verdict.input_records == len(ids)
     summary = json.loads((output / c.SUMMARY_FILE).read_text())
     assert summary["status"] == "completed"
-    assert (summary["total_records"], summary["succeeded"], summary["failed"]) == (
-        len(ids),
-        len(results),
-        len(errors),
-    )
+    counts = (len(ids), verdict.results, verdict.errors)
+    assert (summary["total_records"], summary["succeeded"], summary["failed"]) == counts
     if result is not None:
-        counts = (result.total_records, result.succeeded, result.failed)
-        assert counts == (len(ids), len(results), len(errors))
+        assert (result.total_records, result.succeeded, result.failed) == counts
     assert not (output / c.PARTS_DIR).exists(), "a completed batch leaves no parts behind"
