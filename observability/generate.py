@@ -250,6 +250,40 @@ def batch_dashboard() -> DashboardSpec:
                 ],
                 must_have_data=True,
             ),
+            PanelSpec(
+                "Scheduled runs",
+                "Runs each schedule started, skipped (the previous run still going: overlap policy) and "
+                "missed (later than its catch-up window) in the selected time range, as Temporal counts "
+                f"them; the workers read them from each schedule ({m.SCHEDULE_RUNS.prom}).",
+                "short",
+                [
+                    q(
+                        f"max by ({m.SCHEDULE_ID}, {m.OUTCOME}) (delta({m.SCHEDULE_RUNS.prom}[$__range]))",
+                        f"{{{{{m.SCHEDULE_ID}}}}} {{{{{m.OUTCOME}}}}}",
+                    )
+                ],
+                kind="bargauge",
+                must_have_data=True,
+            ),
+            PanelSpec(
+                "Schedules",
+                "Per schedule: 'last run failed' is 1 while its most recent finished run failed (alert "
+                "BatchInferenceScheduledRunFailed) and 0 once a later run completes; 'paused' is 1 "
+                "while no runs start.",
+                "short",
+                [
+                    q(
+                        f"max by ({m.SCHEDULE_ID}) ({m.SCHEDULE_LAST_RUN_FAILED.prom})",
+                        f"{{{{{m.SCHEDULE_ID}}}}} last run failed",
+                    ),
+                    q(
+                        f"max by ({m.SCHEDULE_ID}) ({m.SCHEDULE_PAUSED.prom})",
+                        f"{{{{{m.SCHEDULE_ID}}}}} paused",
+                    ),
+                ],
+                kind="stat",
+                must_have_data=True,
+            ),
         ],
     )
 
@@ -692,6 +726,16 @@ def alerts() -> list[Alert]:
             "A batch for model {{ $labels.model }} ended as failed in the last 15 "
             "minutes (error budget exceeded, a shard out of retries, or bad input). The batch's "
             "_summary.json and the workflow's failure say why.",
+        ),
+        Alert(
+            "BatchInferenceScheduledRunFailed",
+            f"max by ({m.SCHEDULE_ID}) ({m.SCHEDULE_LAST_RUN_FAILED.prom}) == 1",
+            "0m",
+            "warning",
+            "The last run of schedule {{ $labels.schedule_id }} failed",
+            "The most recent finished run of schedule {{ $labels.schedule_id }} failed, timed out "
+            "or was terminated (its input folder for that date missing, bad records over the "
+            "budget, Serve refusing it, ...). It fires until a later run of the schedule completes.",
         ),
         Alert(
             "BatchInferenceServeErrorsHigh",

@@ -94,6 +94,7 @@ class Failure(StrEnum):
     ERROR_BUDGET_EXCEEDED = "ErrorBudgetExceeded"
     SERVE_UNAVAILABLE = "ServeUnavailable"
     SERVE_PROTOCOL_ERROR = "ServeProtocolError"
+    NO_SCHEDULED_TIME = "NoScheduledTime"  # URI templates, and no schedule started the run
 
     @staticmethod
     def serve_http(status: int) -> str:

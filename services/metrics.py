@@ -82,6 +82,7 @@ CODE = "code"
 STATUS = "status"
 STATE = "state"
 WORKFLOW_ID = "workflow_id"
+SCHEDULE_ID = "schedule_id"
 
 DEFAULT_MODEL_LABEL = "default"  # the model label when a batch names no model (Serve's default)
 
@@ -99,6 +100,10 @@ SUCCEEDED_BATCH, CANCELLED_BATCH = "completed", "cancelled"
 
 # Shard attempt outcomes.
 SHARD_SUCCEEDED, SHARD_FAILED, SHARD_CANCELLED = "succeeded", "failed", "cancelled"
+
+# What a schedule did with its runs, as Temporal counts them (ScheduleInfo).
+SCHEDULE_STARTED, SCHEDULE_SKIPPED, SCHEDULE_MISSED = "started", "skipped_overlap", "missed_catchup_window"
+SCHEDULE_RUN_OUTCOMES = (SCHEDULE_STARTED, SCHEDULE_SKIPPED, SCHEDULE_MISSED)
 
 # Per-batch progress states (from the workflow's progress query).
 BATCH_RECORD_STATES = ("total", "succeeded", "failed")
@@ -217,6 +222,28 @@ BATCH_ELAPSED = Metric(
     (WORKFLOW_ID,),
     unit="s",
 )
+SCHEDULE_RUNS = Metric(
+    "batch_inference_schedule_runs",
+    "gauge",
+    "Per schedule of BatchInference runs on the worker's task queue: runs it started, skipped (the "
+    "previous run still going: overlap policy) and missed (later than its catch-up window), as "
+    "Temporal counts them since the schedule was made (read every WORKER_BATCH_METRICS_INTERVAL_S). "
+    "Every worker reports it: aggregate with max(); delta() gives a period's runs.",
+    (SCHEDULE_ID, OUTCOME),
+)
+SCHEDULE_LAST_RUN_FAILED = Metric(
+    "batch_inference_schedule_last_run_failed",
+    "gauge",
+    "Per schedule: 1 if its most recent finished run failed (failed, timed out or terminated; a "
+    "cancelled run is not a failure), else 0; back to 0 when a later run completes.",
+    (SCHEDULE_ID,),
+)
+SCHEDULE_PAUSED = Metric(
+    "batch_inference_schedule_paused",
+    "gauge",
+    "Per schedule: 1 while it is paused (no runs start), else 0.",
+    (SCHEDULE_ID,),
+)
 
 WORKER_METRICS = (
     RECORDS,
@@ -233,6 +260,9 @@ WORKER_METRICS = (
     BATCH_SHARDS,
     BATCH_RECORDS_PER_SECOND,
     BATCH_ELAPSED,
+    SCHEDULE_RUNS,
+    SCHEDULE_LAST_RUN_FAILED,
+    SCHEDULE_PAUSED,
 )
 
 # --- Serve (ray.serve.metrics; Ray adds deployment/replica/application/route tags) -----------

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.constants import RETRIES_DIR
 from services.errors import Code, Stage
+from services.worker import uri_templates
 from services.worker.manifests import BatchStatus, BatchSummary, DataSpec
 
 # Temporal refuses payloads over 2 MB and warns above 256 KB: inline batches stay under this.
@@ -65,6 +66,18 @@ class BatchState(_Strict):
     runs: int = 1
 
 
+class ScheduleContext(_Strict):
+    """A recurring batch: its URIs are templates (``{date}``, ``{hour}``, ... of
+    ``uri_templates``) filled, when its first run starts, from the time it was scheduled for."""
+
+    time_zone: str = Field("UTC", description="IANA time zone the placeholders are read in")
+    scheduled_time: datetime | None = Field(
+        None,
+        description="the time to fill them from; None = the run's TemporalScheduledStartTime, which "
+        "Temporal Schedules set (a run started otherwise must give it)",
+    )
+
+
 class BatchInferenceInput(DataSpec):
     """Start a batch: inline ``records`` (small jobs) or ``input_uri`` + ``output_uri``. The
     fields of ``DataSpec`` (formats, which fields are the id and the model input) apply to file
@@ -93,6 +106,9 @@ class BatchInferenceInput(DataSpec):
         description="plan anew even if the output folder holds this batch already (else it resumes there)",
     )
     tuning: Tuning = Field(default_factory=Tuning)
+    schedule: ScheduleContext | None = Field(
+        None, description="a recurring batch: input_uri/output_uri are templates; None = literal URIs"
+    )
     state: BatchState | None = Field(None, description="internal: set by continue-as-new")
 
     def data_spec(self) -> DataSpec:
@@ -127,6 +143,17 @@ class BatchInferenceInput(DataSpec):
                 )
         if self.model is not None and not self.model.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"model name {self.model!r} may hold only letters, digits, '-' and '_'")
+        return self
+
+    @model_validator(mode="after")
+    def _check_templates(self) -> BatchInferenceInput:
+        # Refused when a schedule is made, not at 3 a.m. when its first run starts.
+        if self.schedule is not None:
+            uri_templates.zone(self.schedule.time_zone)
+            uris = self.input_uri if isinstance(self.input_uri, list) else [self.input_uri]
+            for uri in [*uris, self.output_uri]:
+                if uri is not None:
+                    uri_templates.placeholders(uri)
         return self
 
 

@@ -18,13 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.errors import Failure
 from services.worker import jsonl_sink, parquet_sink, telemetry
 from services.worker.contracts import ShardInput
 from services.worker.layout import OutputLayout
 from services.worker.malloc import release_free_memory
 from services.worker.manifests import Checkpoint, Plan, RecordFailure, ShardProgress
 from services.worker.serve_client import ServeClient, model_error
-from services.worker.source import PartParser, RawPart, ShardReader
+from services.worker.source import PartParser, RawPart, ShardFailed, ShardReader
 
 # Parts committed (by all shards of a worker) between two hand-backs of the heap's free memory
 # to the OS (malloc.py): often enough to bound peak RSS, rarely enough to cost little CPU.
@@ -101,6 +102,12 @@ class ShardPipeline:
                 while len(ahead) < self.input.parts_in_flight and read_done < total:
                     want = min(self.input.checkpoint_every, total - read_done)
                     raw = await asyncio.to_thread(reader.read, want)
+                    if not raw.count:  # the reader is past the shard's end: its checkpoint disagrees
+                        raise ShardFailed(
+                            Failure.INPUT_CHANGED,
+                            f"shard {self.input.shard} found no records after {read_done} of {total}: its "
+                            "input or its committed parts changed; start the batch over (start_over)",
+                        )
                     task = asyncio.create_task(self._predict(raw, limit))
                     ahead.append((task, raw.count, raw.end))
                     read_done += raw.count
@@ -151,12 +158,21 @@ class ShardPipeline:
             }
         )
         checkpoint = Checkpoint(plan_id=self.plan.plan_id, progress=progress)
-        await uninterrupted(
-            self.layout.write_part, self.input.shard, done.part, result.results, result.errors, checkpoint
-        )
+        try:
+            await uninterrupted(
+                self.layout.write_part, self.input.shard, done.part, result.results, result.errors, checkpoint
+            )
+        except asyncio.CancelledError:
+            # Raised once the write has ended: the part is committed, and the next commit (a
+            # drain) must follow it, not overwrite it.
+            self._committed(result, progress)
+            raise
+        self._committed(result, progress)
+        await self._trimmer.part_committed()
+
+    def _committed(self, result: PartResult, progress: ShardProgress) -> None:
         telemetry.record_part(self.input.model, result.succeeded, result.failures)
         self.progress = progress
-        await self._trimmer.part_committed()
 
     def _results(self, ids: list[Any], predictions: list[Any], keeps: list[Any] | None) -> Any:
         """One reply's results as the output format's piece: JSONL lines or an Arrow table."""

@@ -60,6 +60,9 @@ BATCH_RECORDS = _build(m.BATCH_RECORDS)
 BATCH_SHARDS = _build(m.BATCH_SHARDS)
 BATCH_RECORDS_PER_SECOND = _build(m.BATCH_RECORDS_PER_SECOND)
 BATCH_ELAPSED = _build(m.BATCH_ELAPSED)
+SCHEDULE_RUNS = _build(m.SCHEDULE_RUNS)  # set by schedule_metrics.SchedulePoller
+SCHEDULE_LAST_RUN_FAILED = _build(m.SCHEDULE_LAST_RUN_FAILED)
+SCHEDULE_PAUSED = _build(m.SCHEDULE_PAUSED)
 
 
 _initialised: set[str] = set()

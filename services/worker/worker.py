@@ -29,6 +29,7 @@ from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
 from services.worker.malloc import limit_malloc_arenas
 from services.worker.metrics_server import MetricsServer
+from services.worker.schedule_metrics import SchedulePoller
 from services.worker.sdk_metrics import TemporalMetricsBridge
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.telemetry import BatchProgressPoller, record_serve_attempt
@@ -119,10 +120,11 @@ async def run_worker(
         max_connections=settings.serve_max_connections,
         on_attempt=record_serve_attempt,
     )
-    poller: asyncio.Task | None = None
+    poller: asyncio.Future | None = None
     if metrics and settings.batch_metrics_interval_s:
-        poller = asyncio.create_task(
-            BatchProgressPoller(client, settings.task_queue, settings.batch_metrics_interval_s).run()
+        poller = asyncio.gather(
+            BatchProgressPoller(client, settings.task_queue, settings.batch_metrics_interval_s).run(),
+            SchedulePoller(client, settings.task_queue, settings.batch_metrics_interval_s).run(),
         )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

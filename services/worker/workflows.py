@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress
     from services.worker.file_batch import FileBatch
     from services.worker.inline_batch import InlineBatch
+    from services.worker.scheduled_run import filled
 
 
 @workflow.defn(name=WORKFLOW_NAME, failure_exception_types=[ValidationError])
@@ -31,5 +32,6 @@ class BatchInferenceWorkflow:
 
     @workflow.run
     async def run(self, input: BatchInferenceInput) -> BatchInferenceOutput:
+        input = filled(input)  # a recurring batch's URI templates, from its scheduled time
         self._batch = InlineBatch(input) if input.records is not None else FileBatch(input)
         return await self._batch.run()

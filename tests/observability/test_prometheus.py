@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, WorkflowFailureError
 
 from services import constants as c
 from services import metrics as m
@@ -180,7 +180,43 @@ async def test_every_dashboard_query_and_alert_on_a_real_prometheus(
         httpx.post, f"{serve_stack.url}/models/iris/inference", json={"inputs": []}
     )
     assert denied.status_code == 401
-    await asyncio.to_thread(_check_everything, prom, tmp_path)
+    # A schedule whose run fails (no input folder for its date): the schedule panels and
+    # BatchInferenceScheduledRunFailed get data from the worker's reading of the schedule.
+    schedule_id = await _failed_scheduled_run(client, queue, tmp_path)
+    try:
+        await asyncio.to_thread(_check_everything, prom, tmp_path)
+        firing = await asyncio.to_thread(
+            prom.wait, 'ALERTS{alertname="BatchInferenceScheduledRunFailed", alertstate="firing"}', 30
+        )
+        assert {a["metric"][m.SCHEDULE_ID] for a in firing} == {schedule_id}
+    finally:
+        await client.get_schedule_handle(schedule_id).delete()
+
+
+async def _failed_scheduled_run(client: Client, queue: str, tmp_path: Path) -> str:
+    from services import schedules
+
+    config = schedules.checked(
+        {
+            "id": f"obs-{uuid.uuid4().hex[:8]}",
+            "cron": "0 0 1 1 *",  # runs only when triggered here
+            "input": f"{tmp_path}/events/{{date}}/",
+            "output": f"{tmp_path}/scheduled/{{date}}",
+            "taskQueue": queue,
+        }
+    )
+    await schedules.create_or_update(client, config, update=False)
+    handle = client.get_schedule_handle(config.id)
+    await handle.trigger()
+    for _ in range(100):
+        if recent := (await handle.describe()).info.recent_actions:
+            break
+        await asyncio.sleep(0.1)
+    run = recent[0].action
+    assert isinstance(run, ScheduleActionExecutionStartWorkflow)
+    with pytest.raises(WorkflowFailureError):  # InputNotFound
+        await client.get_workflow_handle(run.workflow_id).result()
+    return config.id
 
 
 def _check_everything(prom: Prom, tmp_path: Path) -> None:
@@ -188,6 +224,7 @@ def _check_everything(prom: Prom, tmp_path: Path) -> None:
     prom.wait(f"{m.AUTH_FAILURES.prom}", 90)
     prom.wait(f'{m.RAY_HTTP_ERROR_REQUESTS.prom}{{error_code="401"}}', 60)
     prom.wait(f'{m.BATCHES_FINISHED.prom}{{{m.STATUS}="completed"}} > 0', 30)
+    prom.wait(f"{m.SCHEDULE_LAST_RUN_FAILED.prom} == 1", 30)  # the workers read schedules every 1 s here
     time.sleep(3)
 
     must = must_have_panels()

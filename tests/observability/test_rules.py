@@ -17,6 +17,7 @@ from tests.helpers.promtool import promtool
 
 W = m.WORKER_JOB
 BAD_JSON = 'stage="parse",reason="malformed_json"'
+FAILED_RUN = m.SCHEDULE_LAST_RUN_FAILED.prom
 
 
 def _buckets(name: str, labels: str, counts: dict[str, str]) -> list[dict]:
@@ -106,6 +107,24 @@ SCENARIOS: dict[str, tuple[list[dict], list[tuple[str, list[dict]]]]] = {
             ("12m", [{"model": "iris"}, {"model": "echo"}]),
             ("35m", []),
         ],
+    ),
+    "BatchInferenceScheduledRunFailed": (
+        [
+            # Two workers report the same schedules; "nightly"'s run fails at 10m, a later one
+            # completes at 30m; "hourly" never fails.
+            *(
+                {
+                    "series": f'{FAILED_RUN}{{{m.SCHEDULE_ID}="nightly",instance="{w}"}}',
+                    "values": "0x10 1x20 0x10",
+                }
+                for w in ("w1", "w2")
+            ),
+            {
+                "series": f'{FAILED_RUN}{{{m.SCHEDULE_ID}="hourly",instance="w1"}}',
+                "values": "0x40",
+            },
+        ],
+        [("5m", []), ("15m", [{m.SCHEDULE_ID: "nightly"}]), ("35m", [])],
     ),
     "BatchInferenceServeErrorsHigh": (
         [

@@ -143,6 +143,75 @@ app.kubernetes.io/component: {{ index . 1 }}
 /var/run/secrets/batch-inference/gcs-credentials
 {{- end -}}
 
+{{/* The Temporal connection of a container (workers, the schedules Job): env, then the
+mounts and volumes of its TLS and API-key Secrets (none with temporalDev). */}}
+{{- define "batch-inference.temporalEnv" -}}
+{{- $tls := .Values.temporal.tls -}}
+{{- $apiKey := .Values.temporal.apiKey -}}
+- name: TEMPORAL_ADDRESS
+  value: {{ include "batch-inference.temporalAddress" . | quote }}
+- name: TEMPORAL_NAMESPACE
+  value: {{ .Values.temporal.namespace | quote }}
+- name: TEMPORAL_TASK_QUEUE
+  value: {{ .Values.temporal.taskQueue | quote }}
+{{- if and (not .Values.temporalDev.enabled) (or $tls.enabled $apiKey.existingSecret) }}
+- name: TEMPORAL_TLS
+  value: "true"
+{{- if $tls.serverName }}
+- name: TEMPORAL_TLS_SERVER_NAME
+  value: {{ $tls.serverName | quote }}
+{{- end }}
+{{- if $tls.existingSecret }}
+{{- if and $tls.certKey $tls.keyKey }}
+- name: TEMPORAL_TLS_CLIENT_CERT_PATH
+  value: {{ printf "%s/%s" (include "batch-inference.temporalTlsMountPath" .) $tls.certKey }}
+- name: TEMPORAL_TLS_CLIENT_KEY_PATH
+  value: {{ printf "%s/%s" (include "batch-inference.temporalTlsMountPath" .) $tls.keyKey }}
+{{- end }}
+{{- if $tls.caKey }}
+- name: TEMPORAL_TLS_SERVER_CA_CERT_PATH
+  value: {{ printf "%s/%s" (include "batch-inference.temporalTlsMountPath" .) $tls.caKey }}
+{{- end }}
+{{- end }}
+{{- if $apiKey.existingSecret }}
+- name: TEMPORAL_API_KEY_FILE
+  value: {{ printf "%s/%s" (include "batch-inference.temporalApiKeyMountPath" .) $apiKey.key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "batch-inference.temporalVolumeMounts" -}}
+{{- $tls := .Values.temporal.tls -}}
+{{- $apiKey := .Values.temporal.apiKey -}}
+{{- if and $tls.existingSecret (not .Values.temporalDev.enabled) }}
+- name: temporal-tls
+  mountPath: {{ include "batch-inference.temporalTlsMountPath" . }}
+  readOnly: true
+{{- end }}
+{{- if and $apiKey.existingSecret (not .Values.temporalDev.enabled) }}
+- name: temporal-api-key
+  mountPath: {{ include "batch-inference.temporalApiKeyMountPath" . }}
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "batch-inference.temporalVolumes" -}}
+{{- $tls := .Values.temporal.tls -}}
+{{- $apiKey := .Values.temporal.apiKey -}}
+{{- if and $tls.existingSecret (not .Values.temporalDev.enabled) }}
+- name: temporal-tls
+  secret:
+    secretName: {{ $tls.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- if and $apiKey.existingSecret (not .Values.temporalDev.enabled) }}
+- name: temporal-api-key
+  secret:
+    secretName: {{ $apiKey.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
 {{- define "batch-inference.terminationGracePeriodSeconds" -}}
 {{- add .Values.worker.gracefulShutdownSeconds .Values.worker.terminationGraceMarginSeconds -}}
 {{- end -}}
