@@ -27,7 +27,6 @@ from services.cli_errors import (
     connect,
     describe_validation,
     failure_line,
-    parse_value,
     query_progress,
     split_settings,
     tuning_from,

@@ -84,7 +84,8 @@ def _looks_like_folder(text: str) -> bool:
 
 
 async def cmd_retry(args: argparse.Namespace) -> int:
-    from services.cli import abs_uri, parse_value, start_batch, started
+    from services.cli import abs_uri, start_batch, started
+    from services.cli_errors import parse_value
     from services.worker.retry import failed_lines
 
     settings = TemporalSettings()

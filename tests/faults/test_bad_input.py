@@ -81,7 +81,7 @@ async def test_every_bad_record_kind_lands_in_the_errors_file_with_its_line(clie
     by_line = {e["line"]: e for e in errors}
     assert sorted(by_line) == [3, 7, 8, 9, 10, 11]
     assert by_line[3] == {
-        "id": "a", "line": 3, "stage": "duplicate", "code": "duplicate_id",
+        "id": "a", "file": str(source), "line": 3, "stage": "duplicate", "code": "duplicate_id",
         "reason": "duplicate id: line 1 has the same id",
     }  # fmt: skip
     assert by_line[11]["stage"] == "duplicate" and "line 2 has the same id" in by_line[11]["reason"]
