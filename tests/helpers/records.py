@@ -30,3 +30,17 @@ def iris_records(n: int, prefix: str = "r") -> list[dict]:
 
 def echo_records(n: int, prefix: str = "e") -> list[dict]:
     return [{"id": f"{prefix}{i}", "input": {"n": i}} for i in range(n)]
+
+
+def corrupt_parquet_page(path: Path) -> Path:
+    """A Parquet file whose footer and id column read (so a plan passes), but whose other
+    column's first data page header is garbage (so the shard reading it fails)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": list(range(100)), "features": [[5.1, 3.5, 1.4, 0.2]] * 100}), path)
+    offset = pq.read_metadata(path).row_group(0).column(1).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 12] = b"\xff" * 12
+    path.write_bytes(bytes(data))
+    return path

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from temporalio.exceptions import ApplicationError
 
 from services.errors import Failure
 from services.worker.contracts import BatchInferenceInput, PlanInput
@@ -22,6 +23,7 @@ from services.worker.layout import OutputLayout
 from services.worker.manifests import DataSpec
 from services.worker.plan import PlanError, make_plan
 from tests.helpers.local_shards import echo_handler, echo_serve, plan_batch, run_shards, serve_client
+from tests.helpers.records import corrupt_parquet_page
 
 OPENERS = {"": open, ".gz": gzip.open, ".bz2": bz2.open, ".zst": zstandard.open}
 
@@ -245,3 +247,15 @@ def test_another_batch_or_a_changed_input_on_a_used_folder_is_refused_unless_sta
     assert "start_over" in str(exc.value)
     anew = make_plan(PlanInput(input_uri=str(source), output_uri=output, shard_size=7, start_over=True))
     assert anew.plan_id != first.plan_id and anew.total_records == 11
+
+
+async def test_a_parquet_page_that_does_not_decode_fails_its_shard_naming_the_file(tmp_path):
+    """The plan reads footers and ids only: a bad data page of another column is found by the
+    shard reading it, which fails at once (not retried)."""
+    source = corrupt_parquet_page(tmp_path / "bad.parquet")
+    output = str(tmp_path / "out")
+    plan = plan_batch(str(source), output, DataSpec(input_columns=["features"]), shard_size=100)
+    with pytest.raises(ApplicationError) as exc:
+        await run_shards(plan, output)
+    assert exc.value.type == Failure.INPUT_UNREADABLE and exc.value.non_retryable
+    assert f"{source}: not a readable Parquet file" in str(exc.value)
