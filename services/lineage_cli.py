@@ -9,12 +9,15 @@ import uuid
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.converter import decode_typed_search_attributes
 
 from services import constants as c
 from services.cli_errors import batch_named, connect
 from services.worker.config import TemporalSettings
 from services.worker.contracts import RETRYABLE_NAMES, BatchInferenceInput, Tuning
 from services.worker.layout import OutputLayout
+from services.worker.scheduled_run import SCHEDULED_START_TIME
+from services.worker.uri_templates import fill
 
 
 def add_parsers(sub: Any) -> None:
@@ -57,14 +60,21 @@ def add_parsers(sub: Any) -> None:
 
 
 async def original_input(client: Client, workflow_id: str) -> BatchInferenceInput:
-    """The input a batch was started with (its first run's, before any continue-as-new)."""
+    """The input a batch was started with (its first run's, before any continue-as-new), with
+    the time a schedule started it, if one did."""
     latest = await client.get_workflow_handle(workflow_id).fetch_history()
     started = latest.events[0].workflow_execution_started_event_attributes
     first_run = started.first_execution_run_id or latest.run_id
     history = await client.get_workflow_handle(workflow_id, run_id=first_run).fetch_history()
-    payloads = history.events[0].workflow_execution_started_event_attributes.input.payloads
-    (batch,) = await client.data_converter.decode(payloads, [BatchInferenceInput])
-    return batch.model_copy(update={"state": None})
+    first = history.events[0].workflow_execution_started_event_attributes
+    (batch,) = await client.data_converter.decode(first.input.payloads, [BatchInferenceInput])
+    batch = batch.model_copy(update={"state": None})
+    if batch.schedule is not None and batch.schedule.scheduled_time is None:
+        # A scheduled run: its templates were filled from the time the schedule started it; the
+        # batch started again (not by the schedule) must be given that time to fill the same.
+        when = decode_typed_search_attributes(first.search_attributes).get(SCHEDULED_START_TIME)
+        batch.schedule = batch.schedule.model_copy(update={"scheduled_time": when})
+    return batch
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -127,4 +137,12 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     # The id of a closed batch may start again (Temporal's default reuse policy); a running one
     # is refused: WorkflowAlreadyStarted.
     handle = await start_batch(client, batch, settings.task_queue, args.workflow_id)
-    return await started(handle, args.wait, f": resuming in {batch.output_uri}")
+    return await started(handle, args.wait, f": resuming in {_folder(batch)}")
+
+
+def _folder(batch: BatchInferenceInput) -> str | None:
+    """The output folder, its templates filled as the workflow fills them for a scheduled run."""
+    context = batch.schedule
+    if context is None or context.scheduled_time is None or batch.output_uri is None:
+        return batch.output_uri
+    return fill(batch.output_uri, context.scheduled_time, context.time_zone)

@@ -33,6 +33,7 @@ from services import metrics as m
 from services.local.processes import venv_bin
 from services.worker.contracts import BatchInferenceOutput
 from services.worker.schedule_metrics import SchedulePoller
+from tests.helpers.cli import run_cli
 from tests.helpers.records import iris_records, read_outputs, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -174,8 +175,14 @@ async def test_a_backfilled_time_runs_under_its_own_id_and_again_into_the_same_f
             )
             assert (result.succeeded, result.output_uri) == (200, str(folder)), attempt
             assert_every_id_once(records, folder)
+        # Started again by hand (`resume`, not by the schedule): its scheduled time fills the same folder.
+        again = await run_cli(
+            "resume", run_id, "--wait", temporal_address=temporal_server.address, task_queue=queue
+        )
+        assert again.code == 0 and f"resuming in {folder}" in again.err, again.err
+        assert_every_id_once(records, folder)
     runs = [w async for w in client.list_workflows(f"WorkflowId = '{run_id}'")]
-    assert len(runs) == 2 and {w.status for w in runs} == {WorkflowExecutionStatus.COMPLETED}
+    assert len(runs) == 3 and {w.status for w in runs} == {WorkflowExecutionStatus.COMPLETED}
 
 
 # --- create is idempotent, update in place --------------------------------------------------------

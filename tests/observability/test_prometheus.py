@@ -29,7 +29,7 @@ from services.local.ray_serve import LocalRayServe
 from services.local.temporal_dev import TemporalDevServer
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
 from tests.helpers.promql import metric_names, must_have_panels, panel_queries, rules
-from tests.helpers.records import iris_records, write_jsonl
+from tests.helpers.records import corrupt_parquet_page, iris_records, write_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -165,12 +165,16 @@ async def test_every_dashboard_query_and_alert_on_a_real_prometheus(
     assert float(progress[0]["value"][1]) == 6001
     result = await handle.result()
     assert result.status == "completed" and result.failed == 25 and result.succeeded == 5976
-    # Batches that fail in planning (input not found: a local activity) and in a shard (an
-    # unknown model), and a request without a token: failures of both kinds and 401s.
+    # Batches that fail in planning (input not found: a local activity) and in a shard (a
+    # Parquet data page that does not decode: the plan reads only footers and ids), and a request
+    # without a token: failures of both kinds and 401s.
     failing = [
         BatchInferenceInput(input_uri=str(tmp_path / "missing.jsonl"), output_uri=str(tmp_path / "out2")),
-        BatchInferenceInput(input_uri=batch.input_uri, output_uri=str(tmp_path / "out3"), model="gpt9"),
-    ]
+        BatchInferenceInput(
+            input_uri=str(corrupt_parquet_page(tmp_path / "corrupt.parquet")),
+            output_uri=str(tmp_path / "out3"), model="iris", input_columns=["features"],
+        ),
+    ]  # fmt: skip
     for bad in failing:
         with pytest.raises(WorkflowFailureError):
             await client.execute_workflow(
