@@ -284,6 +284,36 @@ def batch_dashboard() -> DashboardSpec:
                 kind="stat",
                 must_have_data=True,
             ),
+            PanelSpec(
+                "Retried records",
+                "Failed records re-run by retries (batches started with retry_of) that finished in the "
+                f"selected time range: '{m.RETRY_FIXED}' succeeded this time, '{m.RETRY_FAILED}' failed "
+                f"again (see the retry's errors/ folder). Source: {m.RETRIED_RECORDS.prom}.",
+                "short",
+                [
+                    q(
+                        f"sum by ({m.OUTCOME}) (increase({m.RETRIED_RECORDS.prom}{{{model}}}[$__range]))",
+                        f"{{{{{m.OUTCOME}}}}}",
+                    )
+                ],
+                kind="stat",
+                must_have_data=True,
+            ),
+            PanelSpec(
+                "Resumed records",
+                "Records not sent to Serve again in the selected time range because a batch started "
+                "again on its folder, or a retried shard attempt, found them in final files or "
+                f"checkpoints (counted when the batch ends). Source: {m.RESUMED_RECORDS.prom}.",
+                "short",
+                [
+                    q(
+                        f"sum by ({m.MODEL}) (increase({m.RESUMED_RECORDS.prom}{{{model}}}[$__range]))",
+                        f"{{{{{m.MODEL}}}}}",
+                    )
+                ],
+                kind="stat",
+                must_have_data=True,
+            ),
         ],
     )
 

@@ -98,6 +98,10 @@ RETRYABLE_CODES_RE = f"429|5..|{CODE_TIMEOUT}|{CODE_CONNECTION_ERROR}"  # PromQL
 # Batch statuses (the workflow's _summary.json "status").
 SUCCEEDED_BATCH, CANCELLED_BATCH = "completed", "cancelled"
 
+# What a retry did with a record it re-ran.
+RETRY_FIXED, RETRY_FAILED = "fixed", "failed"
+RETRY_OUTCOMES = (RETRY_FIXED, RETRY_FAILED)
+
 # Shard attempt outcomes.
 SHARD_SUCCEEDED, SHARD_FAILED, SHARD_CANCELLED = "succeeded", "failed", "cancelled"
 
@@ -189,6 +193,22 @@ BATCHES_FINISHED = Metric(
     "_summary.json is written.",
     (MODEL, STATUS),
 )
+RETRIED_RECORDS = Metric(
+    "batch_inference_retried_records",
+    "counter",
+    f"Records re-run by retries of a batch's failed records (batches with retry_of), by outcome "
+    f"('{RETRY_FIXED}': succeeded this time, '{RETRY_FAILED}': failed again): counted when the retry's "
+    "_summary.json is written, from its counts (a retry started again on its folder counts them again).",
+    (MODEL, OUTCOME),
+)
+RESUMED_RECORDS = Metric(
+    "batch_inference_resumed_records",
+    "counter",
+    "Records a batch did not send again because a shard's final files or checkpoint already held "
+    "them (a batch started again on its folder, or a shard attempt after a crash): the summary's "
+    "resumed_records, counted when the batch's _summary.json is written.",
+    (MODEL,),
+)
 BATCHES_RUNNING = Metric(
     "batch_inference_batches_running",
     "gauge",
@@ -255,6 +275,8 @@ WORKER_METRICS = (
     SHARD_ATTEMPTS,
     SHARD_RETRIES,
     BATCHES_FINISHED,
+    RETRIED_RECORDS,
+    RESUMED_RECORDS,
     BATCHES_RUNNING,
     BATCH_RECORDS,
     BATCH_SHARDS,

@@ -147,5 +147,5 @@ class BatchActivities:
         await asyncio.to_thread(layout.finish, summary)
         if summary.retry_of is not None and summary.status == "completed":
             await asyncio.to_thread(OutputLayout(summary.retry_of).add_retry, summary.output_uri)
-        telemetry.record_batch_finished(summary.model, summary.status)
+        telemetry.record_batch_finished(summary)
         return layout.summary_uri

@@ -28,7 +28,7 @@ from temporalio.client import Client
 from services import constants as c
 from services import metrics as m
 from services.errors import CODES_BY_STAGE, Stage
-from services.worker.manifests import RecordFailure
+from services.worker.manifests import BatchSummary, RecordFailure
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ SHARDS_RUNNING = _build(m.SHARDS_RUNNING)
 SHARD_ATTEMPTS = _build(m.SHARD_ATTEMPTS)
 SHARD_RETRIES = _build(m.SHARD_RETRIES)
 BATCHES_FINISHED = _build(m.BATCHES_FINISHED)
+RETRIED_RECORDS = _build(m.RETRIED_RECORDS)
+RESUMED_RECORDS = _build(m.RESUMED_RECORDS)
 BATCHES_RUNNING = _build(m.BATCHES_RUNNING)
 BATCH_RECORDS = _build(m.BATCH_RECORDS)
 BATCH_SHARDS = _build(m.BATCH_SHARDS)
@@ -80,6 +82,9 @@ def init_model(label: str) -> None:
             RECORDS.labels(label, m.FAILED, stage, code)
     for status in (m.SUCCEEDED_BATCH, m.FAILED, m.CANCELLED_BATCH):
         BATCHES_FINISHED.labels(label, status)
+    for outcome in m.RETRY_OUTCOMES:
+        RETRIED_RECORDS.labels(label, outcome)
+    RESUMED_RECORDS.labels(label)
 
 
 def record_serve_attempt(outcome: str, seconds: float, model: str | None) -> None:
@@ -109,8 +114,15 @@ async def serve_predict(
         return await serve.predict(model, body, count)
 
 
-def record_batch_finished(model: str | None, status: str) -> None:
-    BATCHES_FINISHED.labels(m.model_label(model), status).inc()
+def record_batch_finished(summary: BatchSummary) -> None:
+    """A batch's summary was written: its status, the records it resumed and, for a retry, what
+    became of the records it re-ran."""
+    label = m.model_label(summary.model)
+    BATCHES_FINISHED.labels(label, summary.status).inc()
+    if summary.retry_of is not None:
+        RETRIED_RECORDS.labels(label, m.RETRY_FIXED).inc(summary.succeeded)
+        RETRIED_RECORDS.labels(label, m.RETRY_FAILED).inc(summary.failed)
+    RESUMED_RECORDS.labels(label).inc(summary.resumed_records)
 
 
 def shard_activity(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

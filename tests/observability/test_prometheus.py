@@ -165,6 +165,25 @@ async def test_every_dashboard_query_and_alert_on_a_real_prometheus(
     assert float(progress[0]["value"][1]) == 6001
     result = await handle.result()
     assert result.status == "completed" and result.failed == 25 and result.succeeded == 5976
+    # The same batch started again on its folder resumes every shard from its final files, and a
+    # retry re-runs its 25 failed records (all fail again with iris): the resumed and retried
+    # counters get real increments, not only their zero series.
+    resumed = await client.execute_workflow(
+        c.WORKFLOW_NAME,
+        batch,
+        id=f"obs-resume-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+        result_type=BatchInferenceOutput,
+    )
+    assert resumed.status == "completed" and resumed.resumed_records == 6001
+    retried = await client.execute_workflow(
+        c.WORKFLOW_NAME,
+        BatchInferenceInput(retry_of=batch.output_uri, model="iris", max_error_ratio=1.0),
+        id=f"obs-retry-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+        result_type=BatchInferenceOutput,
+    )
+    assert retried.status == "completed" and (retried.succeeded, retried.failed) == (0, 25)
     # Batches that fail in planning (input not found: a local activity) and in a shard (a
     # Parquet data page that does not decode: the plan reads only footers and ids), and a request
     # without a token: failures of both kinds and 401s.
@@ -229,6 +248,8 @@ def _check_everything(prom: Prom, tmp_path: Path) -> None:
     prom.wait(f'{m.RAY_HTTP_ERROR_REQUESTS.prom}{{error_code="401"}}', 60)
     prom.wait(f'{m.BATCHES_FINISHED.prom}{{{m.STATUS}="completed"}} > 0', 30)
     prom.wait(f"{m.SCHEDULE_LAST_RUN_FAILED.prom} == 1", 30)  # the workers read schedules every 1 s here
+    prom.wait(f'sum({m.RETRIED_RECORDS.prom}{{{m.OUTCOME}="{m.RETRY_FAILED}"}}) == 25', 30)
+    prom.wait(f"sum({m.RESUMED_RECORDS.prom}) >= 6001", 30)
     time.sleep(3)
 
     must = must_have_panels()
@@ -255,6 +276,8 @@ def _check_everything(prom: Prom, tmp_path: Path) -> None:
     )
     reasons = {s["metric"][m.REASON] for s in prom.series(f'{m.RECORDS.prom}{{{m.OUTCOME}="failed"}} > 0')}
     assert reasons == {"malformed_json", "invalid_input", "missing_id"}
+    fixed = prom.series(f'sum({m.RETRIED_RECORDS.prom}{{{m.OUTCOME}="{m.RETRY_FIXED}"}})')
+    assert float(fixed[0]["value"][1]) == 0  # the series is there at 0: nothing the retry could fix
 
     # Every alert expression evaluates, and Prometheus's rule manager evaluated each without error.
     for rule in rules():
