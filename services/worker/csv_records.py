@@ -103,6 +103,33 @@ def _options(columns: dict[str, str]) -> tuple[pacsv.ReadOptions, pacsv.ConvertO
     )
 
 
+def read_table(raws: Sequence[bytes], columns: dict[str, str]) -> pa.Table | None:
+    """The rows of ``raws`` as a table when every row is good (the usual case); None when some
+    row has the wrong width or a value that does not convert (``parse_rows`` then says which)."""
+    read_options, convert_options = _options(columns)
+    bad = False
+
+    def wrong_width(row: pacsv.InvalidRow) -> str:
+        nonlocal bad
+        bad = True
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(_text(raws)),
+            read_options=read_options,
+            parse_options=pacsv.ParseOptions(invalid_row_handler=wrong_width),
+            convert_options=convert_options,
+        )
+    except pa.ArrowInvalid:
+        return None
+    return None if bad else table
+
+
+def _text(raws: Sequence[bytes]) -> bytes:
+    return b"".join(raw if raw.endswith(b"\n") else raw + b"\n" for raw in raws)
+
+
 def parse_rows(
     raws: Sequence[bytes], columns: dict[str, str]
 ) -> tuple[list[dict[str, Any]], dict[int, RecordError]]:
@@ -118,10 +145,9 @@ def parse_rows(
         )
         return "skip"
 
-    text = b"".join(raw if raw.endswith(b"\n") else raw + b"\n" for raw in raws)
     try:
         rows = pacsv.read_csv(
-            io.BytesIO(text),
+            io.BytesIO(_text(raws)),
             read_options=read_options,
             parse_options=pacsv.ParseOptions(invalid_row_handler=wrong_width),
             convert_options=convert_options,

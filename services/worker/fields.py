@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
+
 from services.errors import Code, RecordError, Stage
 from services.worker.manifests import RecordFields
 
@@ -79,3 +81,39 @@ class FieldReader:
         except RecordError:
             return None
         return ids, inputs, [self.kept(r) for r in objs] if self.keep_columns else None
+
+    def split_table(self, table: pa.Table) -> tuple[list[Any], list[Any], list[Any] | None] | None:
+        """``split_all`` of a table's rows (Parquet, CSV) column by column: pyarrow builds the
+        values and the input objects in C, with no dict per row built here. None when a row needs
+        its own error (a missing or null id, a missing input column): the caller goes row by row."""
+        names = set(table.column_names)
+        if self.id_field not in names:
+            return None
+        id_column = table.column(self.id_field)
+        if id_column.null_count or not (
+            pa.types.is_integer(id_column.type) or pa.types.is_string(id_column.type)
+        ):
+            return None
+        if self.input_field is not None:
+            if self.input_field not in names:
+                return None
+            inputs = table.column(self.input_field).to_pylist()
+        elif self.input_columns is not None:
+            if not names.issuperset(self.input_columns):
+                return None
+            inputs = table.select(self.input_columns).to_pylist()
+        elif "input" in names:
+            inputs = table.column("input").to_pylist()
+        else:
+            inputs = table.select([n for n in table.column_names if n not in self._left_out]).to_pylist()
+        keeps = None
+        if self.keep_columns:
+            present = [c for c in self.keep_columns if c in names]
+            keeps = table.select(present).to_pylist() if present else [{} for _ in range(table.num_rows)]
+            if missing := [c for c in self.keep_columns if c not in names]:
+                extra = {c: self.partition.get(c) for c in missing}
+                for kept in keeps:
+                    kept.update(extra)
+            if present != self.keep_columns:  # the order asked for
+                keeps = [{c: kept[c] for c in self.keep_columns} for kept in keeps]
+        return id_column.to_pylist(), inputs, keeps

@@ -241,17 +241,20 @@ class PartParser:
             out.keeps.extend(keeps)
 
     def _rows(self, chunk: RawChunk, base: int, out: ParsedPart, whole: bool) -> None:
-        """CSV lines or Parquet rows: as dicts, then split like JSON objects."""
+        """CSV lines or Parquet rows: split column by column when every row is good (the usual
+        case), else as dicts one by one, like JSON objects, for each bad row's own error."""
         file = self.plan.files[chunk.file]
         fields = self.fields(chunk.file)
+        raws: list[bytes] = chunk.raws or []  # type: ignore[assignment]
+        table = chunk.table if chunk.table is not None else csv_records.read_table(raws, file.columns)
+        dups = self._duplicates_in(chunk)
+        if table is not None and not dups and (parsed := fields.split_table(table)) is not None:
+            self._bulk(out, base, table.num_rows, parsed, whole)
+            return
         if chunk.table is not None:
             rows, bad = chunk.table.to_pylist(), {}
         else:
-            rows, bad = csv_records.parse_rows(chunk.raws or [], file.columns)  # type: ignore[arg-type]
-        dups = self._duplicates_in(chunk)
-        if not bad and not dups and (parsed := fields.split_all(rows)) is not None:
-            self._bulk(out, base, len(rows), parsed, whole)
-            return
+            rows, bad = csv_records.parse_rows(raws, file.columns)
         if isinstance(out.positions, range):
             out.positions = list(out.positions)
         for offset, (line, row) in enumerate(zip(chunk.lines, rows, strict=True)):
