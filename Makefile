@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-unit lint format clean bench bench-large bench-high-throughput
+.PHONY: install run test test-unit lint format clean bench bench-large bench-high-throughput record-histories
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-large: install  ## the same plus 1,000,000 echo records
 
 bench-high-throughput: install  ## bench-large against Serve in Ray's high-throughput mode (HAProxy)
 	$(BIN)/python -m bench --large --high-throughput
+
+record-histories: install  ## re-record the workflow histories the replay test replays (real batches, ~1 min)
+	$(BIN)/python -m tests.replay.record
 
 format: install
 	$(BIN)/ruff format .

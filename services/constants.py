@@ -86,6 +86,11 @@ PARTS_DIR = "_parts"
 PLAN_FILE = "_plan.json"
 SUMMARY_FILE = "_summary.json"
 
-# --- Metrics --------------------------------------------------------------------------------
+# --- Metrics and probes ---------------------------------------------------------------------
 WORKER_METRICS_PORT = 9464
+# Routes of the worker's HTTP port (the chart's probes and monitors use these; others are 404).
+WORKER_METRICS_ROUTE = "/metrics"
+WORKER_READY_ROUTE = "/readyz"  # the SDK worker runs and its Temporal connection answers
+WORKER_LIVE_ROUTE = "/livez"  # the worker's event loop answers, whatever Temporal does
+WORKER_STARTUP_ROUTE = "/startupz"  # ready at least once since the process started
 RAY_METRICS_PORT = 8080

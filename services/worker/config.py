@@ -16,6 +16,10 @@ from temporalio.runtime import Runtime
 from services import constants as c
 from services.worker.contracts import Tuning
 
+# How workflow and activity payloads are encoded: the worker's clients and the replay test
+# (which decodes recorded histories as the worker would) use this one.
+DATA_CONVERTER = pydantic_data_converter
+
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name)
@@ -104,7 +108,7 @@ class TemporalSettings(BaseSettings):
         """A client; ``runtime`` carries the worker's metrics setup (None: the SDK's default)."""
         config = self.connect_config()
         return await Client.connect(
-            config.pop("target_host"), **config, data_converter=pydantic_data_converter, runtime=runtime
+            config.pop("target_host"), **config, data_converter=DATA_CONVERTER, runtime=runtime
         )
 
 
@@ -130,7 +134,7 @@ class WorkerSettings(TemporalSettings):
         ge=0,
         le=65535,
         validation_alias=_env(c.ENV_WORKER_METRICS_PORT),
-        description="HTTP port for /metrics (also the liveness probe); 0 disables",
+        description="HTTP port for /metrics and the probes (/readyz, /livez, /startupz); 0 disables",
     )
     batch_metrics_interval_s: float = Field(
         15.0,

@@ -15,6 +15,7 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -29,10 +30,12 @@ from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
 from services.worker.malloc import limit_malloc_arenas
 from services.worker.metrics_server import MetricsServer
+from services.worker.probes import WorkerProbes
 from services.worker.schedule_metrics import SchedulePoller
 from services.worker.sdk_metrics import TemporalMetricsBridge
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.telemetry import BatchProgressPoller, record_serve_attempt
+from services.worker.temporal_connection import check_connection, connect_until_up
 from services.worker.workflows import BatchInferenceWorkflow
 
 log = logging.getLogger("services.worker")
@@ -54,10 +57,13 @@ def eager_options(reservations: int) -> dict[str, Any]:
     return {"max_eager_activity_reservations_per_workflow_task": reservations}
 
 
-def start_metrics(settings: WorkerSettings, bridge: TemporalMetricsBridge) -> MetricsServer:
-    """``/metrics`` on its port; a port taken (a second worker on one machine) says what to change."""
+def start_metrics(
+    settings: WorkerSettings, bridge: TemporalMetricsBridge, probes: WorkerProbes | None = None
+) -> MetricsServer:
+    """``/metrics`` and the probes on their port; a port taken (a second worker on one machine)
+    says what to change."""
     try:
-        return MetricsServer(settings.metrics_host, settings.metrics_port, bridge).start()
+        return MetricsServer(settings.metrics_host, settings.metrics_port, bridge, probes).start()
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise
@@ -104,15 +110,44 @@ async def run_worker(
         log.warning(
             "no Serve token configured (SERVE_AUTH_TOKEN / SERVE_AUTH_TOKEN_FILE): Serve will answer 401"
         )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
     metrics: MetricsServer | None = None
+    probes: WorkerProbes | None = None
     runtime = None
     if settings.metrics_port:
-        # One port for the project's metrics and the Temporal SDK's (bridged from a MetricBuffer).
+        # One port for the project's metrics and the Temporal SDK's (bridged from a MetricBuffer),
+        # and the probes, which answer before Temporal does (not ready until it does).
         bridge = TemporalMetricsBridge()
         runtime = bridge.create_runtime()
-        metrics = start_metrics(settings, bridge)
-        log.info("metrics on %s", metrics.url)
-    client = await settings.connect(runtime=runtime)
+        probes = WorkerProbes(loop)
+        metrics = start_metrics(settings, bridge, probes)
+        log.info("metrics on %s, probes %s", metrics.url, " ".join(metrics.probe_routes))
+    signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        # Temporal away (starting with the release, restarting): wait for it, unready.
+        client = await connect_until_up(settings, runtime, stop, probes)
+        if client is not None:
+            await _work(client, settings, tokens, stop, probes)
+    finally:
+        if metrics:
+            metrics.stop()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("worker stopped")
+
+
+async def _work(
+    client: Client,
+    settings: WorkerSettings,
+    tokens: TokenSource,
+    stop: asyncio.Event,
+    probes: WorkerProbes | None,
+) -> None:
+    """Run the SDK worker until ``stop``, with what lives as long as it: the Serve client, the
+    progress pollers of ``/metrics`` and the connection checks of the probes."""
     serve = ServeClient(
         settings.serve_url,
         tokens,
@@ -120,26 +155,25 @@ async def run_worker(
         max_connections=settings.serve_max_connections,
         on_attempt=record_serve_attempt,
     )
-    poller: asyncio.Future | None = None
-    if metrics and settings.batch_metrics_interval_s:
-        poller = asyncio.gather(
-            BatchProgressPoller(client, settings.task_queue, settings.batch_metrics_interval_s).run(),
-            SchedulePoller(client, settings.task_queue, settings.batch_metrics_interval_s).run(),
-        )
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT) if install_signals else ()
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+    background: list[Awaitable[None]] = []
+    if probes is not None:
+        background.append(check_connection(client, settings.namespace, probes))
+        if settings.batch_metrics_interval_s:
+            interval = settings.batch_metrics_interval_s
+            background.append(BatchProgressPoller(client, settings.task_queue, interval).run())
+            background.append(SchedulePoller(client, settings.task_queue, interval).run())
     worker = build_worker(client, settings, serve)
     # Everything built so far lives as long as the worker: out of the collector's way, a full
     # collection no longer rescans it while records churn.
     gc.freeze()
+    tasks = asyncio.gather(*background)
     try:
         async with worker:
             # Say "polling" only once it is, so whoever waits for this line (a test, the
             # benchmark, a person) does not submit work to a worker still starting.
             await until_running(worker)
+            if probes is not None:
+                probes.serving(worker)
             log.info(
                 f"{c.WORKER_POLLING_LOG} %r on %s (namespace %s), Serve at %s",
                 settings.task_queue,
@@ -148,21 +182,17 @@ async def run_worker(
                 settings.serve_url,
             )
             await stop.wait()
+            if probes is not None:
+                probes.stopping()
             log.info(
                 "shutting down: letting running activities finish (up to %.0fs)",
                 settings.graceful_shutdown_s,
             )
     finally:
-        if poller:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+        tasks.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks
         await serve.aclose()
-        if metrics:
-            metrics.stop()
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-    log.info("worker stopped")
 
 
 def main() -> int:

@@ -47,6 +47,24 @@ def test_chart_values_match_constants() -> None:
     assert values["worker"]["eagerActivities"] == defaults["eager_activities"].default
 
 
+def test_probe_and_scrape_paths_are_the_worker_routes() -> None:
+    """The worker's probes and its ServiceMonitor use the routes the worker serves, one each
+    (anything else is 404 there)."""
+    docs = render({"metrics": {"serviceMonitor": {"enabled": True}}})
+    deployment = find(docs, "Deployment", "batch-inference-worker")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    names = ("startupProbe", "livenessProbe", "readinessProbe")
+    probes = {name: container[name]["httpGet"] for name in names}
+    assert {name: probe["path"] for name, probe in probes.items()} == {
+        "startupProbe": c.WORKER_STARTUP_ROUTE,
+        "livenessProbe": c.WORKER_LIVE_ROUTE,
+        "readinessProbe": c.WORKER_READY_ROUTE,
+    }
+    assert {probe["port"] for probe in probes.values()} == {"metrics"}
+    (endpoint,) = find(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", c.WORKER_METRICS_ROUTE)
+
+
 def test_serve_config_matches_constants() -> None:
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     assert config["http_options"]["port"] == c.SERVE_HTTP_PORT
