@@ -63,6 +63,10 @@ ENV_TEMPORAL_CONFIG_FILE = "TEMPORAL_CONFIG_FILE"
 # Ours, beside the SDK's: the task queue, and the API key as a mounted file (a Secret).
 ENV_TEMPORAL_TASK_QUEUE = "TEMPORAL_TASK_QUEUE"
 ENV_TEMPORAL_API_KEY_FILE = "TEMPORAL_API_KEY_FILE"
+# Worker Versioning: both set, the worker is this version (build id) of this Worker Deployment;
+# neither, it is unversioned. The chart fills the build id from the image tag.
+ENV_TEMPORAL_DEPLOYMENT_NAME = "TEMPORAL_DEPLOYMENT_NAME"
+ENV_TEMPORAL_BUILD_ID = "TEMPORAL_BUILD_ID"
 
 # Object storage: read by the storage libraries, not by this project's code (botocore, under
 # s3fs; gcsfs and google-auth). The chart sets them from worker.objectStore; tests name them here.

@@ -6,12 +6,14 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, PrivateAttr
+from pydantic import AliasChoices, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client, TLSConfig
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.runtime import Runtime
+from temporalio.worker import WorkerDeploymentConfig
 
 from services import constants as c
 from services.worker.contracts import Tuning
@@ -155,3 +157,39 @@ class WorkerSettings(TemporalSettings):
         description="activities this worker starts straight from its own workflow task's completion "
         "(eager: no dispatch round trip), at most per task; 0 disables",
     )
+    deployment_name: str | None = Field(
+        None,
+        min_length=1,
+        # The SDK writes a version as "<deployment>.<build id>": a dot here would be ambiguous.
+        pattern=r"^[^.]+$",
+        validation_alias=_env(c.ENV_TEMPORAL_DEPLOYMENT_NAME),
+        description="Worker Deployment this worker is a version of (with the build id); unset: unversioned",
+    )
+    build_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        validation_alias=_env(c.ENV_TEMPORAL_BUILD_ID),
+        description="this worker's version within the Worker Deployment (the chart: the image tag)",
+    )
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> WorkerSettings:
+        if (self.deployment_name is None) != (self.build_id is None):
+            raise ValueError(
+                f"Worker Versioning needs both {c.ENV_TEMPORAL_DEPLOYMENT_NAME} and "
+                f"{c.ENV_TEMPORAL_BUILD_ID} (or neither: an unversioned worker)"
+            )
+        return self
+
+    def deployment_config(self) -> WorkerDeploymentConfig | None:
+        """The worker's Worker Deployment version, or None (unversioned). Batches are pinned to
+        the version they started on: a run never meets new workflow code mid-history; each
+        continue-as-new moves the batch to the deployment's current version."""
+        if self.deployment_name is None or self.build_id is None:
+            return None
+        return WorkerDeploymentConfig(
+            version=WorkerDeploymentVersion(self.deployment_name, self.build_id),
+            use_worker_versioning=True,
+            default_versioning_behavior=VersioningBehavior.PINNED,
+        )

@@ -83,7 +83,12 @@ class FileBatch:
             raise
         if state.next_shard < state.num_shards:
             state.runs += 1
-            workflow.continue_as_new(self.input)
+            # A versioned worker pins each run to its version; the next run starts on the
+            # deployment's current version, so a long batch takes up new code between runs and
+            # never mid-history. The SDK marks this option experimental; unversioned: no effect.
+            workflow.continue_as_new(
+                self.input, initial_versioning_behavior=workflow.ContinueAsNewVersioningBehavior.AUTO_UPGRADE
+            )
         self.status = "finalizing"
         summary_uri = await self._write_summary(state, "completed")
         self.status = "completed"

@@ -78,6 +78,12 @@ def start_metrics(
         ) from None
 
 
+def versioning_options(settings: WorkerSettings) -> dict[str, Any]:
+    """A versioned worker's deployment settings; none for an unversioned one (the SDK's default)."""
+    deployment = settings.deployment_config()
+    return {} if deployment is None else {"deployment_config": deployment}
+
+
 def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -> Worker:
     activities = BatchActivities(serve)
     return Worker(
@@ -97,6 +103,7 @@ def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -
         max_heartbeat_throttle_interval=timedelta(seconds=2),
         default_heartbeat_throttle_interval=timedelta(seconds=2),
         **eager_options(settings.eager_activities),
+        **versioning_options(settings),
     )
 
 
@@ -175,11 +182,12 @@ async def _work(
             if probes is not None:
                 probes.serving(worker)
             log.info(
-                f"{c.WORKER_POLLING_LOG} %r on %s (namespace %s), Serve at %s",
+                f"{c.WORKER_POLLING_LOG} %r on %s (namespace %s), Serve at %s%s",
                 settings.task_queue,
                 settings.address,
                 settings.namespace,
                 settings.serve_url,
+                f", version {settings.build_id} of {settings.deployment_name}" if settings.build_id else "",
             )
             await stop.wait()
             if probes is not None:

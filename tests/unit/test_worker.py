@@ -5,12 +5,13 @@ from __future__ import annotations
 import platform
 
 import pytest
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 
 from services import constants as c
 from services.worker.config import WorkerSettings
 from services.worker.contracts import Tuning
 from services.worker.malloc import limit_malloc_arenas, release_free_memory
-from services.worker.worker import eager_options
+from services.worker.worker import eager_options, versioning_options
 
 
 def test_one_malloc_arena_unless_the_environment_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,4 +41,27 @@ def test_a_worker_takes_a_whole_first_wave_eagerly_by_default(monkeypatch: pytes
     assert eager_options(0) == {"disable_eager_activity_execution": True}
     monkeypatch.setenv(c.ENV_WORKER_EAGER_ACTIVITIES, "-1")
     with pytest.raises(ValueError, match=c.ENV_WORKER_EAGER_ACTIVITIES):
+        WorkerSettings()
+
+
+def test_a_worker_is_unversioned_unless_both_deployment_and_build_are_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert versioning_options(WorkerSettings()) == {}
+    monkeypatch.setenv(c.ENV_TEMPORAL_DEPLOYMENT_NAME, "batch-inference-worker")
+    with pytest.raises(ValueError, match=c.ENV_TEMPORAL_BUILD_ID):
+        WorkerSettings()
+    monkeypatch.setenv(c.ENV_TEMPORAL_BUILD_ID, "1.4.2")
+    deployment = versioning_options(WorkerSettings())["deployment_config"]
+    assert deployment.version == WorkerDeploymentVersion("batch-inference-worker", "1.4.2")
+    assert deployment.use_worker_versioning
+    # Pinned: a run never meets new workflow code mid-history.
+    assert deployment.default_versioning_behavior == VersioningBehavior.PINNED
+
+
+def test_a_deployment_name_with_a_dot_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "<deployment>.<build id>" is the SDK's form of a version: the first dot splits them.
+    monkeypatch.setenv(c.ENV_TEMPORAL_DEPLOYMENT_NAME, "batch.inference")
+    monkeypatch.setenv(c.ENV_TEMPORAL_BUILD_ID, "v1")
+    with pytest.raises(ValueError, match=c.ENV_TEMPORAL_DEPLOYMENT_NAME):
         WorkerSettings()
