@@ -13,6 +13,12 @@ from services.local.processes import LOOPBACK, free_port, terminate, venv_bin, w
 # replayed when it starts again), not a crash of the machine itself. With the default journal
 # each of a batch's round trips waits for the disk.
 SQLITE_PRAGMAS = ("--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal")
+# Worker Versioning: a version's drainage status (can its workers go?) is refreshed every few
+# minutes by default; here in seconds, so an upgrade tried locally (and its test) sees it drain.
+DRAINAGE_CONFIG = (
+    "--dynamic-config-value", 'matching.wv.VersionDrainageStatusRefreshInterval="1s"',
+    "--dynamic-config-value", 'matching.wv.VersionDrainageStatusVisibilityGracePeriod="1s"',
+)  # fmt: skip
 
 
 class TemporalDevServer:
@@ -38,6 +44,7 @@ class TemporalDevServer:
             "--ip", LOOPBACK, "--port", str(self.port), "--ui-port", str(self.ui_port),
             "--db-filename", str(self.state_dir / "temporal.db"),
             *SQLITE_PRAGMAS,
+            *DRAINAGE_CONFIG,
             "--log-level", "warn", "--log-format", "json",
         ]  # fmt: skip
         if self.metrics_port:
