@@ -355,6 +355,40 @@ def test_rayservice_pods(rendered, name: str) -> None:
         )
 
 
+UPGRADES = {
+    "NewCluster": {},
+    "None": {},
+    "NewClusterWithIncrementalUpgrade": {
+        "clusterUpgradeOptions": {"gatewayClassName": "istio", "stepSizePercent": 5, "intervalSeconds": 10}
+    },
+}
+
+
+@pytest.mark.parametrize("kind", UPGRADES)
+def test_upgrade_strategy_is_rendered_and_matches_the_crd(crds, kind: str) -> None:
+    rayservice = find(render({"serve": {"upgradeStrategy": {"type": kind, **UPGRADES[kind]}}}), "RayService")
+    strategy = crds.validate(rayservice)["spec"]["upgradeStrategy"]
+    if kind != "NewClusterWithIncrementalUpgrade":
+        # Gateway options only mean something to the incremental upgrade.
+        assert strategy == {"type": kind}
+        return
+    assert strategy == {
+        "type": kind,
+        "clusterUpgradeOptions": {
+            "gatewayClassName": "istio",
+            "maxSurgePercent": 100,
+            "stepSizePercent": 5,
+            "intervalSeconds": 10,
+        },
+    }
+
+
+def test_default_upgrade_strategy_is_kuberays_default(rendered) -> None:
+    # KubeRay's default when the field is absent; written out so `kubectl get -o yaml` shows it.
+    spec = find(rendered["defaults"], "RayService")["spec"]
+    assert spec["upgradeStrategy"] == {"type": "NewCluster"}
+
+
 def test_high_throughput_mode_sets_the_same_env_as_the_local_stack(rendered) -> None:
     for pod in ray_pods(rendered["everything"]):
         env = env_of(pod["spec"]["containers"][0])

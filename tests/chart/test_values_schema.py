@@ -73,6 +73,21 @@ BAD_VALUES = [
         {"worker": {"objectStore": {"credentialsSecret": {"name": "s3-keys"}}}},
         r"/worker/objectStore/credentialsSecret'?: got object, want string",
     ),
+    (
+        "unknown upgrade strategy",
+        {"serve": {"upgradeStrategy": {"type": "Recreate"}}},
+        r"/serve/upgradeStrategy/type'?: value must be one of 'NewCluster', ",
+    ),
+    (
+        "incremental upgrade without a GatewayClass",
+        {"serve": {"upgradeStrategy": {"type": "NewClusterWithIncrementalUpgrade"}}},
+        r"/serve/upgradeStrategy/clusterUpgradeOptions/gatewayClassName'?: minLength",
+    ),
+    (
+        "traffic step over 100%",
+        {"serve": {"upgradeStrategy": {"clusterUpgradeOptions": {"stepSizePercent": 150}}}},
+        r"/serve/upgradeStrategy/clusterUpgradeOptions/stepSizePercent'?: maximum",
+    ),
 ]
 
 
@@ -97,6 +112,14 @@ def test_template_checks_reject_what_the_schema_cannot_see() -> None:
         render({"serve": {"deployments": {"iriss": {"num_replicas": 2}}}})
     with pytest.raises(helm_python.HelmRenderError, match=r"worker\.serviceAccount\.name is required"):
         render({"worker": {"serviceAccount": {"create": False}}})
+    incremental = {
+        "type": "NewClusterWithIncrementalUpgrade",
+        "clusterUpgradeOptions": {"gatewayClassName": "x"},
+    }
+    with pytest.raises(
+        helm_python.HelmRenderError, match=r"NewClusterWithIncrementalUpgrade needs serve\.autoscaling"
+    ):
+        render({"serve": {"upgradeStrategy": incremental, "autoscaling": {"enabled": False}}})
 
 
 def test_schema_covers_every_default_value() -> None:

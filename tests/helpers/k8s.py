@@ -49,7 +49,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "keda": {"keda": {"enabled": True, "authenticationRef": "temporal-auth"}},
     "no-networkpolicy": {  # and the other optional parts off
         "networkPolicy": {"enabled": False},
-        "serve": {"autoscaling": {"enabled": False}, "rayAuthMode": "disabled"},
+        "serve": {
+            "autoscaling": {"enabled": False},
+            "rayAuthMode": "disabled",
+            "upgradeStrategy": {"type": "None"},
+        },
         "worker": {
             "podDisruptionBudget": {"enabled": False},
             "serviceAccount": {"create": False, "name": "batch"},
@@ -88,6 +92,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "applicationArgs": {"default_model": "iris"},
             "extraEnv": [{"name": "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "value": "10"}],
             "highThroughput": {"enabled": True},
+            "upgradeStrategy": {
+                "type": "NewClusterWithIncrementalUpgrade",
+                "clusterUpgradeOptions": {"gatewayClassName": "istio", "maxSurgePercent": 25},
+            },
             "workerGroups": [
                 {
                     "name": "cpu",
