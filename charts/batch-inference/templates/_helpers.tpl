@@ -334,3 +334,13 @@ volumeMounts:
 securityContext:
   {{- toYaml .Values.serve.securityContext | nindent 2 }}
 {{- end -}}
+
+{{/* Worker Versioning: the Worker Deployment's name (no dots: Temporal writes a version as
+"<deployment>.<build id>") and this release's build id, the worker image's tag. */}}
+{{- define "batch-inference.workerDeploymentName" -}}
+{{- default (include "batch-inference.workerName" .) .Values.worker.versioning.deploymentName | replace "." "-" -}}
+{{- end -}}
+
+{{- define "batch-inference.workerBuildId" -}}
+{{- default .Chart.AppVersion .Values.worker.image.tag -}}
+{{- end -}}
