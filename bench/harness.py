@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,12 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ray_pss_mb(marker: str | None) -> float | None:
@@ -218,14 +225,24 @@ def start_worker_process(env: BenchEnv, queue: str) -> subprocess.Popen:
     return proc
 
 
-async def run_project(env: BenchEnv, n: int, model: str, **batch: Any) -> dict[str, Any]:
-    source = make_dataset(env.workdir / "data" / f"{model}-{n}.jsonl", n, model)
+async def run_project(
+    env: BenchEnv,
+    n: int,
+    model: str,
+    source: Path | None = None,
+    count: Callable[[Path], int] = count_outputs,
+    **batch: Any,
+) -> dict[str, Any]:
+    """A on ``source`` (default: the JSONL records for ``model``); ``count`` counts what it
+    wrote; ``batch``: more ``BatchInferenceInput`` fields."""
+    source = source or make_dataset(env.workdir / "data" / f"{model}-{n}.jsonl", n, model)
     output = env.workdir / "out" / f"A-{model}-{n}-{uuid.uuid4().hex[:6]}"
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     client = await connect(env)
     env.worker_metrics_port = free_port()
     worker = start_worker_process(env, queue)
     try:
+        idle_cpu = cpu_seconds(worker.pid)
         started = time.perf_counter()
         handle = await client.start_workflow(
             c.WORKFLOW_NAME,
@@ -237,13 +254,14 @@ async def run_project(env: BenchEnv, n: int, model: str, **batch: Any) -> dict[s
         result = await handle.result()
         seconds = time.perf_counter() - started
         rss = peak_rss_mb(worker.pid)
+        cpu = cpu_seconds(worker.pid) - idle_cpu
         async with httpx.AsyncClient(timeout=10) as http:
             metrics = (await http.get(f"http://{LOOPBACK}:{env.worker_metrics_port}/metrics")).text
         p50, p99 = histogram_quantiles(metrics, m.SERVE_REQUEST_DURATION.name, (0.5, 0.99))
     finally:
         worker.terminate()
         worker.wait(60)
-    assert result.succeeded == n and count_outputs(output) == n, (result, count_outputs(output))
+    assert result.succeeded == n and count(output) == n, (result, count(output))
     events = await history_events(client, handle.id, handle.first_execution_run_id or "")
     return {
         "records": n,
@@ -254,6 +272,8 @@ async def run_project(env: BenchEnv, n: int, model: str, **batch: Any) -> dict[s
         "p50_batch_ms": round(p50 * 1000, 1) if p50 is not None else None,
         "p99_batch_ms": round(p99 * 1000, 1) if p99 is not None else None,
         "worker_peak_rss_mb": round(rss, 1),
+        # the worker's CPU over the batch: on two shared cores, what it spends Serve cannot
+        "cpu_s": round(cpu, 2),
         "ray_pss_mb": ray_pss_mb(env.ray_marker),
         "runs": len(events),
         "history_events_max_run": max(events),
@@ -275,7 +295,7 @@ async def run_direct(
     limit = asyncio.Semaphore(concurrency)
     shard_size = 2000
     gc.freeze()  # as the worker does at start: fair to B, whose process also holds much else
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     async with httpx.AsyncClient(
         base_url=env.serve_url,
         timeout=60,
@@ -318,7 +338,7 @@ async def run_direct(
                 await pending.acquire()
                 tasks.append(asyncio.create_task(shard(len(tasks), raws)))
         done = sum(await asyncio.gather(*tasks))
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     gc.unfreeze()
     assert done == n
     return {
@@ -327,6 +347,7 @@ async def run_direct(
         "records_per_s": round(n / seconds),
         "micro_batch": micro_batch,
         "concurrency": concurrency,
+        "cpu_s": round(cpu, 2),  # the client's (this process's) CPU over the run
         "p50_batch_ms": round(percentile(latencies, 50) * 1000, 1),
         "p99_batch_ms": round(percentile(latencies, 99) * 1000, 1),
         "ray_pss_mb": ray_pss_mb(env.ray_marker),
@@ -337,18 +358,55 @@ async def run_direct(
 # on these cores: per-request costs dominate (docs/performance.md).
 SWEEP_MICRO_BATCH = (250, 500, 1000)
 SWEEP_CONCURRENCY = (4, 8, 16, 32)
+Setting = tuple[int, int]  # (records per request, requests in flight)
+DirectRun = Callable[[int, int, int], Awaitable[dict[str, Any]]]  # (records, micro_batch, concurrency)
 
 
 async def sweep_direct(env: BenchEnv, model: str, sample: int = 20_000) -> tuple[int, int, list[dict]]:
-    """B's best setting: the grid twice, the second time in reverse order, each setting judged
-    by its faster run (one run on these shared cores moves by ±15%, enough to crown a weaker
-    setting and so flatter A)."""
+    """B's best setting on a sample: the grid twice, the second time in reverse order, each
+    setting judged by its faster run (one run on these shared cores moves by ±15%, enough to
+    crown a weaker setting and so flatter A). Only a short list: ``pick_direct`` decides at
+    the size measured."""
     grid = [(mb, conc) for mb in SWEEP_MICRO_BATCH for conc in SWEEP_CONCURRENCY]
     trials = []
     for micro_batch, concurrency in grid + grid[::-1]:
         trials.append(await run_direct(env, sample, model, micro_batch, concurrency, write=False))
     best = max(trials, key=lambda t: t["records_per_s"])
     return best["micro_batch"], best["concurrency"], trials
+
+
+def project_setting(tuning: Tuning | None = None) -> Setting:
+    """What A sends at its defaults: requests of ``micro_batch_size`` records, and as many in
+    flight as the window's shards have (each: ``parts_in_flight`` parts of ``checkpoint_every``
+    records, at most ``max_in_flight``). 1,000 x 32 today."""
+    t = tuning or Tuning()
+    per_part = -(-t.checkpoint_every // t.micro_batch_size)
+    return t.micro_batch_size, min(t.max_in_flight, t.parts_in_flight * per_part) * t.max_concurrent_shards
+
+
+def candidates(trials: list[dict[str, Any]], top: int = 2) -> list[Setting]:
+    """B's candidates for a size: the sweep's ``top`` settings (each by its faster run) and the
+    project's own, so that B is never weaker than what A itself does."""
+    best: dict[Setting, float] = {}
+    for t in trials:
+        key = (t["micro_batch"], t["concurrency"])
+        best[key] = max(best.get(key, 0.0), t["records_per_s"])
+    ranked = sorted(best, key=lambda k: -best[k])[:top]
+    return list(dict.fromkeys([*ranked, project_setting()]))
+
+
+async def pick_direct(
+    run: DirectRun, n: int, settings: list[Setting], rounds: int = 2
+) -> tuple[Setting, list[dict[str, Any]]]:
+    """B's setting at ``n`` records, the size measured (a sample's winner can lose at 100k or
+    1M): each candidate ``rounds`` times, writing its outputs as in the pairs, the order
+    reversed every round; judged by its faster run."""
+    trials: list[dict[str, Any]] = []
+    for r in range(rounds):
+        for micro_batch, concurrency in settings if r % 2 == 0 else settings[::-1]:
+            trials.append(await run(n, micro_batch, concurrency))
+    best = max(trials, key=lambda t: t["records_per_s"])
+    return (best["micro_batch"], best["concurrency"]), trials
 
 
 def last_json_line(stdout: str) -> dict[str, Any] | None:

@@ -7,6 +7,12 @@ process's peak RSS (``VmHWM`` in /proc/<pid>/status), its RSS when idle before t
 records/s. A script, not a test:
 
     .venv/bin/python bench/load_rss.py [--sizes 10000 100000] [--set checkpoint_every=1000] [--json out.json]
+    .venv/bin/python bench/load_rss.py --format parquet [--ten-million] [--json out.json]
+
+``--format parquet``: the Parquet case of the bench (``bench/parquet_case.py``: an id and the four
+measurements as float columns, row groups of pyarrow's default 1,048,576 rows, Parquet results),
+at 100k and 1M rows by default; ``--ten-million`` adds 10M rows (minutes on two cores; the input
+is ~0.1 GB in the temp folder). Each row also gives the worker's CPU seconds over the batch.
 
 Peak RSS follows what the worker holds in flight (``max_concurrent_shards`` shards, each with up
 to ``parts_in_flight`` parts of ``checkpoint_every`` records), not the batch size; a batch smaller than that
@@ -26,10 +32,15 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: the repository root, for ``bench``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from bench import parquet_case
 from services import constants as c
 from services.local.paths import REPO_ROOT
 from services.local.processes import free_port
@@ -45,6 +56,12 @@ def status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_input(path: Path, n: int) -> Path:
@@ -66,9 +83,21 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 async def one_batch(
-    temporal: TemporalDevServer, serve: LocalRayServe, size: int, work: Path, tuning: dict
+    temporal: TemporalDevServer,
+    serve: LocalRayServe,
+    size: int,
+    work: Path,
+    tuning: dict,
+    fmt: str,
+    row_group_rows: int = parquet_case.ROW_GROUP_ROWS,
 ) -> dict:
-    source = write_input(work / f"in-{size}.jsonl", size)
+    fields: dict[str, Any] = {}
+    if fmt == "parquet":
+        path = work / f"in-{size}-{row_group_rows}.parquet"
+        source = await asyncio.to_thread(parquet_case.make_parquet_dataset, path, size, row_group_rows)
+        fields = parquet_case.batch_fields()
+    else:
+        source = write_input(work / f"in-{size}.jsonl", size)
     queue = f"rss-{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "SERVE_", "WORKER_"))}
     env.update(
@@ -89,12 +118,15 @@ async def one_batch(
                 raise RuntimeError(log.read_text()[-2000:])
             await asyncio.sleep(0.1)
         idle_kb = status_kb(worker.pid, "VmRSS")
+        idle_file_kb = status_kb(worker.pid, "RssFile")
+        idle_cpu = cpu_seconds(worker.pid)
         client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
         batch = BatchInferenceInput(
             input_uri=str(source),
             output_uri=str(work / f"out-{size}-{queue}"),
             model="iris",
             tuning=Tuning(**tuning),
+            **fields,
         )
         started = time.monotonic()
         result = await client.execute_workflow(
@@ -103,14 +135,22 @@ async def one_batch(
         )  # fmt: skip
         wall = time.monotonic() - started
         peak_kb = status_kb(worker.pid, "VmHWM")
+        # RSS now, by kind: the heap (anonymous) and mapped files (the libraries' code pages)
+        anon_kb, file_kb = status_kb(worker.pid, "RssAnon"), status_kb(worker.pid, "RssFile")
+        cpu = cpu_seconds(worker.pid) - idle_cpu
         assert result.succeeded == size and result.failed == 0, result
         return {
+            "format": fmt,
             "records": size,
             "shards": result.shards,
             "wall_s": round(wall, 2),
             "records_per_s": round(size / wall),
             "worker_idle_rss_mb": round(idle_kb / 1024, 1),
             "worker_peak_rss_mb": round(peak_kb / 1024, 1),
+            "worker_cpu_s": round(cpu, 2),
+            "worker_idle_rss_file_mb": round(idle_file_kb / 1024, 1),
+            "worker_rss_anon_mb_after": round(anon_kb / 1024, 1),
+            "worker_rss_file_mb_after": round(file_kb / 1024, 1),
         }
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -120,7 +160,13 @@ async def one_batch(
             worker.kill()
 
 
-async def main_async(sizes: list[int], tuning: dict, out: Path | None) -> None:
+async def main_async(
+    sizes: list[int],
+    tuning: dict,
+    out: Path | None,
+    fmt: str = "jsonl",
+    row_group_rows: int = parquet_case.ROW_GROUP_ROWS,
+) -> None:
     with tempfile.TemporaryDirectory(prefix="bi-rss-", dir="/tmp") as tmp:
         work = Path(tmp)
         temporal = TemporalDevServer(work / "temporal", port=free_port(), ui_port=free_port())
@@ -133,7 +179,7 @@ async def main_async(sizes: list[int], tuning: dict, out: Path | None) -> None:
             await asyncio.to_thread(serve.start)
             rows = []
             for size in sizes:
-                row = await one_batch(temporal, serve, size, work, tuning)
+                row = await one_batch(temporal, serve, size, work, tuning, fmt, row_group_rows)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
@@ -141,17 +187,26 @@ async def main_async(sizes: list[int], tuning: dict, out: Path | None) -> None:
             await asyncio.to_thread(temporal.stop)
     print(
         f"\n{'records':>9} {'shards':>6} {'wall s':>7} {'rec/s':>6} {'idle RSS MB':>11} {'peak RSS MB':>11}"
+        f" {'CPU s':>7}"
     )
     for r in rows:
         print(
             f"{r['records']:>9} {r['shards']:>6} {r['wall_s']:>7} {r['records_per_s']:>6} "
-            f"{r['worker_idle_rss_mb']:>11} {r['worker_peak_rss_mb']:>11}"
+            f"{r['worker_idle_rss_mb']:>11} {r['worker_peak_rss_mb']:>11} {r['worker_cpu_s']:>7}"
         )
     if len(rows) > 1:
         growth = rows[-1]["worker_peak_rss_mb"] - rows[0]["worker_peak_rss_mb"]
         print(f"peak RSS {rows[-1]['records'] // rows[0]['records']}x records: {growth:+.1f} MB")
     if out:
-        payload = {"machine_cpus": os.cpu_count(), "tuning": Tuning(**tuning).model_dump(), "runs": rows}
+        payload = {
+            "machine_cpus": os.cpu_count(),
+            "format": fmt,
+            "row_group_rows": row_group_rows if fmt == "parquet" else None,
+            "arrow_memory_pool": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "default"),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "tuning": Tuning(**tuning).model_dump(),
+            "runs": rows,
+        }
         out.write_text(json.dumps(payload, indent=2) + "\n")
 
 
@@ -159,14 +214,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="+", help="default: 10k 100k (jsonl), 100k 1M (parquet)")
+    parser.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl", help="input and output")
+    parser.add_argument("--ten-million", action="store_true", help="add 10,000,000 records (minutes)")
+    parser.add_argument(
+        "--row-group-rows",
+        type=int,
+        default=parquet_case.ROW_GROUP_ROWS,
+        help="Parquet input's rows per row group (a file smaller than this is one row group)",
+    )
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="tuning, e.g. shard_size=2500"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     tuning = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
-    asyncio.run(main_async(args.sizes, tuning, args.json))
+    sizes = args.sizes or ([100_000, 1_000_000] if args.format == "parquet" else [10_000, 100_000])
+    if args.ten_million and 10_000_000 not in sizes:
+        sizes.append(10_000_000)
+    asyncio.run(main_async(sizes, tuning, args.json, args.format, args.row_group_rows))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,242 @@
+"""The Parquet case: Iris records as a Parquet file (an id and the four measurements, one float
+column each) read and written as Parquet, side by side:
+
+A: the project, ``input_columns`` = the four measurements (each record's model input is the
+   object of them, which the ``iris`` model takes as it takes ``{"features": [...]}``),
+   ``output_format="parquet"``.
+B: a tuned direct client reading the file with pyarrow (only the columns it needs, column by
+   column), sending the same request bodies as A and writing the same ``shard-NNNNN.parquet``
+   files (one per A shard, a row group per 2,000 records) without parts, checkpoints or joins.
+D: Ray Data ``read_parquet`` -> ``map_batches`` (the same model class) -> ``write_parquet``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench import harness
+from services import constants as c
+from services import json_codec
+from services.local.paths import SAMPLE_DATASET
+from services.serve.models import BUILTIN_MODELS, IrisClassifier
+from services.worker import fs, parquet_sink
+from services.worker.contracts import Tuning
+from services.worker.layout import OutputLayout
+from services.worker.plan import shard_sizes
+from services.worker.serve_client import ServeClient
+
+MODEL = "iris"
+FEATURES = list(IrisClassifier.FEATURES)
+ID = "id"
+# pyarrow's default largest row group (``pq.write_table`` with no row_group_size): what a file
+# written without thought has, and the worst case for a shard starting inside one.
+ROW_GROUP_ROWS = 1024 * 1024
+WRITE_CHUNK = 1024 * 1024  # rows generated and written at a time (one row group each)
+
+
+def batch_fields() -> dict[str, Any]:
+    """A's ``BatchInferenceInput`` fields for this case."""
+    return {"input_columns": FEATURES, "output_format": "parquet"}
+
+
+def _features() -> np.ndarray:
+    with SAMPLE_DATASET.open() as fh:
+        return np.array([json.loads(line)["features"] for line in fh], dtype=np.float64)
+
+
+def make_parquet_dataset(path: Path, n: int, row_group_rows: int = ROW_GROUP_ROWS) -> Path:
+    """``n`` rows (unique string ids ``r0``, ``r1``, ...; the bundled sample's measurements in
+    turn), written in chunks so 10M rows need little memory. Made once per path."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    features = _features()
+    schema = pa.schema([(ID, pa.string()), *((name, pa.float64()) for name in FEATURES)])
+    tmp = path.with_suffix(".tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for start in range(0, n, WRITE_CHUNK):
+            rows = np.arange(start, min(n, start + WRITE_CHUNK))
+            picked = features[rows % len(features)]
+            columns = [pa.array([f"r{i}" for i in rows.tolist()], pa.string())]
+            columns += [pa.array(picked[:, j]) for j in range(len(FEATURES))]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema), row_group_size=row_group_rows)
+    tmp.rename(path)
+    return path
+
+
+def dataset(env: harness.BenchEnv, n: int) -> Path:
+    return make_parquet_dataset(env.workdir / "data" / f"{MODEL}-{n}.parquet", n)
+
+
+def count_outputs(output: Path) -> int:
+    """Rows of the final Parquet shard files plus error lines."""
+    rows = sum(pq.read_metadata(f).num_rows for f in output.glob("shard-*.parquet"))
+    errors = 0
+    for f in (output / c.PARQUET_ERRORS_DIR).glob("shard-*.jsonl"):
+        with f.open("rb") as fh:
+            errors += sum(1 for _ in fh)
+    return rows + errors
+
+
+async def run_project(env: harness.BenchEnv, n: int, **batch: Any) -> dict[str, Any]:
+    figures = await harness.run_project(
+        env, n, MODEL, source=dataset(env, n), count=count_outputs, **batch_fields(), **batch
+    )
+    return {**figures, "format": "parquet"}
+
+
+def model_inputs(batch: pa.RecordBatch | pa.Table) -> tuple[list[Any], list[dict[str, float]]]:
+    """(ids, model inputs) of some rows, column by column: each input the object of the four
+    measurements in ``input_columns`` order, as A's are (so the request bodies are the same)."""
+    values = zip(*(batch.column(name).to_pylist() for name in FEATURES), strict=True)
+    return batch.column(ID).to_pylist(), [dict(zip(FEATURES, row, strict=True)) for row in values]
+
+
+async def run_direct(
+    env: harness.BenchEnv, n: int, micro_batch: int, concurrency: int, write: bool = True
+) -> dict[str, Any]:
+    """B on the Parquet file: read ahead in chunks of 2,000 rows while earlier ones are in
+    flight; results written in order into A's shard files."""
+    source = dataset(env, n)
+    output = env.workdir / "out" / f"B-pq-{MODEL}-{n}-{uuid.uuid4().hex[:6]}"
+    layout = OutputLayout(str(output), "parquet")
+    route = c.MODEL_INFERENCE_ROUTE.format(model=MODEL)
+    headers = {c.AUTH_HEADER: f"{c.AUTH_SCHEME} {env.token}", "Content-Type": "application/json"}
+    tuning = Tuning()
+    shards = shard_sizes(n, tuning.shard_size, tuning.max_concurrent_shards)
+    latencies: list[float] = []
+    limit = asyncio.Semaphore(concurrency)
+    chunk_rows = 2000
+    pending = asyncio.Semaphore(max(4, 2 * concurrency * micro_batch // chunk_rows))
+    ready: deque[asyncio.Task[pa.Table]] = deque()
+    more = asyncio.Event()  # a chunk was queued, or reading ended
+    reading = True
+    gc.freeze()  # as the worker does at start (see harness.run_direct)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    async with httpx.AsyncClient(
+        base_url=env.serve_url,
+        timeout=60,
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+    ) as http:
+
+        async def send(ids: list[Any], inputs: list[Any]) -> pa.Table:
+            async with limit:
+                t0 = time.perf_counter()
+                body = ServeClient.encode(inputs)  # A's request body, built the same way
+                response = await http.post(route, content=body, headers=headers)
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - t0)
+            return parquet_sink.table(ids, json_codec.loads(response.content)["predictions"], None, [])
+
+        async def chunk(batch: pa.RecordBatch) -> pa.Table:
+            ids, inputs = model_inputs(batch)
+            steps = range(0, len(ids), micro_batch)
+            parts = await asyncio.gather(
+                *(send(ids[i : i + micro_batch], inputs[i : i + micro_batch]) for i in steps)
+            )
+            return pa.concat_tables(parts)
+
+        async def read() -> None:
+            nonlocal reading
+            file = pq.ParquetFile(source)
+            try:
+                for batch in file.iter_batches(batch_size=chunk_rows, columns=[ID, *FEATURES]):
+                    await pending.acquire()
+                    ready.append(asyncio.create_task(chunk(batch)))
+                    more.set()
+            finally:
+                file.close()
+                reading = False
+                more.set()
+
+        async def write() -> int:
+            """Chunks' results in input order into the shard files (a shard's file is written
+            as A's are: a temp file, fsync, rename)."""
+            written, shard, left = 0, 0, shards[0]
+            files = contextlib.ExitStack()
+            writer: pq.ParquetWriter | None = None
+            try:
+                while ready or reading:
+                    if not ready:
+                        more.clear()
+                        await more.wait()
+                        continue
+                    table = await ready.popleft()
+                    pending.release()
+                    while table.num_rows:
+                        piece, table = table.slice(0, left), table.slice(left)
+                        if write:
+                            if writer is None:
+                                out = files.enter_context(fs.atomic_writer(layout.shard_uri(shard)))
+                                writer = pq.ParquetWriter(out, piece.schema)
+                            await asyncio.to_thread(writer.write_table, piece)
+                        written += piece.num_rows
+                        left -= piece.num_rows
+                        if not left:
+                            if writer is not None:
+                                await asyncio.to_thread(_close, writer, files)
+                                writer, files = None, contextlib.ExitStack()
+                            shard += 1
+                            left = shards[shard] if shard < len(shards) else 0
+            finally:
+                files.close()
+            return written
+
+        reader = asyncio.create_task(read())
+        done = await write()
+        await reader
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    gc.unfreeze()
+    assert done == n, (done, n)
+    if write:
+        assert count_outputs(output) == n
+    return {
+        "records": n,
+        "format": "parquet",
+        "seconds": round(seconds, 2),
+        "records_per_s": round(n / seconds),
+        "micro_batch": micro_batch,
+        "concurrency": concurrency,
+        "cpu_s": round(cpu, 2),  # the client's (this process's) CPU over the run
+        "p50_batch_ms": round(harness.percentile(latencies, 50) * 1000, 1),
+        "p99_batch_ms": round(harness.percentile(latencies, 99) * 1000, 1),
+        "ray_pss_mb": harness.ray_pss_mb(env.ray_marker),
+    }
+
+
+def _close(writer: pq.ParquetWriter, files: contextlib.ExitStack) -> None:
+    writer.close()
+    files.close()  # fsync and rename
+
+
+def run_ray_data(env: harness.BenchEnv, n: int) -> dict[str, Any]:
+    """D: ``bench/ray_data_run.py`` in its Parquet mode, on the same file."""
+    if not env.ray_address:
+        return {"records": n, "format": "parquet", "skipped": "no Ray address"}
+    output = env.workdir / "out" / f"D-pq-{MODEL}-{n}-{uuid.uuid4().hex[:6]}"
+    cmd = [
+        sys.executable, "-m", "bench.ray_data_run", env.ray_address, BUILTIN_MODELS[MODEL],
+        str(dataset(env, n)), str(output), ",".join([ID, *FEATURES]),
+    ]  # fmt: skip
+    ray_env = {**os.environ, **(env.ray_env or {})}
+    result = subprocess.run(cmd, env=ray_env, capture_output=True, text=True, timeout=1800, check=False)
+    if result.returncode != 0 or (out := harness.last_json_line(result.stdout)) is None:
+        tail = result.stderr.strip().splitlines()[-1:] or ["failed"]
+        return {"records": n, "format": "parquet", "error": tail[0][:300]}
+    return {**out, "format": "parquet", "ray_pss_mb": harness.ray_pss_mb(env.ray_marker)}
