@@ -171,7 +171,11 @@ def ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
             ]
             if cpu:
                 row[f"{kind}_cpu_s"] = round(statistics.median(cpu), 2)
-        rss = [r["worker_peak_rss_mb"] for r in runs if (r["kind"], case(r), r["records"]) == ("A", model, n)]
+        rss = [
+            r["worker_peak_rss_mb"]
+            for r in runs
+            if (r["kind"], case(r), r["records"]) == ("A", model, n) and "worker_peak_rss_mb" in r
+        ]
         if rss:
             row["A_peak_rss_mb"] = f"{min(rss)}-{max(rss)}" if min(rss) != max(rss) else rss[0]
         pair_ratios = sorted(a[p] / b[p] for p in a if p in b)
