@@ -103,37 +103,9 @@ def _options(columns: dict[str, str]) -> tuple[pacsv.ReadOptions, pacsv.ConvertO
     )
 
 
-def read_table(raws: Sequence[bytes], columns: dict[str, str]) -> pa.Table | None:
-    """The rows of ``raws`` as a table when every row is good (the usual case); None when some
-    row has the wrong width or a value that does not convert (``parse_rows`` then says which)."""
-    read_options, convert_options = _options(columns)
-    bad = False
-
-    def wrong_width(row: pacsv.InvalidRow) -> str:
-        nonlocal bad
-        bad = True
-        return "skip"
-
-    try:
-        table = pacsv.read_csv(
-            io.BytesIO(_text(raws)),
-            read_options=read_options,
-            parse_options=pacsv.ParseOptions(invalid_row_handler=wrong_width),
-            convert_options=convert_options,
-        )
-    except pa.ArrowInvalid:
-        return None
-    return None if bad else table
-
-
-def _text(raws: Sequence[bytes]) -> bytes:
-    return b"".join(raw if raw.endswith(b"\n") else raw + b"\n" for raw in raws)
-
-
-def parse_rows(
-    raws: Sequence[bytes], columns: dict[str, str]
-) -> tuple[list[dict[str, Any]], dict[int, RecordError]]:
-    """The rows of ``raws`` (one record each) as dicts, and the errors of bad ones by position."""
+def _read(raws: Sequence[bytes], columns: dict[str, str]) -> tuple[pa.Table, dict[int, RecordError]]:
+    """The good rows of ``raws`` as a table (rows of the wrong width left out), and the errors of
+    those by position; raises ``pa.ArrowInvalid`` if a value does not convert."""
     read_options, convert_options = _options(columns)
     bad: dict[int, RecordError] = {}
 
@@ -145,15 +117,35 @@ def parse_rows(
         )
         return "skip"
 
+    text = b"".join(raw if raw.endswith(b"\n") else raw + b"\n" for raw in raws)
+    table = pacsv.read_csv(
+        io.BytesIO(text),
+        read_options=read_options,
+        parse_options=pacsv.ParseOptions(invalid_row_handler=wrong_width),
+        convert_options=convert_options,
+    )
+    return table, bad
+
+
+def read_table(raws: Sequence[bytes], columns: dict[str, str]) -> pa.Table | None:
+    """The rows of ``raws`` as a table when every row is good (the usual case); None when some
+    row has the wrong width or a value that does not convert (``parse_rows`` then says which)."""
     try:
-        rows = pacsv.read_csv(
-            io.BytesIO(_text(raws)),
-            read_options=read_options,
-            parse_options=pacsv.ParseOptions(invalid_row_handler=wrong_width),
-            convert_options=convert_options,
-        ).to_pylist()
+        table, bad = _read(raws, columns)
+    except pa.ArrowInvalid:
+        return None
+    return None if bad else table
+
+
+def parse_rows(
+    raws: Sequence[bytes], columns: dict[str, str]
+) -> tuple[list[dict[str, Any]], dict[int, RecordError]]:
+    """The rows of ``raws`` (one record each) as dicts, and the errors of bad ones by position."""
+    try:
+        table, bad = _read(raws, columns)
     except pa.ArrowInvalid:
         return _row_by_row(raws, columns)
+    rows = table.to_pylist()
     if not bad:
         return rows, bad
     good = iter(rows)
