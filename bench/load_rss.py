@@ -41,10 +41,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench import parquet_case
+from bench.local_stack import local_stack, stop_on_sigterm
 from services import constants as c
 from services.local.paths import REPO_ROOT
-from services.local.processes import free_port
-from services.local.ray_serve import LocalRayServe, ensure_token
+from services.local.ray_serve import LocalRayServe
 from services.local.temporal_dev import TemporalDevServer
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
 
@@ -169,22 +169,12 @@ async def main_async(
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="bi-rss-", dir="/tmp") as tmp:
         work = Path(tmp)
-        temporal = TemporalDevServer(work / "temporal", port=free_port(), ui_port=free_port())
-        serve = LocalRayServe(
-            work / "ray", ensure_token(work / "serve-token"), http_port=free_port(), gcs_port=free_port(),
-            dashboard_port=free_port(), metrics_port=free_port(),
-        )  # fmt: skip
-        try:
-            await asyncio.to_thread(temporal.start)
-            await asyncio.to_thread(serve.start)
+        async with local_stack(work) as (temporal, serve):
             rows = []
             for size in sizes:
                 row = await one_batch(temporal, serve, size, work, tuning, fmt, row_group_rows)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        finally:
-            await asyncio.to_thread(serve.stop)
-            await asyncio.to_thread(temporal.stop)
     print(
         f"\n{'records':>9} {'shards':>6} {'wall s':>7} {'rec/s':>6} {'idle RSS MB':>11} {'peak RSS MB':>11}"
         f" {'CPU s':>7}"
@@ -211,6 +201,7 @@ async def main_async(
 
 
 def main() -> None:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import tempfile
 import time
 import uuid
@@ -25,10 +24,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from bench.local_stack import local_stack, stop_on_sigterm
 from services import constants as c
-from services.local.processes import free_port
-from services.local.ray_serve import LocalRayServe, ensure_token
-from services.local.temporal_dev import TemporalDevServer
 from services.worker.config import WorkerSettings
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
 from services.worker.serve_client import ServeClient, TokenSource
@@ -64,14 +61,7 @@ async def run(records: int, stop_at: float) -> dict:
     assert records % tuning.micro_batch_size == 0 and tuning.shard_size % tuning.checkpoint_every == 0
     with tempfile.TemporaryDirectory(prefix="bi-resume-", dir="/tmp") as tmp:
         work = Path(tmp)
-        temporal = TemporalDevServer(work / "temporal", port=free_port(), ui_port=free_port())
-        serve = LocalRayServe(
-            work / "ray", ensure_token(work / "serve-token"), http_port=free_port(), gcs_port=free_port(),
-            dashboard_port=free_port(), metrics_port=free_port(),
-        )  # fmt: skip
-        try:
-            await asyncio.to_thread(temporal.start)
-            await asyncio.to_thread(serve.start)
+        async with local_stack(work) as (temporal, serve):
             source = write_input(work / "in.jsonl", records)
             client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
             queue = f"resume-{uuid.uuid4().hex[:8]}"
@@ -107,9 +97,6 @@ async def run(records: int, stop_at: float) -> dict:
                 result = await again.result()
                 resumed_s = time.monotonic() - started
             await serve_client.aclose()
-        finally:
-            await asyncio.to_thread(serve.stop)
-            await asyncio.to_thread(temporal.stop)
     return {
         "records": records,
         "stopped_at_records": summary["succeeded"] + summary["failed"],
@@ -124,13 +111,8 @@ async def run(records: int, stop_at: float) -> dict:
     }
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> None:
-    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C: the finally blocks stop Ray and Temporal.
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
