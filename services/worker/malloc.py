@@ -1,13 +1,16 @@
 """glibc's allocator, set for a long-lived worker whose batches allocate and free the same
-buffers over and over: one arena, and the heap's free pages handed back every few parts.
+buffers over and over: one arena, the heap's free pages handed back every few parts, and Arrow
+allocating from the same heap.
 
-Both are no-ops where the C library is not glibc (nothing to tune there)."""
+The glibc calls are no-ops where the C library is not glibc (nothing to tune there)."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
 import os
+
+import pyarrow as pa
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
@@ -40,3 +43,16 @@ def release_free_memory() -> bool:
     (``TRIM_EVERY_PARTS``). True if memory was released."""
     libc = _glibc()
     return libc is not None and libc.malloc_trim(0) == 1
+
+
+def arrow_on_system_allocator() -> bool:
+    """Arrow's buffers (Parquet pages, record batches) from malloc unless
+    ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise. Arrow's bundled allocator keeps freed pages
+    for reuse by its own arenas, apart from the heap ``release_free_memory`` trims: a Parquet
+    worker's peak RSS then grew with the batch. True if the pool was changed."""
+    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:  # Arrow reads it itself
+        return False
+    if pa.default_memory_pool().backend_name == "system":
+        return False
+    pa.set_memory_pool(pa.system_memory_pool())
+    return True

@@ -78,19 +78,23 @@ def scan(found: FoundFile, fields: RecordFields, on_ids: Callable[[list[Any]], N
 
 
 class ParquetSegmentReader:
-    """A run of a Parquet file's rows from row ``start`` (0-based): the row groups from the one
-    holding it, streamed in record batches; rows before ``start`` in that group are dropped."""
+    """Rows ``start`` to ``end`` (0-based, end exclusive) of a Parquet file: only the row groups
+    holding them, streamed in record batches; rows before ``start`` in its group are dropped.
 
-    def __init__(self, file: InputFile, start: int, fields: RecordFields, batch_rows: int):
+    Naming only the groups the run spans matters for memory: pyarrow reads ahead whole groups,
+    so an open-ended range holds the next shard's group as well."""
+
+    def __init__(self, file: InputFile, start: int, end: int, fields: RecordFields, batch_rows: int):
         self.file = file
         self._file, self._fh = open_parquet(file.uri)
         columns = needed_columns(self._file.schema_arrow.names, fields)
         bounds = list(itertools.accumulate(file.row_groups, initial=0))
-        group = bisect.bisect_right(bounds, start) - 1
-        self._skip = start - bounds[group]
+        first = bisect.bisect_right(bounds, start) - 1
+        last = max(first, bisect.bisect_left(bounds, end) - 1)
+        self._skip = start - bounds[first]
         self.row = start
         self._batches = self._file.iter_batches(
-            batch_size=batch_rows, row_groups=range(group, len(file.row_groups)), columns=columns
+            batch_size=batch_rows, row_groups=range(first, last + 1), columns=columns
         )
         self._held: list[pa.RecordBatch] = []
 

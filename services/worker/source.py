@@ -94,7 +94,8 @@ class ShardReader:
         start = seg.start + self.record
         try:
             if file.format == "parquet":
-                return ParquetSegmentReader(file, start, self.plan.spec, self._batch_rows)
+                end = seg.start + seg.records
+                return ParquetSegmentReader(file, start, end, self.plan.spec, self._batch_rows)
             return TextSegmentReader(file, start, self._offset, self._line)
         except InputError as exc:
             raise ShardFailed(exc.failure, str(exc)) from None

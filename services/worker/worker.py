@@ -28,7 +28,7 @@ from services.local.ports import next_free_port
 from services.worker import expected_failures
 from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
-from services.worker.malloc import limit_malloc_arenas
+from services.worker.malloc import arrow_on_system_allocator, limit_malloc_arenas
 from services.worker.metrics_server import MetricsServer
 from services.worker.probes import WorkerProbes
 from services.worker.schedule_metrics import SchedulePoller
@@ -111,6 +111,7 @@ async def run_worker(
     settings: WorkerSettings, stop: asyncio.Event | None = None, install_signals: bool = True
 ) -> None:
     limit_malloc_arenas()  # before the threads that would get arenas of their own start
+    arrow_on_system_allocator()
     expected_failures.install()
     tokens = TokenSource.from_env()
     if not tokens.configured():

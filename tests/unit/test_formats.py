@@ -21,6 +21,7 @@ from services.errors import Failure
 from services.worker.contracts import BatchInferenceInput, PlanInput
 from services.worker.layout import OutputLayout
 from services.worker.manifests import DataSpec
+from services.worker.parquet_files import ParquetSegmentReader
 from services.worker.plan import PlanError, make_plan
 from tests.helpers.local_shards import echo_handler, echo_serve, plan_batch, run_shards, serve_client
 from tests.helpers.records import corrupt_parquet_page
@@ -259,3 +260,20 @@ async def test_a_parquet_page_that_does_not_decode_fails_its_shard_naming_the_fi
         await run_shards(plan, output)
     assert exc.value.type == Failure.INPUT_UNREADABLE and exc.value.non_retryable
     assert f"{source}: not a readable Parquet file" in str(exc.value)
+
+
+def test_a_parquet_segment_reads_only_the_row_groups_it_spans(tmp_path):
+    """pyarrow reads whole row groups ahead: a shard's reader is given only the groups holding
+    its rows, so it never holds (or decodes) the next shard's group."""
+    parquet_files(tmp_path, files=1)  # row groups of 16, 16, 16 and 2 rows
+    spec = DataSpec(input_columns=["f1"])
+    plan = plan_batch(str(tmp_path / "part-0.parquet"), str(tmp_path / "out"), spec, shard_size=50)
+    file = plan.files[0]
+    reader = ParquetSegmentReader(file, 20, 40, spec, batch_rows=100)
+    rows, table = reader.read(100)
+    reader.close()
+    # Rows 21..48 (1-based): from the start in group 2 to the end of group 3, which holds row 40.
+    assert rows == range(21, 49) and table.column("f1").to_pylist() == [float(i) for i in range(20, 48)]
+    reader = ParquetSegmentReader(file, 0, 16, spec, batch_rows=100)
+    assert reader.read(100)[0] == range(1, 17)
+    reader.close()

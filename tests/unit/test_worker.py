@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import platform
 
+import pyarrow as pa
 import pytest
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 
 from services import constants as c
 from services.worker.config import WorkerSettings
 from services.worker.contracts import Tuning
-from services.worker.malloc import limit_malloc_arenas, release_free_memory
+from services.worker.malloc import arrow_on_system_allocator, limit_malloc_arenas, release_free_memory
 from services.worker.worker import eager_options, versioning_options
 
 
@@ -30,6 +31,22 @@ def test_free_heap_memory_goes_back_to_the_os():
     buffers = [bytearray(100_000) for _ in range(400)]
     del buffers[::2]
     assert release_free_memory() is True
+
+
+def test_arrow_allocates_from_the_heap_the_worker_trims_unless_the_environment_chooses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    before = pa.default_memory_pool()
+    try:
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
+        assert arrow_on_system_allocator() is False  # Arrow applies the user's choice itself
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL")
+        pa.set_memory_pool(pa.mimalloc_memory_pool())
+        assert arrow_on_system_allocator() is True
+        assert pa.default_memory_pool().backend_name == "system"
+        assert pa.array([1.0, 2.0]).buffers()[1].size > 0  # allocations work from the new pool
+    finally:
+        pa.set_memory_pool(before)
 
 
 def test_a_worker_takes_a_whole_first_wave_eagerly_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
