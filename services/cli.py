@@ -22,6 +22,7 @@ from temporalio.service import RPCError
 from services import batches_cli, lineage_cli, schedule_cli
 from services import constants as c
 from services.cli_errors import (
+    add_priority_flags,
     batch_input,
     batch_named,
     connect,
@@ -54,6 +55,9 @@ def build_input(args: argparse.Namespace) -> BatchInferenceInput:
         model=args.model,
         max_error_ratio=args.max_error_ratio,
         tuning=tuning_from(tuning),
+        priority=args.priority,
+        fairness_key=args.fairness_key,
+        fairness_weight=args.fairness_weight,
         **data,
     )
 
@@ -80,6 +84,8 @@ async def start_batch(
         id=workflow_id or f"batch-{uuid.uuid4().hex[:12]}",
         task_queue=task_queue,
         result_type=BatchInferenceOutput,
+        # On the workflow: its tasks are ordered too, and its activities inherit it.
+        priority=batch.temporal_priority(),
         id_conflict_policy=(
             WorkflowIDConflictPolicy.USE_EXISTING if use_existing else WorkflowIDConflictPolicy.FAIL
         ),
@@ -383,6 +389,7 @@ def parser() -> argparse.ArgumentParser:
         "output_format) or tuning (micro_batch_size, shard_size, ...); VALUE is JSON or plain text, "
         'e.g. output_format=parquet, input_columns=\'["f1","f2"]\'',
     )
+    add_priority_flags(sb)
     sb.add_argument("--id", help="workflow id (default: batch-<random>)")
     sb.add_argument(
         "--id-conflict",

@@ -7,6 +7,7 @@ an ``ApplicationError``'s type), never by reading message text, and becomes a
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import json
@@ -136,6 +137,13 @@ def tuning_from(settings: dict[str, Any]) -> Tuning:
         return Tuning(**settings)
     except ValidationError as exc:
         raise BadSetting(_first_key(exc), describe_validation(exc, Tuning, show_input=True)) from None
+
+
+def add_priority_flags(p: argparse.ArgumentParser) -> None:
+    """The batch's Temporal priority and fairness (README "Fair sharing and priority")."""
+    p.add_argument("--priority", type=int, help="1 (runs first) to 5 (last); default 3")
+    p.add_argument("--fairness-key", help="who the batch is for (e.g. a team): keys share workers in turn")
+    p.add_argument("--fairness-weight", type=float, help="this key's share relative to others' (default 1)")
 
 
 def batch_input(**fields: Any) -> BatchInferenceInput:

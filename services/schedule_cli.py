@@ -16,7 +16,7 @@ from temporalio.service import RPCError
 
 from services import constants as c
 from services import schedules as s
-from services.cli_errors import connect, split_settings
+from services.cli_errors import add_priority_flags, connect, split_settings
 from services.errors import CommandError
 from services.worker.config import TemporalSettings
 from services.worker.uri_templates import VALID, zone
@@ -73,6 +73,7 @@ def add_parser(subparsers: Any) -> None:
         help="a data option or tuning, as for submit (e.g. output_format=parquet, micro_batch_size=500)",
     )
     cr.add_argument("--max-error-ratio", type=float, default=0.0)
+    add_priority_flags(cr)
     cr.add_argument(
         "--overlap",
         choices=list(s.OVERLAP_POLICIES),
@@ -204,6 +205,9 @@ def _config_from_flags(args: argparse.Namespace, settings: TemporalSettings) -> 
             "model": args.model,
             "set": {**data, **tuning},
             "max_error_ratio": args.max_error_ratio,
+            "priority": args.priority,
+            "fairness_key": args.fairness_key,
+            "fairness_weight": args.fairness_weight,
             "overlap": args.overlap,
             "catchup_window": args.catchup_window,
             "paused": args.paused,

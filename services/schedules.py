@@ -89,6 +89,9 @@ class ScheduleConfig(BaseModel):
     model: str | None = None
     set: dict[str, Any] = Field(default_factory=dict, description="data options and tuning, as --set")
     max_error_ratio: float = Field(0.0, ge=0, le=1)
+    priority: int | None = Field(None, description="1 (runs first) to 5 (last); None = 3")
+    fairness_key: str | None = Field(None, description="who the runs are for, e.g. a team")
+    fairness_weight: float | None = Field(None, description="the key's share relative to others'")
     overlap: Overlap = Field("skip", description="when the previous run is still going")
     catchup_window: str = Field(DEFAULT_CATCHUP_WINDOW, description="how late a missed run may still start")
     paused: bool = False
@@ -128,6 +131,9 @@ class ScheduleConfig(BaseModel):
             output=self.output,
             model=self.model,
             max_error_ratio=self.max_error_ratio,
+            priority=self.priority,
+            fairness_key=self.fairness_key,
+            fairness_weight=self.fairness_weight,
             set=[f"{key}={json.dumps(value)}" for key, value in self.set.items()],
         )
         batch = build_input(args)
@@ -136,6 +142,7 @@ class ScheduleConfig(BaseModel):
         )
 
     def schedule(self) -> Schedule:
+        batch = self.batch()
         if self.cron is not None:
             spec = ScheduleSpec(cron_expressions=[self.cron], time_zone_name=self.time_zone)
         else:
@@ -143,9 +150,10 @@ class ScheduleConfig(BaseModel):
         return Schedule(
             action=ScheduleActionStartWorkflow(
                 c.WORKFLOW_NAME,
-                self.batch(),
+                batch,
                 id=self.id,  # Temporal appends "-<scheduled time>" to each run's id
                 task_queue=self.task_queue,
+                priority=batch.temporal_priority(),
                 memo={CONFIG_MEMO: self.model_dump(mode="json", by_alias=True, exclude_none=True)},
             ),
             spec=spec,

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from temporalio.common import Priority
 
 from services.constants import RETRIES_DIR
 from services.errors import Code, Stage
@@ -21,6 +22,7 @@ from services.worker.manifests import BatchStatus, BatchSummary, DataSpec
 INLINE_LIMIT_BYTES = 256 * 1024
 # What ``retry_only`` may name: a stage, or a record error code.
 RETRYABLE_NAMES = frozenset([*Stage, *Code])
+FAIRNESS_KEY_MAX_BYTES = 64  # Temporal's limit on a fairness key
 
 
 def retry_output(retry_of: str, workflow_id: str) -> str:
@@ -109,7 +111,31 @@ class BatchInferenceInput(DataSpec):
     schedule: ScheduleContext | None = Field(
         None, description="a recurring batch: input_uri/output_uri are templates; None = literal URIs"
     )
+    priority: int | None = Field(
+        None,
+        ge=1,
+        le=5,
+        description="Temporal task priority: 1 runs first, 5 last; None = the default (3) or what "
+        "the workflow was started with",
+    )
+    fairness_key: str | None = Field(
+        None,
+        min_length=1,
+        description="who the batch runs for (e.g. a team): shards of backlogged keys are dispatched "
+        "in turn, in proportion to their weights (at most 64 bytes)",
+    )
+    fairness_weight: float | None = Field(
+        None, ge=0.001, le=1000, description="this key's share relative to others' (default 1.0)"
+    )
     state: BatchState | None = Field(None, description="internal: set by continue-as-new")
+
+    def temporal_priority(self) -> Priority:
+        """The batch's ``Priority`` for Temporal; unset fields (0/empty) inherit the workflow's."""
+        if self.priority is None and self.fairness_key is None and self.fairness_weight is None:
+            return Priority.default
+        return Priority(
+            priority_key=self.priority, fairness_key=self.fairness_key, fairness_weight=self.fairness_weight
+        )
 
     def data_spec(self) -> DataSpec:
         return DataSpec.model_validate(self.model_dump(include=set(DataSpec.model_fields)))
@@ -141,6 +167,8 @@ class BatchInferenceInput(DataSpec):
                     f"{INLINE_LIMIT_BYTES // 1024} KiB. Write them to a JSONL file "
                     "and pass 'input_uri' and 'output_uri' instead."
                 )
+        if self.fairness_key is not None and len(self.fairness_key.encode()) > FAIRNESS_KEY_MAX_BYTES:
+            raise ValueError(f"'fairness_key' is at most {FAIRNESS_KEY_MAX_BYTES} bytes (Temporal's limit)")
         if self.model is not None and not self.model.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"model name {self.model!r} may hold only letters, digits, '-' and '_'")
         return self

@@ -30,6 +30,7 @@ from services.worker.contracts import (
 )
 from services.worker.layout import OutputLayout
 from services.worker.manifests import BatchStatus, BatchSummary
+from services.worker.queue_priority import activity_priority
 
 # Continue-as-new well before Temporal's 51,200-event hard limit even if the server's
 # suggestion is late; each shard costs about six events.
@@ -50,6 +51,7 @@ class FileBatch:
         self.state: BatchState | None = input.state
         self.pending: dict[int, asyncio.Task[ShardOutput]] = {}
         self.shards_this_run = 0
+        self.priority = activity_priority(input)
 
     # --- what the progress query reads ---------------------------------------------------------
 
@@ -178,6 +180,7 @@ class FileBatch:
                 non_retryable_error_types=NON_RETRYABLE_TYPES,
             ),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            priority=self.priority,
         )
 
     @staticmethod

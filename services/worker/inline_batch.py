@@ -24,6 +24,7 @@ from services.worker.contracts import (
     Progress,
     ProgressStatus,
 )
+from services.worker.queue_priority import activity_priority
 
 MAX_REASONS_CHARS = 2000  # of the failed records' reasons quoted in the error budget's message
 
@@ -36,6 +37,7 @@ class InlineBatch:
         self.chunks = [self.records[i : i + size] for i in range(0, len(self.records), size)]
         self.status: ProgressStatus = "running"
         self.running = self.done = self.succeeded = self.failed = 0
+        self.priority = activity_priority(input)
 
     def progress(self) -> Progress:
         return Progress(
@@ -78,6 +80,7 @@ class InlineBatch:
                     InlineInput(records=chunk, model=self.input.model),
                     start_to_close_timeout=timedelta(minutes=5),
                     retry_policy=RetryPolicy(maximum_attempts=self.input.tuning.shard_max_attempts),
+                    priority=self.priority,
                 )
             finally:
                 self.running -= 1

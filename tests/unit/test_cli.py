@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from temporalio.common import Priority
 
-from services.cli import build_input
+from services.cli import build_input, parser
 
 
 def args(**given) -> argparse.Namespace:
@@ -18,6 +19,9 @@ def args(**given) -> argparse.Namespace:
         "output": "/out",
         "model": None,
         "max_error_ratio": 0.0,
+        "priority": None,
+        "fairness_key": None,
+        "fairness_weight": None,
     }
     return argparse.Namespace(**{**defaults, **given})
 
@@ -44,3 +48,26 @@ def test_an_unknown_option_or_value_is_refused_naming_it():
         build_input(args(input=["in.jsonl"], set=["output_format=xml"]))
     with pytest.raises(ValueError, match="no_such_option"):
         build_input(args(input=["in.jsonl"], set=["no_such_option=1"]))
+
+
+def test_priority_and_fairness_flags_become_the_batchs_temporal_priority():
+    argv = ["submit", "--input", "in.jsonl", "--output", "out", "--priority", "1", "--fairness-key", "team-a"]
+    batch = build_input(parser().parse_args(argv))
+    assert (batch.priority, batch.fairness_key, batch.fairness_weight) == (1, "team-a", None)
+    assert batch.temporal_priority() == Priority(priority_key=1, fairness_key="team-a")
+    plain = build_input(parser().parse_args(["submit", "--input", "in.jsonl", "--output", "out"]))
+    assert plain.temporal_priority() is Priority.default, "none given: the workflow's own (default 3)"
+
+
+@pytest.mark.parametrize(
+    ("flags", "key"),
+    [
+        (["--priority", "0"], "priority"),
+        (["--priority", "6"], "priority"),
+        (["--fairness-weight", "0"], "fairness_weight"),
+        (["--fairness-key", "é" * 33], "fairness_key"),  # 66 bytes: over Temporal's 64
+    ],
+)
+def test_a_priority_out_of_range_is_refused_naming_it(flags: list[str], key: str):
+    with pytest.raises(ValueError, match=key):
+        build_input(parser().parse_args(["submit", "--input", "in.jsonl", "--output", "out", *flags]))

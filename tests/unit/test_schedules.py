@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.client import ScheduleActionStartWorkflow, ScheduleOverlapPolicy, WorkflowFailureError
+from temporalio.common import Priority
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
@@ -119,15 +120,21 @@ def test_a_definition_becomes_a_temporal_schedule() -> None:
             "paused": True,
             "taskQueue": "q",
             "owner": "helm:ns/rel",
+            "priority": 2,
+            "fairnessKey": "team-a",
+            "fairnessWeight": 2.5,
         }
     )
     schedule = config.schedule()
     action = schedule.action
     assert isinstance(action, ScheduleActionStartWorkflow)
+    # Each run starts with the priority, and its input carries it for its activities.
+    assert action.priority == Priority(priority_key=2, fairness_key="team-a", fairness_weight=2.5)
     assert (action.workflow, action.id, action.task_queue) == (c.WORKFLOW_NAME, "nightly", "q")
     (batch,) = action.args
     assert isinstance(batch, BatchInferenceInput)
     assert batch.schedule == ScheduleContext(time_zone="Europe/Berlin")
+    assert (batch.priority, batch.fairness_key, batch.fairness_weight) == (2, "team-a", 2.5)
     assert (batch.output_format, batch.tuning.micro_batch_size, batch.model) == ("parquet", 500, "iris")
     assert batch.input_uri == "s3://b/events/date={date}/", "templates travel unfilled"
     assert schedule.spec.cron_expressions == ["0 2 * * *"] and schedule.spec.time_zone_name == "Europe/Berlin"
