@@ -1,7 +1,7 @@
 """The output folder of a batch and the protocol that makes its results exactly-once.
 
     _plan.json                      the plan (before any shard runs)
-    _parts/shard-NNNNN/part-PPPPP.{out.jsonl|out.parquet,err.jsonl,ckpt.jsonl}
+    _parts/shard-NNNNN/part-PPPPP.{out.jsonl|out.arrow,err.jsonl,ckpt.jsonl}
                                     committed parts of unfinished shards; the checkpoint last
     shard-NNNNN.{jsonl|parquet}     a shard's results: its parts joined
     errors/shard-NNNNN.jsonl        its errors, written after the results: both there = whole
@@ -21,6 +21,9 @@ from services.worker.manifests import BatchSummary, Checkpoint, OutputFormat, Pl
 _SHARD_GLOB = SHARD_NAME.replace("{shard:05d}", "*")
 PART_KINDS = ("out", "err", "ckpt")
 OUTPUT_FORMATS: tuple[OutputFormat, ...] = ("jsonl", "parquet")
+# A part's results: JSON lines as they will be in the final file; Parquet results as Arrow IPC,
+# encoded as Parquet once, when the shard's parts are joined.
+PART_RESULTS_EXT: dict[OutputFormat, str] = {"jsonl": "jsonl", "parquet": "arrow"}
 
 
 class OutputLayout:
@@ -43,8 +46,15 @@ class OutputLayout:
 
     def part_uri(self, shard: int, part: int, kind: str) -> str:
         assert kind in PART_KINDS, kind
-        ext = self.format if kind == "out" else "jsonl"
+        ext = PART_RESULTS_EXT[self.format] if kind == "out" else "jsonl"
         return fs.join(self.parts_uri(shard), f"part-{part:05d}.{kind}.{ext}")
+
+    def _result_part_names(self, shard: int, part: int) -> tuple[str, ...]:
+        """A part's results, current name first, then what earlier releases called it (a shard
+        retried across an upgrade finds parts of both)."""
+        legacy = fs.join(self.parts_uri(shard), f"part-{part:05d}.out.{self.format}")
+        current = self.part_uri(shard, part, "out")
+        return (current,) if legacy == current else (current, legacy)
 
     @property
     def plan_uri(self) -> str:
@@ -103,11 +113,12 @@ class OutputLayout:
         parts: if the worker dies after the join but before Temporal records the shard as done,
         the retry finds both final files and reports them (``final_counts``); if it dies during
         the join, the parts are still there to join again."""
-        results = [self.part_uri(shard, p, "out") for p in range(parts)]
         if self.format == "parquet":
-            parquet_sink.join(self.shard_uri(shard), results)
+            parquet_sink.join(
+                self.shard_uri(shard), [self._result_part_names(shard, p) for p in range(parts)]
+            )
         else:
-            fs.concat(self.shard_uri(shard), results)
+            fs.concat(self.shard_uri(shard), [self.part_uri(shard, p, "out") for p in range(parts)])
         fs.concat(
             self.errors_uri(shard), [self.part_uri(shard, p, "err") for p in range(parts)], missing_ok=True
         )

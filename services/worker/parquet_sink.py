@@ -1,5 +1,6 @@
-"""The Parquet result sink: a part's results as one Parquet file (``id``, ``prediction`` and the
-kept columns), and a shard's parts joined into its final file. Errors files stay JSONL.
+"""The Parquet result sink: a part's results as one Arrow IPC stream (``id``, ``prediction``
+and the kept columns), and a shard's parts joined into its final Parquet file, so each result
+is encoded as Parquet once. Errors files stay JSONL.
 
 Column types come from the values (pyarrow's inference): a prediction that is a number, a list
 or an object becomes a number, list or struct column. Parts whose types differ only in width or
@@ -10,6 +11,7 @@ nulls are joined with pyarrow's permissive promotion; values no single Arrow typ
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -19,6 +21,7 @@ from services import json_codec
 from services.worker import fs
 
 _MIXED = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+PARQUET_MAGIC = b"PAR1"
 
 
 def _array(values: list[Any]) -> pa.Array:
@@ -39,10 +42,39 @@ def table(
 
 
 def to_bytes(tables: list[pa.Table]) -> bytes:
-    """One Parquet file of a part's result tables."""
-    out = io.BytesIO()
-    pq.write_table(_concat(tables) if tables else table([], [], None, []), out)
-    return out.getvalue()
+    """A part's result tables as one Arrow IPC stream: no encoding beyond the buffers themselves,
+    and the join reads it back without decoding."""
+    t = _concat(tables) if tables else table([], [], None, [])
+    out = pa.BufferOutputStream()
+    with pa.ipc.new_stream(out, t.schema) as writer:
+        writer.write_table(t)
+    return out.getvalue().to_pybytes()
+
+
+def _read_part(data: bytes) -> pa.Table:
+    # A part written before parts were Arrow IPC is a Parquet file (a shard resumed by a newer worker).
+    if data[:4] == PARQUET_MAGIC:
+        return pq.read_table(io.BytesIO(data))
+    return pa.ipc.open_stream(data).read_all()
+
+
+def _read_part_schema(uri: str) -> pa.Schema:
+    with fs.open_input(uri) as fh:
+        if fh.read(4) == PARQUET_MAGIC:
+            fh.seek(0)
+            return pq.read_schema(fh)
+        fh.seek(0)
+        return pa.ipc.open_stream(fh).schema
+
+
+def _find_part(names: Sequence[str]) -> tuple[str, pa.Schema]:
+    """The first of a part's names that exists, and its schema."""
+    for name in names[:-1]:
+        try:
+            return name, _read_part_schema(name)
+        except FileNotFoundError:
+            continue
+    return names[-1], _read_part_schema(names[-1])
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table:
@@ -67,10 +99,11 @@ def _as_json_text(t: pa.Table) -> pa.Table:
     return pa.table(columns)
 
 
-def join(target: str, sources: list[str]) -> None:
-    """Write the parts ``sources`` as one Parquet file at ``target`` (atomically), a row group
-    per part, reading one part at a time."""
-    schemas = [_read_schema(src) for src in sources]
+def join(target: str, parts: list[Sequence[str]]) -> None:
+    """Write the parts as one Parquet file at ``target`` (atomically), a row group per part,
+    reading one part at a time. Each part is given by its names, current first: the first that
+    exists is read (an earlier release named parts otherwise)."""
+    sources, schemas = zip(*(_find_part(names) for names in parts), strict=True) if parts else ((), ())
     try:
         schema = pa.unify_schemas(schemas, promote_options="permissive")
         convert = None
@@ -79,7 +112,7 @@ def join(target: str, sources: list[str]) -> None:
     with fs.atomic_writer(target) as out:
         writer = None
         for src in sources:
-            part = pq.read_table(io.BytesIO(fs.read_bytes(src)))
+            part = _read_part(fs.read_bytes(src))
             part = convert(part) if convert else part.cast(schema)
             if writer is None:
                 writer = pq.ParquetWriter(out, part.schema)
@@ -89,11 +122,6 @@ def join(target: str, sources: list[str]) -> None:
                 out, schema or pa.schema([("id", pa.string()), ("prediction", pa.null())])
             )
         writer.close()
-
-
-def _read_schema(uri: str) -> pa.Schema:
-    with fs.open_input(uri) as fh:
-        return pq.read_schema(fh)
 
 
 def count_rows(uri: str) -> int:

@@ -3,11 +3,14 @@ and on fsspec's in-memory filesystem, which, like an object store, has no rename
 
 from __future__ import annotations
 
+import io
 import uuid
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from services.worker import fs
+from services.worker import fs, parquet_sink
 from services.worker.layout import OutputLayout
 from services.worker.manifests import (
     BatchSummary,
@@ -81,3 +84,30 @@ def test_a_new_batch_clears_final_files_and_a_failed_one_keeps_unfinished_parts(
     assert not fs.exists(layout.parts_uri(0)) and fs.exists(layout.part_uri(1, 0, "ckpt"))
     layout.finish(summary(layout, "completed"))
     assert not fs.exists(layout.parts_uri())
+
+
+def test_parquet_parts_are_arrow_joined_into_parquet_even_beside_parts_of_an_earlier_release(
+    output_uri: str,
+) -> None:
+    """Parquet results are Arrow IPC while a shard runs and encoded as Parquet once, at the join.
+    A shard retried across an upgrade finds its first parts in the earlier release's form (a
+    Parquet file named ``.out.parquet``): they are joined in order with the new ones."""
+    layout = OutputLayout(output_uri, "parquet")
+    layout.start(plan())
+    old_part = io.BytesIO()
+    pq.write_table(parquet_sink.table(["a", "b"], [1, 2], None, []), old_part)
+    fs.write_bytes(fs.join(layout.parts_uri(0), "part-00000.out.parquet"), old_part.getvalue())
+    new_part = parquet_sink.to_bytes([parquet_sink.table(["c"], [3.5], None, [])])
+    assert new_part[:4] != b"PAR1" and pa.ipc.open_stream(new_part).read_all().num_rows == 1
+    checkpoint = Checkpoint(plan_id="p1", progress=ShardProgress(part=2, done=3))
+    layout.write_part(0, 1, new_part, b"", checkpoint)
+    assert layout.part_uri(0, 1, "out").endswith("part-00001.out.arrow")
+    layout.commit_shard(0, 2)
+    with fs.open_input(layout.shard_uri(0)) as fh:
+        final = pq.read_table(fh)
+    assert final.to_pylist() == [
+        {"id": "a", "prediction": 1.0},
+        {"id": "b", "prediction": 2.0},
+        {"id": "c", "prediction": 3.5},
+    ]
+    assert layout.final_counts(0) == (3, 0) and not fs.exists(layout.parts_uri(0))
