@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from numpy.lib.stride_tricks import sliding_window_view
 
 from services import json_codec
@@ -124,9 +126,41 @@ def key_hashes(keys: Sequence[bytes]) -> Any:
         return np.empty(0, dtype=np.int64)
     lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    return _laid_out_hashes(np.frombuffer(b"".join(keys), dtype=np.uint8), starts, lengths)
+
+
+def _laid_out_hashes(data: Any, starts: Any, lengths: Any) -> Any:
+    """``key_hashes`` of the keys at ``starts`` (``lengths`` bytes each) in ``data`` (uint8)."""
     width = _word_width(lengths)
-    padded = np.frombuffer(b"".join(keys) + bytes(width), dtype=np.uint8)
+    padded = np.concatenate((data, np.zeros(width, dtype=np.uint8)))
     return _block_hashes(_zero_past(_rows(padded, starts, width), lengths), lengths)
+
+
+# What JSON escapes in a string: such ids are keyed one by one.
+_ESCAPED = r'["\\\x00-\x1f]'
+
+
+def column_key_hashes(column: pa.Array) -> Any:
+    """``key_hashes`` of the valid ids in an Arrow id column (a Parquet file's). Integers, and
+    strings with nothing JSON escapes, are their own canonical JSON (a string in quotes), so
+    their keys are laid out from Arrow's buffers without a Python object per id; any other
+    column goes value by value through ``id_key``."""
+    column = column.drop_null()
+    if pa.types.is_integer(column.type):
+        text = pc.cast(column, pa.large_string())
+    elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        if pc.any(pc.match_substring_regex(column, _ESCAPED)).as_py():
+            return key_hashes([k for v in column.to_pylist() if (k := id_key(v)) is not None])
+        quote, none = pa.scalar('"', pa.large_string()), pa.scalar("", pa.large_string())
+        text = pc.binary_join_element_wise(quote, column.cast(pa.large_string()), quote, none)
+    else:
+        return key_hashes([k for v in column.to_pylist() if (k := id_key(v)) is not None])
+    if not len(text):
+        return np.empty(0, dtype=np.int64)
+    _, offsets_buffer, data_buffer = text.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[text.offset : text.offset + len(text) + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return _laid_out_hashes(data, offsets[:-1] - offsets[0], np.diff(offsets))
 
 
 def chunk_key_hashes(records: Records, id_field: str = "id") -> Any:

@@ -11,7 +11,7 @@ import bisect
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,7 +55,7 @@ class ScannedParquet:
     schema: pa.Schema  # of the columns a shard reads
 
 
-def scan(found: FoundFile, fields: RecordFields, on_ids: Callable[[list[Any]], None]) -> ScannedParquet:
+def scan(found: FoundFile, fields: RecordFields, on_ids: Callable[[pa.Array], None]) -> ScannedParquet:
     """One file's footer (rows per row group, schema), checking that the columns the batch
     needs are there, and its id column a record batch at a time (``on_ids``): one open."""
     file, fh = open_parquet(found.uri)
@@ -70,7 +70,7 @@ def scan(found: FoundFile, fields: RecordFields, on_ids: Callable[[list[Any]], N
             )
         try:
             for batch in file.iter_batches(batch_size=65_536, columns=[fields.id_field]):
-                on_ids(batch.column(0).to_pylist())
+                on_ids(batch.column(0))
         except (pa.ArrowException, OSError) as exc:
             raise unreadable(found.uri, exc) from None
     kept = needed_columns(names, fields)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
@@ -201,8 +202,8 @@ def _scan(found: FoundFile, spec: DataSpec, ids: duplicates.DuplicateIds, lock: 
     }
     if found.format == "parquet":
 
-        def on_ids(values: list[Any]) -> None:
-            hashes = duplicates.key_hashes([k for v in values if (k := duplicates.id_key(v)) is not None])
+        def on_ids(column: pa.Array) -> None:
+            hashes = duplicates.column_key_hashes(column)
             with lock:
                 ids.add(hashes)
 

@@ -6,6 +6,7 @@ import io
 import json
 import random
 
+import pyarrow as pa
 import pytest
 
 from services.worker import duplicates, jsonl_scan
@@ -73,6 +74,27 @@ def test_key_hashes_depend_on_the_key_alone() -> None:
     assert together[0] == together[-1] and len(set(together)) == len(keys) - 1
     # keys that differ in their last byte, or only in length, differ
     assert len(set(duplicates.key_hashes([b"12345678", b"12345679", b"1234567", b"123456780"]).tolist())) == 4
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.array(["r0", None, "café", "", "x" * 40, "r0"]),
+        pa.array(["plain", 'with "quote"', "back\\slash", "tab\t"]),  # escaped: value by value
+        pa.array(["a", "b"], pa.large_string()),
+        pa.array([7, None, -3, 0, 2**63 - 1], pa.int64()),
+        pa.array([1, 2], pa.uint8()),
+        pa.array([1.5, 2.0, None]),  # not an id type: no valid ids
+        pa.array([True, False]),
+        pa.array(["a", "b", "c", "d"]).slice(1, 2),  # a slice: Arrow's offsets do not start at 0
+        pa.array([], pa.string()),
+    ],
+)
+def test_column_key_hashes_are_the_hashes_of_each_valid_ids_key(column: pa.Array) -> None:
+    """A Parquet id column hashed from Arrow's buffers keys every id as the JSON Lines path
+    does (a string in quotes, an integer as written), skipping nulls and ids of other types."""
+    keys = [k for v in column.to_pylist() if (k := duplicates.id_key(v)) is not None]
+    assert duplicates.column_key_hashes(column).tolist() == duplicates.key_hashes(keys).tolist()
 
 
 @pytest.mark.parametrize("chunk_bytes", [7, 64, 1 << 20])
