@@ -92,7 +92,8 @@ class Failure(StrEnum):
     OUTPUT_IN_USE = "OutputInUse"  # the output folder holds another batch
     UNKNOWN_MODEL = "UnknownModel"  # the batch names a model Serve does not have
     ERROR_BUDGET_EXCEEDED = "ErrorBudgetExceeded"
-    SERVE_UNAVAILABLE = "ServeUnavailable"
+    SERVE_UNAVAILABLE = "ServeUnavailable"  # a shard gave up its in-activity retries: the batch waits
+    SERVE_OUTAGE_TOO_LONG = "ServeOutageTooLong"  # Serve stayed unavailable past tuning.max_serve_outage_s
     SERVE_PROTOCOL_ERROR = "ServeProtocolError"
     NO_SCHEDULED_TIME = "NoScheduledTime"  # URI templates, and no schedule started the run
 

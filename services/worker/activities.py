@@ -14,6 +14,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
+from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -25,6 +27,7 @@ from services.worker.contracts import (
     InlinePrediction,
     PlanInput,
     PlanOutput,
+    ServeCheck,
     ShardInput,
     ShardOutput,
     SummaryInput,
@@ -120,6 +123,26 @@ class BatchActivities:
             failed=progress.failed,
             resumed_from=resumed_from,
         )
+
+    @activity.defn
+    async def check_serve(self) -> ServeCheck:
+        """Whether Serve answers again, while a batch waits for it: one request for its model
+        list, through the same ingress and token check as a shard's requests. Any answer but a
+        5xx, 429 or 404 (no application deployed yet) counts: a refusal is then the shard's to
+        report, with its own advice."""
+        try:
+            await self.serve.list_models()
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status >= 500 or status in (404, 429):
+                return ServeCheck(ok=False, reason=f"Serve answered {status} on its model list")
+        except httpx.HTTPError as exc:
+            return ServeCheck(
+                ok=False, reason=f"cannot reach Serve at {self.serve.base_url} ({type(exc).__name__})"
+            )
+        except ValidationError:
+            pass  # it answered, in a form this worker does not read: up all the same
+        return ServeCheck(ok=True)
 
     @activity.defn
     async def predict_inline(self, input: InlineInput) -> InlineOutput:

@@ -7,7 +7,7 @@ below Temporal's payload limit.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -52,6 +52,15 @@ class Tuning(_Strict):
     shard_max_attempts: int = Field(20, ge=0, description="0 = retry until cancelled")
     continue_as_new_after_shards: int | None = Field(
         None, ge=1, description="force continue-as-new after this many shards per run"
+    )
+    serve_wait_initial_s: float = Field(
+        5, gt=0, le=3600, description="first wait before asking Serve again once it stays unavailable"
+    )
+    serve_wait_max_s: float = Field(
+        60, gt=0, le=3600, description="longest wait between two checks of an unavailable Serve"
+    )
+    max_serve_outage_s: float = Field(
+        4 * 3600, gt=0, description="the batch fails once Serve has been unavailable this long"
     )
 
 
@@ -210,7 +219,9 @@ class BatchInferenceOutput(BaseModel):
     predictions: list[InlinePrediction] | None = None
 
 
-ProgressStatus = Literal["planning", "running", "finalizing", "completed", "cancelled", "failed"]
+ProgressStatus = Literal[
+    "planning", "running", "waiting_for_serve", "finalizing", "completed", "cancelled", "failed"
+]
 
 
 class Progress(BaseModel):
@@ -226,6 +237,19 @@ class Progress(BaseModel):
     run: int = 1
     elapsed_s: float = 0.0
     records_per_second: float = 0.0
+    waiting_for_serve_since: datetime | None = Field(
+        None, description="status waiting_for_serve: when Serve was first found unavailable"
+    )
+    serve_attempts: int = Field(
+        0, description="status waiting_for_serve: shard attempts and checks that found Serve unavailable"
+    )
+
+    def serve_wait_line(self) -> str | None:
+        """``waiting for Serve since <time>, <n> attempts`` while the batch waits, else None."""
+        if self.waiting_for_serve_since is None:
+            return None
+        since = self.waiting_for_serve_since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"waiting for Serve since {since}, {self.serve_attempts} attempts"
 
 
 class PlanInput(_Strict):
@@ -262,6 +286,13 @@ class ShardOutput(BaseModel):
     succeeded: int
     failed: int
     resumed_from: int = 0  # records skipped thanks to the heartbeat checkpoint
+
+
+class ServeCheck(BaseModel):
+    """Whether Serve answered a check while a batch waits for it, and if not why."""
+
+    ok: bool
+    reason: str = ""
 
 
 class InlineInput(_Strict):

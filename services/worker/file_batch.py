@@ -12,8 +12,9 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
-from services.errors import NON_RETRYABLE
+from services.errors import NON_RETRYABLE, Failure
 from services.worker.accounting import check_error_budget, per_second
 from services.worker.activities import BatchActivities
 from services.worker.contracts import (
@@ -30,12 +31,16 @@ from services.worker.contracts import (
 )
 from services.worker.layout import OutputLayout
 from services.worker.manifests import BatchStatus, BatchSummary
+from services.worker.outages import Outage, outage_too_long, serve_unavailable, wait_before_check
 from services.worker.queue_priority import activity_priority
 
 # Continue-as-new well before Temporal's 51,200-event hard limit even if the server's
 # suggestion is late; each shard costs about six events.
 MAX_HISTORY_EVENTS = 20_000
 NON_RETRYABLE_TYPES = [str(failure) for failure in NON_RETRYABLE]
+# Shards wait out a Serve outage in the workflow instead of spending their activity retries on
+# it: a change of the commands issued (check_serve, timers, re-run shards), so behind a patch.
+SERVE_OUTAGE_PATCH = "wait-out-serve-outages"
 
 
 class FileBatch:
@@ -51,6 +56,8 @@ class FileBatch:
         self.state: BatchState | None = input.state
         self.pending: dict[int, asyncio.Task[ShardOutput]] = {}
         self.shards_this_run = 0
+        self.outage: Outage | None = None
+        self.serve_check: asyncio.Task[None] | None = None
         self.priority = activity_priority(input)
 
     # --- what the progress query reads ---------------------------------------------------------
@@ -60,8 +67,9 @@ class FileBatch:
         if state is None:
             return Progress(status=self.status)
         elapsed = (workflow.now() - state.started_at).total_seconds()
+        waiting = self.outage if self.outage is not None and self.outage.waiting else None
         return Progress(
-            status=self.status,
+            status="waiting_for_serve" if waiting and self.status == "running" else self.status,
             total_records=state.total_records,
             succeeded=state.succeeded,
             failed=state.failed,
@@ -71,6 +79,8 @@ class FileBatch:
             run=state.runs,
             elapsed_s=round(elapsed, 3),
             records_per_second=per_second(state.succeeded + state.failed, elapsed),
+            waiting_for_serve_since=waiting.since if waiting else None,
+            serve_attempts=waiting.attempts if waiting else 0,
         )
 
     # --- the run -------------------------------------------------------------------------------
@@ -159,6 +169,67 @@ class FileBatch:
             )
 
     def _start_shard(self, shard: int) -> asyncio.Task[ShardOutput]:
+        if workflow.patched(SERVE_OUTAGE_PATCH):
+            return asyncio.create_task(self._shard_through_outages(shard))
+        return self._shard_activity(shard, NON_RETRYABLE_TYPES)
+
+    async def _shard_through_outages(self, shard: int) -> ShardOutput:
+        """The shard, run again from its checkpoint each time it gives up on an unavailable
+        Serve, once Serve answers again: an outage costs none of its activity attempts."""
+        while True:
+            try:
+                result = await self._shard_activity(
+                    shard, [*NON_RETRYABLE_TYPES, str(Failure.SERVE_UNAVAILABLE)]
+                )
+            except ActivityError as err:
+                reason = serve_unavailable(err)
+                if reason is None:
+                    raise
+                await self._wait_for_serve(reason)
+                continue
+            self.outage = None  # a shard completed: Serve answers
+            return result
+
+    async def _wait_for_serve(self, reason: str) -> None:
+        """Count the attempt against the outage (failing the batch past its cap), then wait
+        until Serve answers; one check loop per batch, shared by all waiting shards."""
+        now = workflow.now()
+        outage = self.outage = self.outage or Outage(since=now)
+        outage.attempts += 1
+        outage.reason, outage.waiting = reason, True
+        if (now - outage.since).total_seconds() >= self.tuning.max_serve_outage_s:
+            raise outage_too_long(outage, now, self.tuning.max_serve_outage_s)
+        if self.serve_check is None or self.serve_check.done():
+            self.serve_check = asyncio.create_task(self._check_serve_until_it_answers(outage))
+        await self.serve_check
+
+    async def _check_serve_until_it_answers(self, outage: Outage) -> None:
+        tuning = self.tuning
+        while True:
+            left = tuning.max_serve_outage_s - (workflow.now() - outage.since).total_seconds()
+            wait = wait_before_check(
+                outage.attempts, tuning.serve_wait_initial_s, tuning.serve_wait_max_s, left
+            )
+            await workflow.sleep(wait, summary="waiting for Serve")
+            try:
+                check = await workflow.execute_activity_method(
+                    BatchActivities.check_serve,
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                )
+                ok, reason = check.ok, check.reason
+            except ActivityError as err:  # no worker answered in time: as good as no answer
+                ok, reason = False, f"the check of Serve did not complete ({err.cause or err})"
+            if ok:
+                outage.waiting = False
+                return
+            now = workflow.now()
+            outage.attempts += 1
+            outage.reason = reason
+            if (now - outage.since).total_seconds() >= tuning.max_serve_outage_s:
+                raise outage_too_long(outage, now, tuning.max_serve_outage_s)
+
+    def _shard_activity(self, shard: int, non_retryable: list[str]) -> asyncio.Task[ShardOutput]:
         tuning = self.tuning
         return workflow.start_activity_method(
             BatchActivities.process_shard,
@@ -177,7 +248,7 @@ class FileBatch:
                 initial_interval=timedelta(seconds=1),
                 maximum_interval=timedelta(seconds=60),
                 maximum_attempts=tuning.shard_max_attempts,
-                non_retryable_error_types=NON_RETRYABLE_TYPES,
+                non_retryable_error_types=non_retryable,
             ),
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             priority=self.priority,

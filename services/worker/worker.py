@@ -93,6 +93,7 @@ def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -
         activities=[
             activities.plan_batch,
             activities.process_shard,
+            activities.check_serve,
             activities.predict_inline,
             activities.write_summary,
         ],
