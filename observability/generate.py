@@ -237,6 +237,20 @@ def batch_dashboard() -> DashboardSpec:
                 must_have_data=True,
             ),
             PanelSpec(
+                "Serve concurrency limit",
+                "Each worker's limit on requests in flight to Serve (all its shards together): adaptive, "
+                "it grows while Serve answers promptly and halves on 429/503/timeouts or rising latency "
+                "(SERVE_ADAPTIVE_CONCURRENCY; off: SERVE_MAX_CONNECTIONS). Far below the cap: Serve is "
+                "pushing back; compare with Serve responses by status.",
+                "short",
+                [
+                    q(f"sum({m.SERVE_CONCURRENCY_LIMIT.prom})", "limit, all workers"),
+                    q(f"min({m.SERVE_CONCURRENCY_LIMIT.prom})", "lowest worker's limit"),
+                    q(f"sum({m.SERVE_IN_FLIGHT.prom}{{{model}}})", "requests in flight"),
+                ],
+                must_have_data=True,
+            ),
+            PanelSpec(
                 "Micro-batch size",
                 "Average records per request sent to Serve (tuning.micro_batch_size; smaller at the "
                 "end of a part and when records fail to parse).",

@@ -167,6 +167,13 @@ SERVE_IN_FLIGHT = Metric(
     "Requests from this worker to Serve waiting for an answer (retries included).",
     (MODEL,),
 )
+SERVE_CONCURRENCY_LIMIT = Metric(
+    "batch_inference_serve_concurrency_limit",
+    "gauge",
+    "This worker's current limit on requests in flight to Serve, all shards together: adaptive "
+    "(grows while Serve answers promptly, halves on 429/503/timeouts or rising latency), or "
+    "SERVE_MAX_CONNECTIONS when SERVE_ADAPTIVE_CONCURRENCY is off.",
+)
 SHARDS_RUNNING = Metric(
     "batch_inference_shards_running",
     "gauge",
@@ -271,6 +278,7 @@ WORKER_METRICS = (
     SERVE_REQUEST_DURATION,
     MICRO_BATCH_SIZE,
     SERVE_IN_FLIGHT,
+    SERVE_CONCURRENCY_LIMIT,
     SHARDS_RUNNING,
     SHARD_ATTEMPTS,
     SHARD_RETRIES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from temporalio.runtime import Runtime
 from temporalio.worker import WorkerDeploymentConfig
 
 from services import constants as c
+from services.worker.concurrency import AdaptiveLimiter, Limiter, LimitSettings, NoLimit
 from services.worker.contracts import Tuning
 
 # How workflow and activity payloads are encoded: the worker's clients and the replay test
@@ -124,6 +126,20 @@ class WorkerSettings(TemporalSettings):
         validation_alias=_env(c.ENV_SERVE_MAX_CONNECTIONS),
         description="requests in flight to Serve from this worker, all shards together",
     )
+    serve_adaptive_concurrency: bool = Field(
+        True,
+        validation_alias=_env(c.ENV_SERVE_ADAPTIVE_CONCURRENCY),
+        description="adapt the requests in flight to Serve to its answers (AIMD; concurrency.py); "
+        "false: always serve_max_connections",
+    )
+    serve_concurrency_min: int = Field(
+        1, ge=1, le=1024, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_MIN),
+        description="the adaptive limit never goes below this",
+    )  # fmt: skip
+    serve_concurrency_max: int | None = Field(
+        None, ge=1, le=1024, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_MAX),
+        description="the adaptive limit never goes above this (unset: serve_max_connections)",
+    )  # fmt: skip
     graceful_shutdown_s: float = Field(
         30.0,
         ge=0,
@@ -181,6 +197,27 @@ class WorkerSettings(TemporalSettings):
                 f"{c.ENV_TEMPORAL_BUILD_ID} (or neither: an unversioned worker)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _concurrency_bounds(self) -> WorkerSettings:
+        top = self.serve_concurrency_max or self.serve_max_connections
+        if not self.serve_concurrency_min <= top <= self.serve_max_connections:
+            raise ValueError(
+                f"need {c.ENV_SERVE_CONCURRENCY_MIN} <= {c.ENV_SERVE_CONCURRENCY_MAX} <= "
+                f"{c.ENV_SERVE_MAX_CONNECTIONS}, got {self.serve_concurrency_min}, {top}, "
+                f"{self.serve_max_connections}"
+            )
+        return self
+
+    def limiter(self, on_limit: Callable[[int], None] | None = None) -> Limiter:
+        """The Serve client's in-flight limit: adaptive between the bounds, or none beyond
+        ``serve_max_connections`` (then ``on_limit`` is told that cap once)."""
+        top = self.serve_concurrency_max or self.serve_max_connections
+        if not self.serve_adaptive_concurrency:
+            if on_limit:
+                on_limit(self.serve_max_connections)
+            return NoLimit()
+        return AdaptiveLimiter(LimitSettings(self.serve_concurrency_min, top), on_limit=on_limit)
 
     def deployment_config(self) -> WorkerDeploymentConfig | None:
         """The worker's Worker Deployment version, or None (unversioned). Batches are pinned to

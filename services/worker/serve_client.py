@@ -36,6 +36,7 @@ from services.constants import (
 )
 from services.errors import Code, Failure, RecordError, Stage
 from services.token_file import TokenFile
+from services.worker.concurrency import Limiter, NoLimit
 
 NON_RETRYABLE = {400, 401, 403, 404, 413, 422}
 ADVICE = {
@@ -153,6 +154,7 @@ class ServeClient:
         retry: RetrySettings | None = None,
         on_attempt: Callable[[str, float, str | None], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        limiter: Limiter | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self._tokens = tokens
@@ -161,6 +163,8 @@ class ServeClient:
         # Requests wait for a connection here, not in httpcore's pool: its queue is scanned in
         # full for every request, which cost the worker half its CPU with 100 requests waiting.
         self._slots = asyncio.Semaphore(max_connections)
+        # The adaptive in-flight limit (concurrency.py), under the fixed one above.
+        self.limiter = limiter or NoLimit()
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout_s, connect=5.0),
@@ -199,9 +203,15 @@ class ServeClient:
         reason, delay = "", 0.0
         for attempt in range(1, self._retry.max_attempts + 1):
             try:
-                async with self._slots:  # the request's time starts with its connection
+                async with self.limiter.slot() as slot, self._slots:  # time starts with the connection
                     started = time.monotonic()
-                    response = await self._client.post(url, content=body, headers=self._headers())
+                    try:
+                        response = await self._client.post(url, content=body, headers=self._headers())
+                    except httpx.TimeoutException:
+                        slot.overloaded()
+                        raise
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                    slot.answered(response.status_code, retry_after)
             except httpx.TimeoutException as exc:
                 outcome, reason = "timeout", f"Serve timed out ({type(exc).__name__})"
                 delay = self._backoff(attempt)

@@ -34,7 +34,7 @@ from services.worker.probes import WorkerProbes
 from services.worker.schedule_metrics import SchedulePoller
 from services.worker.sdk_metrics import TemporalMetricsBridge
 from services.worker.serve_client import ServeClient, TokenSource
-from services.worker.telemetry import BatchProgressPoller, record_serve_attempt
+from services.worker.telemetry import SERVE_CONCURRENCY_LIMIT, BatchProgressPoller, record_serve_attempt
 from services.worker.temporal_connection import check_connection, connect_until_up
 from services.worker.workflows import BatchInferenceWorkflow
 
@@ -163,6 +163,7 @@ async def _work(
         timeout_s=settings.serve_timeout_s,
         max_connections=settings.serve_max_connections,
         on_attempt=record_serve_attempt,
+        limiter=settings.limiter(SERVE_CONCURRENCY_LIMIT.set),
     )
     background: list[Awaitable[None]] = []
     if probes is not None:

@@ -1,0 +1,211 @@
+"""An adaptive limit on the requests a worker has in flight to Serve, shared by all its shards.
+
+AIMD, as in Netflix's concurrency-limits: each request that comes back well adds about one slot
+per round trip (``increase / limit`` per answer, only while the slots are in use); a refusal
+(429, 503, 504, a timeout) or a rise in latency (the recent average above ``latency_tolerance``
+times the long-run one) multiplies the limit by ``backoff``, once per round trip (answers to
+requests sent before the last cut do not cut again). A ``Retry-After`` pauses every sender of
+the worker until it has passed, not only the refused request's retry.
+
+The fixed limits stay as caps: ``max_limit`` (the worker's ``SERVE_MAX_CONNECTIONS``), and each
+shard's ``max_in_flight`` in front of this limiter.
+
+Written here rather than taken from PyPI: the asyncio candidates there (aimd-limiter,
+aioadaptive, ace-concurrency, adaptive-concurrency) are 0.1 releases, and none honours
+Retry-After or takes a clock to test with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+
+class Signal(enum.Enum):
+    OK = "ok"  # an answer (200): its latency is a sample
+    OVERLOAD = "overload"  # Serve refused or did not answer in time: back off
+    IGNORE = "ignore"  # says nothing about load (a client error, Serve down, cancelled)
+
+
+OVERLOAD_STATUSES = frozenset({429, 503, 504})
+
+
+def signal_of(status: int) -> Signal:
+    if status == 200:
+        return Signal.OK
+    return Signal.OVERLOAD if status in OVERLOAD_STATUSES else Signal.IGNORE
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    min_limit: int = 1
+    max_limit: int = 32
+    initial: int | None = None  # None: max_limit (as many as the fixed limits allow)
+    backoff: float = 0.5
+    increase: float = 1.0  # slots added per round trip of answers
+    latency_tolerance: float = 2.0
+    short_samples: int = 10  # window of the recent latency average (EMA)
+    long_samples: int = 200  # window of the long-run latency average (EMA)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_limit <= self.max_limit:
+            raise ValueError(f"need 1 <= min_limit <= max_limit, got {self.min_limit}, {self.max_limit}")
+        if not 0 < self.backoff < 1:
+            raise ValueError(f"backoff must be in (0, 1), got {self.backoff}")
+
+
+class Slot:
+    """One request's place under the limit: say how it ended with ``answered`` or ``overloaded``
+    (neither: it tells the limiter nothing)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.signal = Signal.IGNORE
+        self.retry_after_s: float | None = None
+
+    def answered(self, status: int, retry_after_s: float | None = None) -> None:
+        self.signal, self.retry_after_s = signal_of(status), retry_after_s
+
+    def overloaded(self) -> None:
+        self.signal = Signal.OVERLOAD
+
+
+class AdaptiveLimiter:
+    """See the module. ``clock`` and ``sleep`` are injectable so tests run on a fake clock;
+    ``on_limit`` is told every new limit (the worker's gauge)."""
+
+    def __init__(
+        self,
+        settings: LimitSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_limit: Callable[[int], None] | None = None,
+    ) -> None:
+        self.settings = s = settings or LimitSettings()
+        self._clock, self._sleep, self._on_limit = clock, sleep, on_limit
+        self._limit = float(min(s.max_limit, max(s.min_limit, s.initial or s.max_limit)))
+        self.in_flight = 0
+        self.paused_until = 0.0
+        self._last_cut = float("-inf")
+        self._short: float | None = None
+        self._long: float | None = None
+        self._samples = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._report()
+
+    @property
+    def limit(self) -> int:
+        return int(self._limit)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        await self.acquire()
+        try:
+            await self._after_pause()
+        except BaseException:
+            self._release()
+            raise
+        slot = Slot(self._clock())
+        try:
+            yield slot
+        finally:
+            self._release()
+            self.update(slot, self._clock())
+
+    async def acquire(self) -> None:
+        """A slot under the limit, first come first served."""
+        if not self._waiters and self.in_flight < self.limit:
+            self.in_flight += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # _wake counted us in before setting it
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed a slot as we were cancelled: give it back
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    async def _after_pause(self) -> None:
+        # A later refusal may extend the pause while we sleep: check again.
+        while (left := self.paused_until - self._clock()) > 0:
+            await self._sleep(left)
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
+
+    def update(self, slot: Slot, now: float) -> None:
+        """Adjust the limit for one request that ended at ``now``."""
+        s = self.settings
+        if slot.retry_after_s:
+            self.paused_until = max(self.paused_until, now + slot.retry_after_s)
+        if slot.signal is Signal.OVERLOAD:
+            self._cut(slot, now)
+        elif slot.signal is Signal.OK:
+            latency = max(0.0, now - slot.started)
+            self._samples += 1
+            self._short = self._ema(self._short, latency, s.short_samples)
+            self._long = self._ema(self._long, latency, s.long_samples)
+            rising = (
+                self._samples >= s.short_samples
+                and self._long is not None
+                and self._short > s.latency_tolerance * self._long
+            )
+            if rising:
+                self._cut(slot, now)
+            elif self.in_flight + 1 >= self._limit / 2:  # the limit is in use: worth raising
+                self._set(self._limit + s.increase / max(self._limit, 1.0))
+
+    def _cut(self, slot: Slot, now: float) -> None:
+        if slot.started < self._last_cut:  # sent under the old limit: already answered for
+            return
+        self._last_cut = now
+        self._set(self._limit * self.settings.backoff)
+
+    @staticmethod
+    def _ema(average: float | None, value: float, samples: int) -> float:
+        if average is None:
+            return value
+        alpha = 2.0 / (samples + 1)
+        return average + alpha * (value - average)
+
+    def _set(self, limit: float) -> None:
+        s = self.settings
+        before = self.limit
+        self._limit = min(float(s.max_limit), max(float(s.min_limit), limit))
+        if self.limit != before:
+            self._report()
+            self._wake()
+
+    def _report(self) -> None:
+        if self._on_limit:
+            self._on_limit(self.limit)
+
+
+class NoLimit:
+    """What the client uses with the adaptive limit off: slots that never wait."""
+
+    limit = None
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        yield Slot(0.0)
+
+
+Limiter = AdaptiveLimiter | NoLimit

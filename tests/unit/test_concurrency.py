@@ -1,0 +1,234 @@
+"""The adaptive in-flight limit (services/worker/concurrency.py) on a fake clock: how it grows,
+backs off and honours Retry-After, and that the Serve client and the worker's settings use it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from services.worker.concurrency import AdaptiveLimiter, LimitSettings, NoLimit, Signal, Slot, signal_of
+from services.worker.config import WorkerSettings
+from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
+
+_real_sleep = asyncio.sleep
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await _real_sleep(0)
+
+
+def limiter(clock: FakeClock, **settings: object) -> tuple[AdaptiveLimiter, list[int]]:
+    seen: list[int] = []
+    values = {"min_limit": 1, "max_limit": 64, "initial": 8, **settings}
+    lim = AdaptiveLimiter(LimitSettings(**values), clock=clock, sleep=clock.sleep, on_limit=seen.append)  # type: ignore[arg-type]
+    return lim, seen
+
+
+def answer(
+    lim: AdaptiveLimiter, clock: FakeClock, status: int, latency: float, retry_after: float | None = None
+):
+    """One request that started now and ended ``latency`` later with ``status``, the limit in use."""
+    slot = Slot(clock.now)
+    clock.now += latency
+    slot.answered(status, retry_after)
+    lim.in_flight = lim.limit - 1  # the others in flight: the limit is in use
+    lim.update(slot, clock.now)
+
+
+def test_statuses_map_to_signals():
+    assert signal_of(200) is Signal.OK
+    assert {signal_of(s) for s in (429, 503, 504)} == {Signal.OVERLOAD}
+    assert {signal_of(s) for s in (400, 401, 404, 413, 500)} == {Signal.IGNORE}
+
+
+def test_grows_about_one_per_round_trip_while_latency_stays_flat_up_to_the_cap():
+    clock = FakeClock()
+    lim, seen = limiter(clock, max_limit=12)
+    assert lim.limit == 8 and seen == [8]
+    for _ in range(8):  # one round trip's worth of answers at limit 8
+        answer(lim, clock, 200, 0.1)
+    assert lim.limit == 8 + 0  # 8 answers add 8 * 1/8..1/9: just under one slot
+    answer(lim, clock, 200, 0.1)
+    assert lim.limit == 9
+    for _ in range(200):
+        answer(lim, clock, 200, 0.1)
+    assert lim.limit == 12, "capped at max_limit"
+    assert seen == [8, 9, 10, 11, 12]
+
+
+def test_an_idle_limit_does_not_grow():
+    clock = FakeClock()
+    lim, _ = limiter(clock)
+    for _ in range(100):
+        slot = Slot(clock.now)
+        clock.now += 0.1
+        slot.answered(200)
+        lim.in_flight = 0  # one request at a time: the limit of 8 is not what holds it back
+        lim.update(slot, clock.now)
+    assert lim.limit == 8
+
+
+def test_refusals_halve_the_limit_once_per_round_trip_down_to_the_minimum():
+    clock = FakeClock()
+    lim, seen = limiter(clock, initial=32, min_limit=2)
+    # Three requests sent together, all refused: one cut, not three.
+    sent = [Slot(clock.now) for _ in range(3)]
+    clock.now += 0.05
+    for slot in sent:
+        slot.answered(503)
+        lim.update(slot, clock.now)
+    assert lim.limit == 16
+    # A request sent after the cut and refused: it answers for the new limit.
+    answer(lim, clock, 503, 0.05)
+    assert lim.limit == 8
+    timeout = Slot(clock.now)
+    clock.now += 1
+    timeout.overloaded()
+    lim.update(timeout, clock.now)
+    assert lim.limit == 4
+    for status in (429, 504, 503, 503):
+        answer(lim, clock, status, 0.05)
+    assert lim.limit == 2, "never below min_limit"
+    assert seen == [32, 16, 8, 4, 2]
+
+
+def test_other_errors_leave_the_limit_alone():
+    clock = FakeClock()
+    lim, _ = limiter(clock)
+    for status in (400, 401, 404, 413, 500):
+        answer(lim, clock, status, 0.05)
+    assert lim.limit == 8
+
+
+def test_rising_latency_cuts_the_limit_before_any_refusal():
+    clock = FakeClock()
+    lim, _ = limiter(clock, initial=16, max_limit=16, short_samples=5, long_samples=100)
+    for _ in range(100):
+        answer(lim, clock, 200, 0.1)
+    assert lim.limit == 16
+    # Serve starts queueing: a round trip of answers takes 5x as long; the recent average climbs
+    # past twice the long-run one, and the limit is cut once for them all.
+    sent = [Slot(clock.now) for _ in range(16)]
+    clock.now += 0.5
+    for slot in sent:
+        slot.answered(200)
+        lim.update(slot, clock.now)
+    assert lim.limit == 8
+    # The next round trip is as slow: cut again.
+    answer(lim, clock, 200, 0.5)
+    assert lim.limit == 4
+
+
+async def test_waiters_get_slots_in_order_as_slots_free_up():
+    clock = FakeClock()
+    lim, _ = limiter(clock, initial=2)
+    order: list[int] = []
+    release = asyncio.Event()
+
+    async def request(i: int) -> None:
+        async with lim.slot():
+            order.append(i)
+            await release.wait()
+
+    tasks = [asyncio.create_task(request(i)) for i in range(5)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert order == [0, 1] and lim.in_flight == 2
+    release.set()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2, 3, 4] and lim.in_flight == 0
+
+
+async def test_a_cancelled_waiter_gives_its_place_back():
+    clock = FakeClock()
+    lim, _ = limiter(clock, initial=1)
+    await lim.acquire()
+    waiter = asyncio.create_task(lim.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    lim._release()
+    assert lim.in_flight == 0
+    await asyncio.wait_for(lim.acquire(), 1)
+    assert lim.in_flight == 1
+
+
+async def test_no_request_is_sent_before_retry_after_has_passed():
+    clock = FakeClock()
+    lim, _ = limiter(clock)
+    async with lim.slot() as slot:
+        clock.now += 0.1
+        slot.answered(503, 2.0)  # at t=0.1: not before t=2.1
+    started = []
+
+    async def request() -> None:
+        async with lim.slot() as slot:
+            started.append(clock.now)
+            slot.answered(200)
+
+    await asyncio.gather(*(request() for _ in range(3)))
+    assert started and min(started) >= 2.1
+    assert lim.limit == 4, "the refusal also halved the limit"
+
+
+async def test_serve_client_reports_each_answer_to_its_limiter(monkeypatch: pytest.MonkeyPatch):
+    clock = FakeClock()
+    lim, _ = limiter(clock)
+    answers = iter([httpx.Response(503, headers={"Retry-After": "3"}), None])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        reply = next(answers)
+        return reply or httpx.Response(200, json={"predictions": [1], "errors": [None]})
+
+    serve = ServeClient(
+        "http://serve.test",
+        TokenSource("t"),
+        retry=RetrySettings(max_attempts=2, initial_s=0.001, max_s=0.001),
+        transport=httpx.MockTransport(handler),
+        limiter=lim,
+    )
+    # The client's own retry waits Retry-After too: on the fake clock here.
+    monkeypatch.setattr(asyncio, "sleep", clock.sleep)
+    try:
+        assert await serve.predict("echo", ServeClient.encode([1]), 1) == ([1], [None])
+    finally:
+        monkeypatch.undo()
+        await serve.aclose()
+    assert lim.limit == 4 and lim.paused_until == 3.0 and lim.in_flight == 0
+    assert clock.now >= 3.0
+
+
+async def test_no_limit_never_waits():
+    lim = NoLimit()
+    async with lim.slot() as a, lim.slot() as b:
+        a.answered(503, 10)
+        b.overloaded()
+
+
+def test_worker_settings_build_the_limiter_within_their_caps():
+    seen: list[int] = []
+    lim = WorkerSettings(serve_max_connections=40, serve_concurrency_min=2).limiter(seen.append)
+    assert isinstance(lim, AdaptiveLimiter)
+    assert (lim.settings.min_limit, lim.settings.max_limit, lim.limit) == (2, 40, 40) and seen == [40]
+    capped = WorkerSettings(serve_max_connections=40, serve_concurrency_max=16).limiter()
+    assert isinstance(capped, AdaptiveLimiter) and capped.settings.max_limit == 16
+    off = WorkerSettings(serve_max_connections=40, serve_adaptive_concurrency=False).limiter(seen.append)
+    assert isinstance(off, NoLimit) and seen == [40, 40]
+    with pytest.raises(ValidationError):
+        WorkerSettings(serve_max_connections=8, serve_concurrency_max=16)
+    with pytest.raises(ValidationError):
+        WorkerSettings(serve_concurrency_min=8, serve_concurrency_max=4)
