@@ -190,6 +190,20 @@ def batch_dashboard() -> DashboardSpec:
                 kind="bargauge",
             ),
             PanelSpec(
+                "Waiting for Serve",
+                "Per running batch that waits for Serve: seconds since it found Serve unavailable "
+                "(its shards gave up their in-activity retries). The batch checks Serve with backoff "
+                "and resumes by itself when Serve answers; past tuning.max_serve_outage_s it fails. "
+                f"Source: {m.BATCH_WAITING_FOR_SERVE.prom}.",
+                "s",
+                [
+                    q(
+                        f"max by ({m.WORKFLOW_ID}) ({m.BATCH_WAITING_FOR_SERVE.prom}) > 0",
+                        f"{{{{{m.WORKFLOW_ID}}}}}",
+                    )
+                ],
+            ),
+            PanelSpec(
                 "Serve call latency",
                 "Latency of one HTTP request from a worker to Serve (p50/p95/p99), retries counted as "
                 "separate requests.",
@@ -802,6 +816,17 @@ def alerts() -> list[Alert]:
             "Over 10% of the workers' requests to Serve got 429/5xx, "
             "timed out or could not connect in the last 5 minutes. Workers retry with backoff, so "
             "batches slow down rather than fail; Serve is shedding load or down.",
+        ),
+        Alert(
+            "BatchInferenceBatchWaitingForServe",
+            f"max by ({m.WORKFLOW_ID}) ({m.BATCH_WAITING_FOR_SERVE.prom}) > 300",
+            "1m",
+            "warning",
+            "Batch {{ $labels.workflow_id }} has been waiting for Serve for over 5 minutes",
+            "Batch {{ $labels.workflow_id }} found Serve unavailable (down, redeploying, or "
+            "unreachable from the workers) and waits: its shards resume by themselves from their "
+            "checkpoints once Serve answers; the batch fails after tuning.max_serve_outage_s "
+            "(default 4 hours).",
         ),
         Alert(
             "BatchInferenceWorkerMissing",

@@ -51,7 +51,7 @@ class BatchRow(BaseModel):
     total_records: int | None = None
     succeeded: int | None = None
     failed: int | None = None
-    note: str | None = None  # why it failed, or why its counts are missing
+    note: str | None = None  # why it failed, why its counts are missing, or that it waits for Serve
 
 
 def add_parsers(sub: Any) -> None:
@@ -110,6 +110,7 @@ async def batch_row(client: Client, execution: WorkflowExecution) -> BatchRow:
             row.note = "no worker answered the progress query"
             return row
         row.status = progress.status
+        row.note = progress.serve_wait_line()
         row.total_records, row.succeeded, row.failed = (
             progress.total_records,
             progress.succeeded,

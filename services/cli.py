@@ -118,7 +118,7 @@ async def watch(handle: WorkflowHandle, interval_s: float = 0.5, out=sys.stderr)
                     print(
                         f"progress: {done}/{p.total_records}{pct} records, {p.failed} failed, shards "
                         f"{p.shards_done}/{p.shards_total} ({p.shards_running} running), "
-                        f"{p.records_per_second:.0f} rec/s [{p.status}]",
+                        f"{p.records_per_second:.0f} rec/s [{p.serve_wait_line() or p.status}]",
                         file=out,
                         flush=True,
                     )

@@ -249,6 +249,14 @@ BATCH_ELAPSED = Metric(
     (WORKFLOW_ID,),
     unit="s",
 )
+BATCH_WAITING_FOR_SERVE = Metric(
+    "batch_inference_batch_waiting_for_serve_seconds",
+    "gauge",
+    "Per running batch: seconds since it found Serve unavailable, while it waits for Serve to "
+    "answer again (its progress query's waiting_for_serve_since); 0 when it is not waiting.",
+    (WORKFLOW_ID,),
+    unit="s",
+)
 SCHEDULE_RUNS = Metric(
     "batch_inference_schedule_runs",
     "gauge",
@@ -290,6 +298,7 @@ WORKER_METRICS = (
     BATCH_SHARDS,
     BATCH_RECORDS_PER_SECOND,
     BATCH_ELAPSED,
+    BATCH_WAITING_FOR_SERVE,
     SCHEDULE_RUNS,
     SCHEDULE_LAST_RUN_FAILED,
     SCHEDULE_PAUSED,

@@ -208,7 +208,7 @@ class FileBatch:
         while True:
             left = tuning.max_serve_outage_s - (workflow.now() - outage.since).total_seconds()
             wait = wait_before_check(
-                outage.attempts, tuning.serve_wait_initial_s, tuning.serve_wait_max_s, left
+                outage.checks, tuning.serve_wait_initial_s, tuning.serve_wait_max_s, left
             )
             await workflow.sleep(wait, summary="waiting for Serve")
             try:
@@ -225,6 +225,7 @@ class FileBatch:
                 return
             now = workflow.now()
             outage.attempts += 1
+            outage.checks += 1
             outage.reason = reason
             if (now - outage.since).total_seconds() >= tuning.max_serve_outage_s:
                 raise outage_too_long(outage, now, tuning.max_serve_outage_s)

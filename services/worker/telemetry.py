@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -63,6 +64,7 @@ BATCH_RECORDS = _build(m.BATCH_RECORDS)
 BATCH_SHARDS = _build(m.BATCH_SHARDS)
 BATCH_RECORDS_PER_SECOND = _build(m.BATCH_RECORDS_PER_SECOND)
 BATCH_ELAPSED = _build(m.BATCH_ELAPSED)
+BATCH_WAITING_FOR_SERVE = _build(m.BATCH_WAITING_FOR_SERVE)  # see export_serve_wait
 SCHEDULE_RUNS = _build(m.SCHEDULE_RUNS)  # set by schedule_metrics.SchedulePoller
 SCHEDULE_LAST_RUN_FAILED = _build(m.SCHEDULE_LAST_RUN_FAILED)
 SCHEDULE_PAUSED = _build(m.SCHEDULE_PAUSED)
@@ -150,6 +152,14 @@ def shard_activity(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable
     return wrapper
 
 
+def export_serve_wait(workflow_id: str, since: datetime | None, now: datetime | None = None) -> None:
+    """The one place a batch's wait for Serve becomes a metric: seconds since the batch found
+    Serve unavailable (its progress' ``waiting_for_serve_since``), 0 when it is not waiting.
+    Whatever publishes per-batch progress calls this with the batch's progress."""
+    waited = 0.0 if since is None else max(0.0, ((now or datetime.now(UTC)) - since).total_seconds())
+    BATCH_WAITING_FOR_SERVE.labels(workflow_id).set(round(waited, 3))
+
+
 # --- per-batch progress from Temporal ----------------------------------------------------------
 
 
@@ -208,6 +218,7 @@ class BatchProgressPoller:
                 BATCH_SHARDS.labels(workflow_id, state).set(value)
             BATCH_RECORDS_PER_SECOND.labels(workflow_id).set(p.records_per_second)
             BATCH_ELAPSED.labels(workflow_id).set(p.elapsed_s)
+            export_serve_wait(workflow_id, p.waiting_for_serve_since)
         for gone in self._known - seen:
             self._forget(gone)
         self._known = seen
@@ -218,6 +229,6 @@ class BatchProgressPoller:
             for state in states:
                 with contextlib.suppress(KeyError):
                     metric.remove(workflow_id, state)
-        for metric in (BATCH_RECORDS_PER_SECOND, BATCH_ELAPSED):
+        for metric in (BATCH_RECORDS_PER_SECOND, BATCH_ELAPSED, BATCH_WAITING_FOR_SERVE):
             with contextlib.suppress(KeyError):
                 metric.remove(workflow_id)

@@ -149,6 +149,25 @@ SCENARIOS: dict[str, tuple[list[dict], list[tuple[str, list[dict]]]]] = {
         ],
         [("15m", [{}])],
     ),
+    "BatchInferenceBatchWaitingForServe": (
+        [
+            # "paused" waits from 6m to 21m (the gauge counts its seconds), then resumes;
+            # "blip" waits 2 minutes; "fine" never waits.
+            {
+                "series": f'{m.BATCH_WAITING_FOR_SERVE.prom}{{workflow_id="paused",instance="w1"}}',
+                "values": "0x5 60+60x15 0x10",
+            },
+            {
+                "series": f'{m.BATCH_WAITING_FOR_SERVE.prom}{{workflow_id="blip",instance="w1"}}',
+                "values": "0x5 60 120 0x20",
+            },
+            {
+                "series": f'{m.BATCH_WAITING_FOR_SERVE.prom}{{workflow_id="fine",instance="w1"}}',
+                "values": "0x30",
+            },
+        ],
+        [("8m", []), ("13m", [{m.WORKFLOW_ID: "paused"}]), ("28m", [])],
+    ),
     "BatchInferenceWorkerMissing": (
         [{"series": f'up{{job="{W}",instance="a"}}', "values": "1x5 0x20"}],
         [("4m", []), ("15m", [{}])],

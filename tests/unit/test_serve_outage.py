@@ -39,7 +39,7 @@ from tests.helpers.temporal import time_skipping_env
 
 
 def test_waits_double_from_the_initial_wait_up_to_the_cap():
-    waits = [wait_before_check(n, 5, 60, left_s=10_000) for n in range(1, 8)]
+    waits = [wait_before_check(n, 5, 60, left_s=10_000) for n in range(7)]
     assert waits == [5, 10, 20, 40, 60, 60, 60]
 
 
@@ -50,7 +50,7 @@ def test_the_last_wait_ends_at_the_outage_cap():
 
 def test_a_huge_attempt_count_stays_at_the_cap():
     assert wait_before_check(10_000, 0.5, 300, left_s=1e9) == 300
-    assert wait_before_check(0, 5, 60, left_s=100) == 5
+    assert wait_before_check(-1, 5, 60, left_s=100) == 5
 
 
 def _activity_error(cause: BaseException) -> ActivityError:
@@ -180,3 +180,18 @@ async def test_an_outage_past_its_cap_fails_the_batch_with_the_outage_failure(en
     assert 12 <= fake.checks <= 20
     assert len(fake.shard_calls) == 2
     assert fake.summaries == ["failed"]
+
+
+def test_the_wait_metric_counts_seconds_while_waiting_and_zero_after():
+    from prometheus_client import REGISTRY
+
+    from services import metrics as m
+    from services.worker import telemetry
+
+    workflow_id = f"unit-{uuid.uuid4().hex[:8]}"
+    since = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+    telemetry.export_serve_wait(workflow_id, since, now=since + timedelta(seconds=90))
+    labels = {m.WORKFLOW_ID: workflow_id}
+    assert REGISTRY.get_sample_value(m.BATCH_WAITING_FOR_SERVE.prom, labels) == 90
+    telemetry.export_serve_wait(workflow_id, None)
+    assert REGISTRY.get_sample_value(m.BATCH_WAITING_FOR_SERVE.prom, labels) == 0
