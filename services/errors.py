@@ -76,6 +76,17 @@ class AuthCode(StrEnum):
     INVALID_TOKEN = "invalid_token"  # 403
 
 
+class RequestCode(StrEnum):
+    """Why the Serve ingress refused a whole request: the ``code`` beside its ``detail``."""
+
+    BODY_TOO_LARGE = "body_too_large"  # 413: over the app's max_request_bytes
+    TOO_MANY_INPUTS = "too_many_inputs"  # 413: over the app's max_records_per_request
+    BAD_CONTENT_LENGTH = "bad_content_length"  # 400
+    NOT_UTF8 = "not_utf8"  # 400
+    MALFORMED_JSON = "malformed_json"  # 400: also NaN/Infinity, and nesting past json_codec.MAX_DEPTH
+    UNKNOWN_MODEL = "unknown_model"  # 404
+
+
 _SERVE_HTTP = "ServeHTTP"  # the prefix of Failure.serve_http's types
 
 

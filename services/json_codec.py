@@ -10,6 +10,10 @@ changes silently:
   falls back to ``json``, which accepts them; ``loads_strict`` refuses NaN/Infinity (a record
   with them is a bad record, since the model and the outputs could not carry them as JSON);
 - encoding ``NaN`` gives ``null``; a lone surrogate is written escaped, as ``json`` does.
+
+Nesting: ``json`` raises ``RecursionError`` on a few thousand levels; ``loads_strict`` turns that
+into ``JSONDecodeError``, and ``too_deep`` tells whether a parsed value nests past ``MAX_DEPTH``
+(past about a thousand levels pickling it between Ray's actors fails).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from typing import Any
 import orjson
 
 JSONDecodeError = json.JSONDecodeError  # orjson's error subclasses it
+# Most levels of arrays/objects a request body may nest (Serve refuses deeper ones with 400).
+# At least orjson's own encoding limit (254), so a value orjson encodes is never too deep.
+MAX_DEPTH = 256
 # 19 digits in a row may be an integer past orjson's 64 bits: digits mapped to "0", then one
 # substring search (cheaper than a regex on every record).
 _DIGITS = bytes.maketrans(b"123456789", b"000000000")
@@ -52,6 +59,33 @@ def loads_strict(data: bytes) -> Any:
         return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
     except _NotJSON as exc:
         raise JSONDecodeError(f"{exc} is not a JSON value", "", 0) from None
+    except RecursionError:
+        raise JSONDecodeError("nested too deeply", "", 0) from None
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether ``value`` nests arrays/objects more than ``limit`` levels (a scalar: 0 levels).
+    orjson encodes at C speed and refuses past its own limit, below ``limit``: only values it
+    refuses (deep ones, and integers past 64 bits or lone surrogates) are walked here."""
+    if limit >= 254:
+        try:
+            orjson.dumps(value)
+            return False
+        except TypeError:
+            pass
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if type(node) is dict:
+            children: Any = node.values()
+        elif type(node) is list:
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
+    return False
 
 
 def loads_lines_strict(lines: list[bytes]) -> list[Any] | None:

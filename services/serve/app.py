@@ -25,9 +25,11 @@ from services.constants import (
     INFERENCE_ROUTE,
     MODEL_INFERENCE_ROUTE,
     MODELS_ROUTE,
+    SERVE_MAX_REQUEST_BYTES,
 )
-from services.errors import Code
+from services.errors import Code, RequestCode
 from services.serve.auth import AuthError, TokenStore
+from services.serve.body import BodyRefused, parse_json, read_body
 from services.serve.models import BUILTIN_MODELS, load_model
 
 logger = logging.getLogger("ray.serve")
@@ -46,6 +48,8 @@ class AppArgs(BaseModel):
     models: dict[str, str] = Field(default_factory=lambda: dict(BUILTIN_MODELS))
     default_model: str = "echo"
     max_records_per_request: int = Field(1024, ge=1)
+    # Larger JSON bodies are refused (413) before they are read whole.
+    max_request_bytes: int = Field(SERVE_MAX_REQUEST_BYTES, ge=1024)
 
 
 def _ray_metric(metric: m.Metric) -> serve_metrics.Counter | serve_metrics.Histogram:
@@ -153,10 +157,17 @@ api = FastAPI(title="batch-inference", docs_url=None, redoc_url=None, openapi_ur
 class Ingress:
     """Checks the bearer token, parses single or batch requests, routes to the model."""
 
-    def __init__(self, models: dict[str, DeploymentHandle], default_model: str, max_records: int):
+    def __init__(
+        self,
+        models: dict[str, DeploymentHandle],
+        default_model: str,
+        max_records: int,
+        max_request_bytes: int = SERVE_MAX_REQUEST_BYTES,
+    ):
         self._models = models
         self._default = default_model
         self._max_records = max_records
+        self._max_request_bytes = max_request_bytes
         self._tokens = TokenStore.from_env()
         self._auth_failures = _ray_metric(m.AUTH_FAILURES)
 
@@ -193,18 +204,17 @@ class Ingress:
         handle = self._models.get(model)
         if handle is None:
             known = ", ".join(sorted(self._models))
-            return _json({"detail": f"unknown model {model!r}; available: {known}"}, 404)
+            detail = f"unknown model {model!r}; available: {known}"
+            return _json({"detail": detail, "code": RequestCode.UNKNOWN_MODEL.value}, 404)
         try:
-            body = json_codec.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _json({"detail": f"request body is not valid JSON: {exc}"}, 400)
+            body = parse_json(await read_body(request, self._max_request_bytes))
+        except BodyRefused as exc:
+            return _json({"detail": exc.message, "code": exc.code.value}, exc.status)
         if isinstance(body, dict) and isinstance(body.get("inputs"), list):
             inputs = body["inputs"]
             if len(inputs) > self._max_records:
-                return _json(
-                    {"detail": f"{len(inputs)} inputs in one request; the limit is {self._max_records}"},
-                    413,
-                )
+                detail = f"{len(inputs)} inputs in one request; the limit is {self._max_records}"
+                return _json({"detail": detail, "code": RequestCode.TOO_MANY_INPUTS.value}, 413)
             results = await handle.remote(inputs) if inputs else []
             return _json(
                 {
@@ -224,4 +234,9 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if config.default_model not in config.models:
         raise ValueError(f"default_model {config.default_model!r} is not one of {sorted(config.models)}")
     handles = {name: ModelServer.options(name=name).bind(path) for name, path in config.models.items()}
-    return Ingress.bind(handles, config.default_model, config.max_records_per_request)
+    return Ingress.bind(
+        handles,
+        config.default_model,
+        config.max_records_per_request,
+        max_request_bytes=config.max_request_bytes,
+    )

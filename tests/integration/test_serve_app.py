@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
 from services import constants as c
+from services import json_codec
+from services.errors import RequestCode
+from services.local.ray_serve import load_serve_config
+from services.serve.app import AppArgs
+from tests.helpers.raw_http import post_chunked_unfinished, post_declaring
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +55,7 @@ def test_models_route_needs_a_token(serve_stack, serve_token):
     listed = httpx.get(
         serve_stack.url + c.MODELS_ROUTE, headers={c.AUTH_HEADER: f"Bearer {serve_token}"}, timeout=10
     )
-    assert listed.json() == {"models": ["echo", "iris"], "default": "echo"}
+    assert listed.json() == {"models": ["echo", "iris"], "default": "echo", "columnar": ["iris"]}
 
 
 def test_real_model_batch_with_a_bad_record(serve_stack, serve_token):
@@ -80,3 +87,90 @@ def test_unknown_model_and_bad_json(serve_stack, serve_token):
 def test_single_invalid_record_gets_422(serve_stack, serve_token):
     response = post(serve_stack, "/models/iris/inference", serve_token, {"features": [1, 2]})
     assert response.status_code == 422 and "4 numeric features" in response.json()["detail"]
+
+
+# --- Hardened edges: body size, bodies that cannot be parsed -------------------------------------
+
+LIMIT = AppArgs.model_validate(load_serve_config()["applications"][0]["args"]).max_request_bytes
+
+
+def refused(response, status: int, code: RequestCode) -> str:
+    """The ingress's error shape: ``detail`` for people, a typed ``code``; returns the detail."""
+    assert response.status_code == status, response.text
+    assert response.json()["code"] == code.value
+    return response.json()["detail"]
+
+
+def test_a_body_declared_over_the_limit_gets_413_before_it_is_sent(serve_stack, serve_token):
+    """Only the headers and 1 KiB of the declared body go out: an ingress reading the body whole
+    before deciding would wait for the rest (and this would time out)."""
+    auth = {c.AUTH_HEADER: f"Bearer {serve_token}", "Content-Type": "application/json"}
+    answer = post_declaring(
+        serve_stack.url, c.INFERENCE_ROUTE, auth, LIMIT + 1, b'{"inputs": [' + b" " * 1024
+    )
+    detail = refused(answer, 413, RequestCode.BODY_TOO_LARGE)
+    assert str(LIMIT) in detail and "max_request_bytes" in detail
+    assert serve_token.encode() not in answer.body
+
+
+def test_a_streamed_body_passing_the_limit_gets_413_while_it_is_read(serve_stack, serve_token):
+    """A chunked body (no Content-Length) that passes the limit and never ends: answered 413
+    at once; an ingress reading the body whole before deciding would wait forever."""
+    auth = {c.AUTH_HEADER: f"Bearer {serve_token}", "Content-Type": "application/json"}
+    chunk = b" " * (256 * 1024)  # whitespace: valid JSON padding, were it ever parsed
+    answer = post_chunked_unfinished(serve_stack.url, c.INFERENCE_ROUTE, auth, chunk, LIMIT // len(chunk) + 2)
+    refused(answer, 413, RequestCode.BODY_TOO_LARGE)
+
+
+def test_a_body_just_under_the_limit_is_served(serve_stack, serve_token):
+    record = {"text": "x" * 1000}
+    count = 1000
+    body = json.dumps({"inputs": [record] * count}).encode()
+    assert len(body) < LIMIT
+    response = httpx.post(
+        serve_stack.url + c.INFERENCE_ROUTE,
+        content=body,
+        headers={c.AUTH_HEADER: f"Bearer {serve_token}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 200 and response.json()["predictions"] == [record] * count
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "says"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, RequestCode.MALFORMED_JSON, "not valid JSON"),  # RecursionError
+        (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", RequestCode.MALFORMED_JSON, "not valid JSON"),
+        (b'{"inputs": ' + b"[" * 600 + b"]" * 600 + b"}", RequestCode.MALFORMED_JSON, "deeper than"),
+        (b'{"inputs": [{"text": "caf\xe9"}]}', RequestCode.NOT_UTF8, "not UTF-8"),
+        (b"\xff\xfe{}", RequestCode.NOT_UTF8, "not UTF-8"),
+        (b'{"inputs": [NaN]}', RequestCode.MALFORMED_JSON, "NaN is not a JSON value"),
+        (b'{"inputs": [Infinity]}', RequestCode.MALFORMED_JSON, "Infinity is not a JSON value"),
+        (b'{"inputs": [1, -Infinity]}', RequestCode.MALFORMED_JSON, "-Infinity is not a JSON value"),
+        (b'{"x": NaN}', RequestCode.MALFORMED_JSON, "NaN is not a JSON value"),
+        (b"", RequestCode.MALFORMED_JSON, "not valid JSON"),
+    ],
+)
+@pytest.mark.parametrize("path", [c.INFERENCE_ROUTE, "/models/iris/inference"])
+def test_bodies_that_cannot_be_parsed_get_400(serve_stack, serve_token, body, code, says, path):
+    response = httpx.post(
+        serve_stack.url + path,
+        content=body,
+        headers={c.AUTH_HEADER: f"Bearer {serve_token}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert says in refused(response, 400, code)
+    assert httpx.get(serve_stack.url + c.HEALTH_ROUTE, timeout=10).status_code == 200
+
+
+def test_nesting_up_to_the_limit_is_served(serve_stack, serve_token):
+    deep = json_codec.loads(b"[" * (json_codec.MAX_DEPTH - 2) + b"]" * (json_codec.MAX_DEPTH - 2))
+    response = post(serve_stack, c.INFERENCE_ROUTE, serve_token, {"inputs": [deep]})
+    assert response.status_code == 200 and response.json()["predictions"] == [deep]
+
+
+def test_too_many_inputs_and_unknown_model_carry_codes(serve_stack, serve_token):
+    too_many = post(serve_stack, c.INFERENCE_ROUTE, serve_token, {"inputs": [1] * 1025})
+    refused(too_many, 413, RequestCode.TOO_MANY_INPUTS)
+    unknown = post(serve_stack, "/models/nope/inference", serve_token, {"inputs": [1]})
+    refused(unknown, 404, RequestCode.UNKNOWN_MODEL)

@@ -103,3 +103,19 @@ def test_dumps_holds_no_more_than_its_text(value: Any) -> None:
     """A request body waits in memory for its reply: sized to fit, not orjson's grown buffer."""
     text, held = held_by(lambda: json_codec.dumps(value))
     assert held < 2 * len(text) + 200
+
+
+def test_deep_nesting_is_a_decode_error_not_a_recursion_error() -> None:
+    with pytest.raises(json_codec.JSONDecodeError, match="nested too deeply"):
+        json_codec.loads_strict(b"[" * 100_000 + b"]" * 100_000)
+
+
+@pytest.mark.parametrize("depth", [1, 3, 253, 254, 255, 256, 257, 300, 1000])
+def test_too_deep_counts_levels_of_arrays_and_objects(depth: int) -> None:
+    value: Any = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value, "n": 2**70}  # past 64 bits: the walked path
+    assert json_codec.too_deep(value) == (depth > json_codec.MAX_DEPTH)
+    assert json_codec.too_deep(value, depth) is False and json_codec.too_deep(value, depth - 1) is True
+    lists = json_codec.loads(b"[" * depth + b"]" * depth)  # orjson encodes these: the fast path
+    assert json_codec.too_deep(lists) == (depth > json_codec.MAX_DEPTH)
