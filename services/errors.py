@@ -36,6 +36,7 @@ class Code(StrEnum):
     MISSING_FIELD = "missing_field"  # a field the model input is made of is not there
     BAD_ROW = "bad_row"  # a CSV row with the wrong number of fields
     BAD_VALUE = "bad_value"  # a CSV value that is not of its column's type
+    TOO_LARGE = "too_large"  # its model input alone is over tuning.max_request_bytes
     DUPLICATE_ID = "duplicate_id"
     INVALID_INPUT = "invalid_input"  # the model's validate() refused it
     MODEL_ERROR = "model_error"  # the model raised on it
@@ -53,6 +54,7 @@ CODES_BY_STAGE: dict[Stage, tuple[Code, ...]] = {
         Code.MISSING_FIELD,
         Code.BAD_ROW,
         Code.BAD_VALUE,
+        Code.TOO_LARGE,
     ),
     Stage.DUPLICATE: (Code.DUPLICATE_ID,),
     Stage.MODEL: (Code.INVALID_INPUT, Code.MODEL_ERROR),

@@ -13,13 +13,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from temporalio.common import Priority
 
-from services.constants import RETRIES_DIR
+from services.constants import RETRIES_DIR, SERVE_MAX_REQUEST_BYTES
 from services.errors import Code, Stage
 from services.worker import uri_templates
 from services.worker.manifests import BatchStatus, BatchSummary, DataSpec
 
 # Temporal refuses payloads over 2 MB and warns above 256 KB: inline batches stay under this.
 INLINE_LIMIT_BYTES = 256 * 1024
+# A request body's default most bytes: half Serve's default limit, so a worker whose tuning
+# was never touched stays under it with room to spare.
+DEFAULT_REQUEST_BYTES = SERVE_MAX_REQUEST_BYTES // 2
 # What ``retry_only`` may name: a stage, or a record error code.
 RETRYABLE_NAMES = frozenset([*Stage, *Code])
 FAIRNESS_KEY_MAX_BYTES = 64  # Temporal's limit on a fairness key
@@ -39,6 +42,11 @@ class Tuning(_Strict):
     """How a batch is cut and how hard it pushes Serve. Defaults are the tuned values."""
 
     micro_batch_size: int = Field(1000, ge=1, le=1024, description="records per HTTP request")
+    max_request_bytes: int = Field(
+        DEFAULT_REQUEST_BYTES,
+        ge=1024,
+        description="most bytes per HTTP request body (keep it under Serve's max_request_bytes)",
+    )
     max_in_flight: int = Field(32, ge=1, le=256, description="concurrent requests per shard")
     max_concurrent_shards: int = Field(4, ge=1, le=500, description="sliding window width")
     shard_size: int = Field(
@@ -278,6 +286,7 @@ class ShardInput(_Strict):
     max_in_flight: int
     checkpoint_every: int
     parts_in_flight: int = 2  # what shards scheduled before this field existed did
+    max_request_bytes: int = DEFAULT_REQUEST_BYTES
 
 
 class ShardOutput(BaseModel):

@@ -239,6 +239,7 @@ class FileBatch:
                 shard=shard,
                 model=self.input.model,
                 micro_batch_size=tuning.micro_batch_size,
+                max_request_bytes=tuning.max_request_bytes,
                 max_in_flight=tuning.max_in_flight,
                 checkpoint_every=tuning.checkpoint_every,
                 parts_in_flight=tuning.parts_in_flight,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.errors import Failure
-from services.worker import jsonl_sink, parquet_sink, telemetry
+from services.worker import jsonl_sink, micro_batches, parquet_sink, telemetry
 from services.worker.contracts import ShardInput
 from services.worker.layout import OutputLayout
 from services.worker.malloc import release_free_memory
@@ -189,10 +189,17 @@ class ShardPipeline:
         part = self._parser.parse(raw)
         del raw
         ids, keeps, positions, failures = part.ids, part.keeps, part.positions, part.failures
-        size = self.input.micro_batch_size
-        batches = [(start, min(size, len(ids) - start)) for start in range(0, len(ids), size)]
-        bodies = [self.serve.encode(part.inputs[start : start + count]) for start, count in batches]
+        max_bytes = self.input.max_request_bytes
+        cut = micro_batches.cut(part.inputs, self.input.micro_batch_size, max_bytes, self.serve.encode)
         part.inputs = []
+        for index, size in cut.too_large:  # never sent: Serve would refuse the whole request
+            file, line = part.where(positions[index])
+            failures[positions[index]] = RecordFailure.of(
+                ids[index], line, micro_batches.too_large(size, max_bytes), self.plan.files[file].uri
+            )
+        batches = [(start, count) for start, count, _ in cut.requests]
+        bodies = [body for _, _, body in cut.requests]
+        del cut
         model = self.input.model
 
         def kept(start: int, count: int) -> list[Any] | None:

@@ -45,7 +45,8 @@ ADVICE = {
     403: f"Serve rejected the worker's token: make {ENV_SERVE_TOKEN}/{ENV_SERVE_TOKEN_FILE} on "
     "the worker match a token Serve accepts",
     404: "unknown model or route: check the batch's 'model' against the Serve config",
-    413: "micro-batch too large for Serve: lower tuning.micro_batch_size",
+    413: "micro-batch too large for Serve: lower tuning.micro_batch_size or tuning.max_request_bytes "
+    "(below Serve's max_request_bytes)",
 }
 
 

@@ -10,9 +10,8 @@ import pytest
 from services import constants as c
 from services import json_codec
 from services.errors import RequestCode
-from services.local.ray_serve import load_serve_config
-from services.serve.app import AppArgs
 from tests.helpers.raw_http import post_chunked_unfinished, post_declaring
+from tests.helpers.serve_config import serve_app_args
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +90,7 @@ def test_single_invalid_record_gets_422(serve_stack, serve_token):
 
 # --- Hardened edges: body size, bodies that cannot be parsed -------------------------------------
 
-LIMIT = AppArgs.model_validate(load_serve_config()["applications"][0]["args"]).max_request_bytes
+LIMIT = serve_app_args().max_request_bytes
 
 
 def refused(response, status: int, code: RequestCode) -> str:

@@ -144,7 +144,7 @@ def test_failure_codes_cover_every_record_error() -> None:
     initialises on /metrics; the Serve app's codes are that set's model codes; auth failures
     map to the bounded auth reasons."""
     from services.serve.auth import AuthError, TokenStore
-    from services.worker import csv_records, jsonl
+    from services.worker import csv_records, jsonl, micro_batches
     from services.worker.fields import FieldReader
     from services.worker.manifests import RecordFields
     from services.worker.source import duplicate
@@ -158,7 +158,7 @@ def test_failure_codes_cover_every_record_error() -> None:
         jsonl.parse_line(b'{"id": 1}', FieldReader(RecordFields(input_field="text")))
     found.append(exc.value)
     _, csv_errors = csv_records.parse_rows([b"1,2\n", b"2\n", b"3,x\n"], {"id": "string", "a": "int64"})
-    found += [*csv_errors.values(), jsonl.too_long(), duplicate(3)]
+    found += [*csv_errors.values(), jsonl.too_long(), duplicate(3), micro_batches.too_large(2048, 1024)]
     for error in found:
         assert error.code in CODES_BY_STAGE[error.stage], error
     assert {e.code for e in found if e.stage == Stage.PARSE} == set(CODES_BY_STAGE[Stage.PARSE])
