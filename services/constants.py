@@ -74,6 +74,9 @@ ENV_TEMPORAL_API_KEY_FILE = "TEMPORAL_API_KEY_FILE"
 # neither, it is unversioned. The chart fills the build id from the image tag.
 ENV_TEMPORAL_DEPLOYMENT_NAME = "TEMPORAL_DEPLOYMENT_NAME"
 ENV_TEMPORAL_BUILD_ID = "TEMPORAL_BUILD_ID"
+# The build id as the Temporal Worker Controller injects it (with TEMPORAL_DEPLOYMENT_NAME) into
+# the pods it runs (the chart's worker.versioning.controller); read when TEMPORAL_BUILD_ID is unset.
+ENV_TEMPORAL_WORKER_BUILD_ID = "TEMPORAL_WORKER_BUILD_ID"
 
 # Object storage: read by the storage libraries, not by this project's code (botocore, under
 # s3fs; gcsfs and google-auth). The chart sets them from worker.objectStore; tests name them here.

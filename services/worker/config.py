@@ -185,8 +185,9 @@ class WorkerSettings(TemporalSettings):
         None,
         min_length=1,
         max_length=255,
-        validation_alias=_env(c.ENV_TEMPORAL_BUILD_ID),
-        description="this worker's version within the Worker Deployment (the chart: the image tag)",
+        validation_alias=AliasChoices(c.ENV_TEMPORAL_BUILD_ID, c.ENV_TEMPORAL_WORKER_BUILD_ID),
+        description="this worker's version within the Worker Deployment (the chart: the image tag; "
+        "the Worker Controller's pods: its TEMPORAL_WORKER_BUILD_ID)",
     )
 
     @model_validator(mode="after")
@@ -194,7 +195,8 @@ class WorkerSettings(TemporalSettings):
         if (self.deployment_name is None) != (self.build_id is None):
             raise ValueError(
                 f"Worker Versioning needs both {c.ENV_TEMPORAL_DEPLOYMENT_NAME} and "
-                f"{c.ENV_TEMPORAL_BUILD_ID} (or neither: an unversioned worker)"
+                f"{c.ENV_TEMPORAL_BUILD_ID} (or {c.ENV_TEMPORAL_WORKER_BUILD_ID}; or neither: "
+                "an unversioned worker)"
             )
         return self
 

@@ -7,6 +7,8 @@
 - ``CrdValidator``: custom resources against the upstream CRDs' ``openAPIV3Schema`` turned into
   JSON Schema, with each schema's ``default``s applied before checking, as the API server does.
 - ``expand_k8s_vars()`` / ``pod_env()``: what the kubelet does to a container's command and env.
+- ``controller_version_deployment()``: what the Temporal Worker Controller makes of a
+  ``WorkerDeployment`` for one version.
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ def pod_env(
     """A container's environment as the kubelet builds it: ``envFrom`` first, then ``env`` (which
     wins), ``$(VAR)`` references to earlier vars expanded, ``fieldRef`` from the pod's metadata.
     ``overrides`` replace values afterwards (e.g. cluster DNS names -> loopback). ``secrets``:
-    the decoded data of the Secrets ``envFrom`` may reference, by name."""
+    the decoded data of the Secrets ``envFrom`` and ``secretKeyRef`` may reference, by name."""
     env: dict[str, str] = {}
     for source in container.get("envFrom") or []:
         if "secretRef" in source:
@@ -251,6 +253,9 @@ def pod_env(
             env[item["name"]] = expand_k8s_vars(str(item["value"]), env)
         elif "fieldRef" in (item.get("valueFrom") or {}):
             env[item["name"]] = _field_ref(item["valueFrom"]["fieldRef"]["fieldPath"], pod_metadata or {})
+        elif "secretKeyRef" in (item.get("valueFrom") or {}):
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = (secrets or {})[ref["name"]][ref["key"]]
         else:
             raise AssertionError(f"env source not emulated: {item}")
     env.update(overrides or {})
@@ -265,6 +270,57 @@ def _field_ref(path: str, metadata: dict) -> str:
     if m:
         return metadata[m.group(1)]
     raise AssertionError(f"fieldRef not emulated: {path}")
+
+
+# --- what the Temporal Worker Controller does ----------------------------------------------------
+
+# Where the controller mounts a Connection's mTLS Secret in every container (v1.8.1).
+CONTROLLER_TLS_MOUNT = "/etc/temporal/tls"
+
+
+def controller_version_deployment(worker_deployment: dict, connection: dict, build_id: str) -> dict:
+    """The Deployment the Temporal Worker Controller (v1.8.1) runs for one version (build id) of
+    a ``WorkerDeployment``: its pod template plus what the controller adds to every container,
+    ported from temporal-worker-controller v1.8.1 ``internal/k8s/deployments.go``
+    (``NewDeploymentWithOwnerRef``, ``ApplyControllerPodSpecModifications``), env in its order."""
+    meta, spec, conn = worker_deployment["metadata"], worker_deployment["spec"], connection["spec"]
+    selector = {"temporal.io/deployment-name": meta["name"], "temporal.io/build-id": build_id}
+    env: list[dict] = [
+        {"name": "TEMPORAL_ADDRESS", "value": conn["hostPort"]},
+        {"name": "TEMPORAL_NAMESPACE", "value": spec["workerOptions"]["temporalNamespace"]},
+        # computeWorkerDeploymentName: "<k8s namespace>/<WorkerDeployment name>".
+        {"name": "TEMPORAL_DEPLOYMENT_NAME", "value": f"{meta.get('namespace', NAMESPACE)}/{meta['name']}"},
+        {"name": "TEMPORAL_WORKER_BUILD_ID", "value": build_id},
+    ]
+    if server_name := (conn.get("tls") or {}).get("serverName"):
+        env.append({"name": "TEMPORAL_TLS_SERVER_NAME", "value": server_name})
+    mounts: list[dict] = []
+    volumes: list[dict] = []
+    if "mutualTLSSecretRef" in conn:
+        env += [
+            {"name": "TEMPORAL_TLS", "value": "true"},
+            {"name": "TEMPORAL_TLS_CLIENT_KEY_PATH", "value": f"{CONTROLLER_TLS_MOUNT}/tls.key"},
+            {"name": "TEMPORAL_TLS_CLIENT_CERT_PATH", "value": f"{CONTROLLER_TLS_MOUNT}/tls.crt"},
+        ]
+        mounts.append({"name": "temporal-tls", "mountPath": CONTROLLER_TLS_MOUNT})
+        volumes.append({"name": "temporal-tls", "secret": {"secretName": conn["mutualTLSSecretRef"]["name"]}})
+    elif "apiKeySecretRef" in conn:
+        env.append({"name": "TEMPORAL_API_KEY", "valueFrom": {"secretKeyRef": conn["apiKeySecretRef"]}})
+    pod = copy.deepcopy(spec["template"])
+    for container in pod["spec"]["containers"]:
+        container.setdefault("env", []).extend(copy.deepcopy(env))
+        container.setdefault("volumeMounts", []).extend(copy.deepcopy(mounts))
+    pod["spec"].setdefault("volumes", []).extend(volumes)
+    pod.setdefault("metadata", {}).setdefault("labels", {}).update(selector)
+    deployment_spec: dict[str, Any] = {"selector": {"matchLabels": selector}, "template": pod}
+    if spec.get("replicas") is not None:
+        deployment_spec["replicas"] = spec["replicas"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"{meta['name']}-{build_id}", "labels": selector},
+        "spec": deployment_spec,
+    }
 
 
 def job_pod_metadata(job: dict) -> dict:

@@ -344,3 +344,275 @@ securityContext:
 {{- define "batch-inference.workerBuildId" -}}
 {{- default .Chart.AppVersion .Values.worker.image.tag -}}
 {{- end -}}
+
+{{/* Worker pods ---------------------------------------------------------------------------- */}}
+
+{{/*
+The worker's pod template: the one source of both worker modes, the plain Deployment
+(worker-deployment.yaml) and the Temporal Worker Controller's WorkerDeployment
+(worker-controller.yaml). They differ only in the Temporal connection env and volumes, which the
+controller injects itself (workerTemporalEnv below).
+*/}}
+{{- define "batch-inference.workerPodTemplate" -}}
+{{- $authPath := include "batch-inference.authMountPath" . -}}
+{{- $objectStore := .Values.worker.objectStore -}}
+metadata:
+  labels:
+    {{- include "batch-inference.labels" . | nindent 4 }}
+    app.kubernetes.io/component: worker
+    {{- with .Values.worker.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.worker.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  serviceAccountName: {{ include "batch-inference.workerServiceAccountName" . }}
+  automountServiceAccountToken: {{ .Values.worker.automountServiceAccountToken }}
+  {{- with (include "batch-inference.imagePullSecrets" .) }}{{ . | nindent 2 }}{{ end }}
+  # Above WORKER_GRACEFUL_SHUTDOWN_S: SIGTERM lets running activities finish first.
+  terminationGracePeriodSeconds: {{ include "batch-inference.terminationGracePeriodSeconds" . }}
+  securityContext:
+    {{- toYaml .Values.worker.podSecurityContext | nindent 4 }}
+  containers:
+    - name: worker
+      image: {{ include "batch-inference.image" (list .Values.worker.image .) }}
+      imagePullPolicy: {{ .Values.worker.image.pullPolicy }}
+      {{- with .Values.worker.command }}
+      command:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.worker.args }}
+      args:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      env:
+        {{- include "batch-inference.workerTemporalEnv" . | nindent 8 }}
+        - name: SERVE_URL
+          value: {{ include "batch-inference.serveUrl" . | quote }}
+        # The bearer token the worker sends: a file from the mounted Secret, re-read on change.
+        - name: SERVE_AUTH_TOKEN_FILE
+          value: {{ printf "%s/%s" $authPath .Values.auth.tokenKey }}
+        - name: SERVE_TIMEOUT_S
+          value: {{ .Values.worker.serveTimeoutSeconds | quote }}
+        - name: WORKER_GRACEFUL_SHUTDOWN_S
+          value: {{ .Values.worker.gracefulShutdownSeconds | quote }}
+        - name: WORKER_MAX_CONCURRENT_ACTIVITIES
+          value: {{ .Values.worker.maxConcurrentActivities | quote }}
+        - name: WORKER_EAGER_ACTIVITIES
+          value: {{ .Values.worker.eagerActivities | quote }}
+        - name: WORKER_METRICS_HOST
+          value: "0.0.0.0"
+        - name: WORKER_METRICS_PORT
+          value: {{ .Values.worker.metricsPort | quote }}
+        - name: PYTHONUNBUFFERED
+          value: "1"
+        {{- /* Object storage: read by the storage libraries (botocore under s3fs; gcsfs, google-auth). */}}
+        {{- with $objectStore.s3.endpointUrl }}
+        - name: AWS_ENDPOINT_URL_S3
+          value: {{ . | quote }}
+        {{- end }}
+        {{- with $objectStore.s3.region }}
+        - name: AWS_DEFAULT_REGION
+          value: {{ . | quote }}
+        {{- end }}
+        {{- with $objectStore.gcs.endpointUrl }}
+        - name: STORAGE_EMULATOR_HOST
+          value: {{ . | quote }}
+        # An emulator speaks no gRPC: gcsfs's zonal/HNS bucket probe would stall every call.
+        - name: GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT
+          value: "false"
+        {{- end }}
+        {{- if $objectStore.gcs.credentialsSecret }}
+        - name: GOOGLE_APPLICATION_CREDENTIALS
+          value: {{ printf "%s/%s" (include "batch-inference.gcsCredentialsMountPath" .) $objectStore.gcs.credentialsKey }}
+        {{- end }}
+        {{- with .Values.worker.extraEnv }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- with $objectStore.credentialsSecret }}
+      # Every key of this Secret as an env var (static object-storage keys); env above wins.
+      envFrom:
+        - secretRef:
+            name: {{ . }}
+      {{- end }}
+      ports:
+        - name: metrics
+          containerPort: {{ .Values.worker.metricsPort }}
+      # The worker's probes on its metrics port (routes: services/constants.py; what each
+      # checks: services/worker/probes.py). Started: ready once. Live: its event loop answers,
+      # whatever Temporal does (an outage never restarts it). Ready: its SDK worker runs and
+      # Temporal answers on the connection its pollers use, so a rollout (maxUnavailable 0)
+      # waits for new pods that can work before it stops old ones.
+      startupProbe:
+        httpGet: {path: /startupz, port: metrics}
+        periodSeconds: 2
+        failureThreshold: {{ div .Values.worker.probes.startupSeconds 2 | max 1 }}
+      livenessProbe:
+        httpGet: {path: /livez, port: metrics}
+        periodSeconds: {{ .Values.worker.probes.periodSeconds }}
+        timeoutSeconds: 5
+        failureThreshold: {{ .Values.worker.probes.failureThreshold }}
+      readinessProbe:
+        httpGet: {path: /readyz, port: metrics}
+        periodSeconds: {{ .Values.worker.probes.periodSeconds }}
+        timeoutSeconds: 5
+      resources:
+        {{- toYaml .Values.worker.resources | nindent 8 }}
+      securityContext:
+        {{- toYaml .Values.worker.securityContext | nindent 8 }}
+      volumeMounts:
+        - name: serve-auth
+          mountPath: {{ $authPath }}
+          readOnly: true
+        # readOnlyRootFilesystem: the only writable scratch space.
+        - name: tmp
+          mountPath: /tmp
+        {{- with (include "batch-inference.workerTemporalVolumeMounts" . | trim) }}{{ . | nindent 8 }}{{ end }}
+        {{- if .Values.worker.dataVolume.existingClaim }}
+        - name: data
+          mountPath: {{ .Values.worker.dataVolume.mountPath }}
+        {{- end }}
+        {{- if $objectStore.gcs.credentialsSecret }}
+        - name: gcs-credentials
+          mountPath: {{ include "batch-inference.gcsCredentialsMountPath" . }}
+          readOnly: true
+        {{- end }}
+        {{- with .Values.worker.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  volumes:
+    {{- include "batch-inference.authVolume" . | nindent 4 }}
+    - name: tmp
+      emptyDir: {sizeLimit: 1Gi}
+    {{- with (include "batch-inference.workerTemporalVolumes" . | trim) }}{{ . | nindent 4 }}{{ end }}
+    {{- if .Values.worker.dataVolume.existingClaim }}
+    - name: data
+      persistentVolumeClaim:
+        claimName: {{ .Values.worker.dataVolume.existingClaim }}
+    {{- end }}
+    {{- with $objectStore.gcs }}
+    {{- if .credentialsSecret }}
+    # Only the credentials file: a missing key fails the mount, so the pod does not start.
+    - name: gcs-credentials
+      secret:
+        secretName: {{ .credentialsSecret }}
+        items:
+          - key: {{ .credentialsKey }}
+            path: {{ .credentialsKey }}
+        defaultMode: 0440
+    {{- end }}
+    {{- end }}
+    {{- with .Values.worker.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.worker.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.worker.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.worker.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.worker.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/* Temporal Worker Controller mode ----------------------------------------------------------
+
+With worker.versioning.controller.enabled the controller (v1.8.1) runs the worker pods: one
+Deployment per version, made from the WorkerDeployment's pod template plus, in every container
+(internal/k8s/deployments.go, ApplyControllerPodSpecModifications): TEMPORAL_ADDRESS and
+TEMPORAL_TLS_SERVER_NAME (from the Connection), TEMPORAL_NAMESPACE, TEMPORAL_DEPLOYMENT_NAME
+("<k8s namespace>/<WorkerDeployment name>"), TEMPORAL_WORKER_BUILD_ID; with mTLS, TEMPORAL_TLS
+and the client cert/key paths of the Connection's Secret, mounted as volume "temporal-tls" at
+/etc/temporal/tls; with an API key, TEMPORAL_API_KEY from the Secret. The pod template leaves
+these to it: the same name twice in one container would be ambiguous, and a second
+"temporal-tls" volume invalid. */}}
+
+{{- define "batch-inference.workerControllerTlsMountPath" -}}
+/etc/temporal/tls
+{{- end -}}
+
+{{- define "batch-inference.workerConnectionName" -}}
+{{- default (printf "%s-temporal-connection" (include "batch-inference.fullname" .)) .Values.worker.versioning.controller.existingConnection -}}
+{{- end -}}
+
+{{/* How the Connection authenticates: "mtls", "apiKey" or "" (none, or not controller mode).
+A Connection takes one of the two, and the controller reads the mTLS Secret's fixed keys. */}}
+{{- define "batch-inference.workerControllerAuth" -}}
+{{- $tls := .Values.temporal.tls -}}
+{{- $apiKey := .Values.temporal.apiKey -}}
+{{- if and .Values.worker.versioning.controller.enabled (not .Values.temporalDev.enabled) -}}
+{{- $mtls := and $tls.enabled $tls.existingSecret $tls.certKey $tls.keyKey -}}
+{{- if and $mtls $apiKey.existingSecret -}}
+{{- fail "worker.versioning.controller: a Connection takes mTLS (temporal.tls.existingSecret with certKey/keyKey) or an API key (temporal.apiKey.existingSecret), not both" -}}
+{{- else if $mtls -}}
+{{- if or (ne $tls.certKey "tls.crt") (ne $tls.keyKey "tls.key") (not (has $tls.caKey (list "" "ca.crt"))) -}}
+{{- fail (printf "worker.versioning.controller: the controller reads the mTLS Secret's keys tls.crt, tls.key and ca.crt; temporal.tls.certKey/keyKey/caKey are %q/%q/%q" $tls.certKey $tls.keyKey $tls.caKey) -}}
+{{- end -}}
+mtls
+{{- else if $apiKey.existingSecret -}}
+apiKey
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The worker container's Temporal env. Plain Deployment: the connection, and with Worker
+Versioning this pod's version (the image tag). Controller mode: only what the controller does
+not inject (above): the task queue, TLS on without mTLS, the CA file, the API key as a file
+(re-read at each connect, so a rotated key is picked up without a restart; it wins over the
+controller's TEMPORAL_API_KEY, from the same Secret key). */}}
+{{- define "batch-inference.workerTemporalEnv" -}}
+{{- if not .Values.worker.versioning.controller.enabled -}}
+{{ include "batch-inference.temporalEnv" . }}
+{{- if .Values.worker.versioning.enabled }}
+# This pod is the image tag's version of the Worker Deployment.
+- name: TEMPORAL_DEPLOYMENT_NAME
+  value: {{ include "batch-inference.workerDeploymentName" . | quote }}
+- name: TEMPORAL_BUILD_ID
+  value: {{ include "batch-inference.workerBuildId" . | quote }}
+{{- end }}
+{{- else -}}
+{{- $tls := .Values.temporal.tls -}}
+{{- $apiKey := .Values.temporal.apiKey -}}
+{{- $auth := include "batch-inference.workerControllerAuth" . -}}
+# The Worker Controller adds the address, namespace, Worker Deployment version and credentials.
+- name: TEMPORAL_TASK_QUEUE
+  value: {{ .Values.temporal.taskQueue | quote }}
+{{- if and (not .Values.temporalDev.enabled) (or $tls.enabled $apiKey.existingSecret) }}
+{{- if ne $auth "mtls" }}
+- name: TEMPORAL_TLS
+  value: "true"
+{{- end }}
+{{- if and $tls.existingSecret $tls.caKey }}
+- name: TEMPORAL_TLS_SERVER_CA_CERT_PATH
+  value: {{ printf "%s/%s" (ternary (include "batch-inference.workerControllerTlsMountPath" .) (include "batch-inference.temporalTlsMountPath" .) (eq $auth "mtls")) $tls.caKey }}
+{{- end }}
+{{- if $apiKey.existingSecret }}
+- name: TEMPORAL_API_KEY_FILE
+  value: {{ printf "%s/%s" (include "batch-inference.temporalApiKeyMountPath" .) $apiKey.key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* With the controller's mTLS it mounts the Secret itself (volume "temporal-tls"). */}}
+{{- define "batch-inference.workerTemporalVolumeMounts" -}}
+{{- if ne (include "batch-inference.workerControllerAuth" .) "mtls" -}}
+{{ include "batch-inference.temporalVolumeMounts" . }}
+{{- end -}}
+{{- end -}}
+
+{{- define "batch-inference.workerTemporalVolumes" -}}
+{{- if ne (include "batch-inference.workerControllerAuth" .) "mtls" -}}
+{{ include "batch-inference.temporalVolumes" . }}
+{{- end -}}
+{{- end -}}
