@@ -220,12 +220,14 @@ class FileBatch:
                 ok, reason = check.ok, check.reason
             except ActivityError as err:  # no worker answered in time: as good as no answer
                 ok, reason = False, f"the check of Serve did not complete ({err.cause or err})"
+            # Every check of this outage lengthens the next wait, also one that found Serve
+            # answering: a Serve that answers the check but not the shards is not asked faster.
+            outage.checks += 1
             if ok:
                 outage.waiting = False
                 return
             now = workflow.now()
             outage.attempts += 1
-            outage.checks += 1
             outage.reason = reason
             if (now - outage.since).total_seconds() >= tuning.max_serve_outage_s:
                 raise outage_too_long(outage, now, tuning.max_serve_outage_s)

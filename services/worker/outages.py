@@ -22,13 +22,13 @@ from services.errors import Failure
 class Outage:
     since: datetime  # when a shard first found Serve unavailable
     attempts: int = 0  # shard attempts and checks that found it unavailable since
-    checks: int = 0  # checks that found it unavailable (the waits grow with these)
+    checks: int = 0  # checks of Serve made (the waits grow with these)
     reason: str = ""  # the last one's
     waiting: bool = True  # False once a check found Serve answering (shards run again)
 
 
 def wait_before_check(checks: int, initial_s: float, max_s: float, left_s: float) -> float:
-    """Seconds to wait before the next check of Serve after ``checks`` failed checks of this
+    """Seconds to wait before the next check of Serve after ``checks`` checks in this
     outage: doubling from ``initial_s`` up to ``max_s``, and never past the outage's cap
     (``left_s`` seconds away) so that the batch fails on time. No jitter: one check per batch,
     not one per shard, so there is no herd to spread."""

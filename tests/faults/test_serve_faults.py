@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -19,13 +21,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from services import constants as c
+from services import metrics as m
+from services.errors import Failure
 from services.local.processes import free_port, marked_pids
 from services.local.ray_serve import CLUSTER_MARKER, LocalRayServe, ensure_token, load_serve_config
-from services.worker.contracts import BatchInferenceOutput
+from services.worker.contracts import BatchInferenceOutput, Progress
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
+from services.worker.telemetry import BatchProgressPoller
 from tests.helpers.batches import assert_exactly_once, echo_batch
 from tests.helpers.proxy import CountingProxy
 from tests.helpers.waiting import wait_until
@@ -210,3 +217,110 @@ async def test_a_route_missing_while_serve_deploys_is_retried_but_an_unknown_mod
         await serve.predict("gpt9", ServeClient.encode([1]), 1)
     assert err.value.non_retryable and "unknown model 'gpt9'" in str(err.value)
     assert len(calls) == 4
+
+
+# Today's retry budget, shortened: 3 in-activity attempts (about a second) and 2 activity
+# attempts per shard; an outage longer than that failed the batch before issue 20.
+SHORT_RETRIES = RetrySettings(max_attempts=3, initial_s=0.2, max_s=0.5)
+SHORT_OUTAGE_TUNING = dict(shard_max_attempts=2, serve_wait_initial_s=1, serve_wait_max_s=4)
+
+
+async def _progress(handle) -> Progress:
+    return await handle.query(c.PROGRESS_QUERY, result_type=Progress)
+
+
+async def test_serve_down_past_the_retry_budget_pauses_the_batch_which_resumes_when_serve_is_back(
+    client, private_serve: LocalRayServe, tmp_path: Path
+):
+    total = 6_000
+    records, output, batch = echo_batch(
+        tmp_path,
+        total,
+        "p",
+        shard_size=1_500,
+        checkpoint_every=100,
+        micro_batch_size=8,
+        max_in_flight=2,
+        max_concurrent_shards=2,
+        heartbeat_timeout_s=5,
+        **SHORT_OUTAGE_TUNING,
+    )
+    attempts = Attempts()
+    workflow_id = f"serve-outage-{uuid.uuid4().hex[:8]}"
+    async with worker_on(
+        client, private_serve.url, private_serve.token_file, attempts, SHORT_RETRIES
+    ) as queue:
+        handle = await client.start_workflow(
+            c.WORKFLOW_NAME, batch, id=workflow_id, task_queue=queue, result_type=BatchInferenceOutput
+        )
+        await wait_until(lambda: attempts.count("200") * 8 >= 0.25 * total, 60, "a quarter of the batch")
+        crashed = time.monotonic()
+        await asyncio.to_thread(crash, private_serve)
+        # Waiting, not failing: the progress query says since when and how many attempts.
+        deadline = time.monotonic() + 60
+        while (p := await _progress(handle)).status != "waiting_for_serve":
+            assert time.monotonic() < deadline, f"the batch never waited for Serve: {p}"
+            await asyncio.sleep(0.2)
+        assert p.waiting_for_serve_since is not None and p.serve_attempts >= 1
+        # Down well past the shortened retry budget (about 4 s): 25 s.
+        await asyncio.sleep(max(0.0, 25 - (time.monotonic() - crashed)))
+        during = await _progress(handle)
+        assert during.status == "waiting_for_serve", during
+        assert during.waiting_for_serve_since == p.waiting_for_serve_since, "one outage, one start"
+        assert during.serve_attempts > batch.tuning.shard_max_attempts, "more attempts than a shard's budget"
+        assert "waiting for Serve since" in (during.serve_wait_line() or "")
+        # And the worker's metric says so (the exporter that queries the running batches).
+        poller = BatchProgressPoller(client, queue)
+        await poller.poll_once()
+        waited = REGISTRY.get_sample_value(m.BATCH_WAITING_FOR_SERVE.prom, {m.WORKFLOW_ID: workflow_id})
+        assert waited is not None and waited >= 15, waited
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        restarting = time.monotonic()
+        await asyncio.to_thread(private_serve.start)
+        back = time.monotonic()
+        result = await handle.result()
+        await poller.poll_once()  # the finished batch's series are removed
+    first_failure = min(t for t, o in attempts.log if t >= crashed and o != "200")
+    first_success = min(t for t, o in attempts.log if t > first_failure and o == "200")
+    print(
+        f"\nServe down {first_success - first_failure:.1f}s (its start took {back - restarting:.1f}s); "
+        f"progress during: {during.serve_wait_line()}; {result.resumed_records} records resumed from "
+        "checkpoints"
+    )
+    assert_exactly_once(output, [r["id"] for r in records], result)
+    assert result.failed == 0
+    assert REGISTRY.get_sample_value(m.BATCH_WAITING_FOR_SERVE.prom, {m.WORKFLOW_ID: workflow_id}) is None
+
+
+async def test_serve_down_past_max_serve_outage_fails_the_batch_saying_so(client, tmp_path: Path):
+    """Nothing listens at the worker's Serve URL for the whole batch: past max_serve_outage_s it
+    fails with ServeOutageTooLong, naming how long Serve was down and what to check."""
+    _, output, batch = echo_batch(
+        tmp_path,
+        400,
+        "x",
+        shard_size=200,
+        max_concurrent_shards=2,
+        max_serve_outage_s=12,
+        **SHORT_OUTAGE_TUNING,
+    )
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    token_file = tmp_path / "serve-token"
+    ensure_token(token_file)
+    async with worker_on(client, nowhere, token_file, Attempts(), SHORT_RETRIES) as queue:
+        handle = await client.start_workflow(
+            c.WORKFLOW_NAME, batch, id=f"serve-gone-{uuid.uuid4().hex[:8]}", task_queue=queue,
+            result_type=BatchInferenceOutput,
+        )  # fmt: skip
+        with pytest.raises(WorkflowFailureError) as err:
+            await handle.result()
+    cause = err.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == Failure.SERVE_OUTAGE_TOO_LONG
+    message = str(cause)
+    assert re.search(
+        r"Serve was unavailable for \d+s \(since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, \d+ attempts", message
+    )
+    assert f"cannot reach Serve at {nowhere}" in message and "max_serve_outage_s=12" in message
+    assert "SERVE_URL" in message and "batch-inference resume" in message
+    summary = json.loads((output / c.SUMMARY_FILE).read_text())
+    assert summary["status"] == "failed"
