@@ -8,6 +8,7 @@ records/s. A script, not a test:
 
     .venv/bin/python bench/load_rss.py [--sizes 10000 100000] [--set checkpoint_every=1000] [--json out.json]
     .venv/bin/python bench/load_rss.py --format parquet [--ten-million] [--json out.json]
+    .venv/bin/python bench/load_rss.py --format parquet --sizes 1000000 --profile bench/results/profiles
 
 ``--format parquet``: the Parquet case of the bench (``bench/parquet_case.py``: an id and the four
 measurements as float columns, row groups of pyarrow's default 1,048,576 rows, Parquet results),
@@ -17,6 +18,11 @@ is ~0.1 GB in the temp folder). Each row also gives the worker's CPU seconds ove
 Peak RSS follows what the worker holds in flight (``max_concurrent_shards`` shards, each with up
 to ``parts_in_flight`` parts of ``checkpoint_every`` records), not the batch size; a batch smaller than that
 window (e.g. 10k: four shards of 2,500) holds less. Other tuning: ``--set key=value``.
+
+``--profile DIR``: py-spy samples the worker over each batch (100 Hz, idle threads left out) and
+writes its stacks to ``DIR/worker-<format>-<records>.txt`` (py-spy's raw format: one line per
+stack with its sample count, for flame graphs), plus the top functions by own and total time.
+Sampling costs the worker some CPU: profile runs are not the figures.
 """
 
 from __future__ import annotations
@@ -71,6 +77,50 @@ def write_input(path: Path, n: int) -> Path:
     return path
 
 
+def start_profiler(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy sampling ``pid`` until it is sent SIGINT (see ``stop_profiler``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [str(spy), "record", "--pid", str(pid), "--rate", "100", "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_profiler(spy: subprocess.Popen, out: Path) -> None:
+    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        spy.wait(30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+    if out.exists():
+        out.with_suffix(".top.txt").write_text(top_functions(out.read_text()))
+
+
+def top_functions(raw: str, count: int = 25) -> str:
+    """The functions with the most samples in a py-spy raw profile: own (the innermost frame)
+    and total (anywhere in the stack), as shares of all samples."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")
+        samples += int(n)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(n)
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + int(n)
+    lines = [f"{samples} samples"]
+    for title, table in (("own", own), ("total", total)):
+        lines.append(f"\n-- by {title} samples --")
+        for frame, n in sorted(table.items(), key=lambda kv: -kv[1])[:count]:
+            lines.append(f"{100 * n / max(samples, 1):5.1f}%  {frame}")
+    return "\n".join(lines) + "\n"
+
+
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     with log.open("wb") as out:
         return subprocess.Popen(
@@ -90,6 +140,7 @@ async def one_batch(
     tuning: dict,
     fmt: str,
     row_group_rows: int = parquet_case.ROW_GROUP_ROWS,
+    profile: Path | None = None,
 ) -> dict:
     fields: dict[str, Any] = {}
     if fmt == "parquet":
@@ -128,12 +179,18 @@ async def one_batch(
             tuning=Tuning(**tuning),
             **fields,
         )
+        spy = profile_out = None
+        if profile:
+            profile_out = profile / f"worker-{fmt}-{size}.txt"
+            spy = start_profiler(worker.pid, profile_out)
         started = time.monotonic()
         result = await client.execute_workflow(
             c.WORKFLOW_NAME, batch, id=f"rss-{size}-{uuid.uuid4().hex[:6]}", task_queue=queue,
             result_type=BatchInferenceOutput,
         )  # fmt: skip
         wall = time.monotonic() - started
+        if spy and profile_out:
+            await asyncio.to_thread(stop_profiler, spy, profile_out)
         peak_kb = status_kb(worker.pid, "VmHWM")
         # RSS now, by kind: the heap (anonymous) and mapped files (the libraries' code pages)
         anon_kb, file_kb = status_kb(worker.pid, "RssAnon"), status_kb(worker.pid, "RssFile")
@@ -166,13 +223,14 @@ async def main_async(
     out: Path | None,
     fmt: str = "jsonl",
     row_group_rows: int = parquet_case.ROW_GROUP_ROWS,
+    profile: Path | None = None,
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="bi-rss-", dir="/tmp") as tmp:
         work = Path(tmp)
         async with local_stack(work) as (temporal, serve):
             rows = []
             for size in sizes:
-                row = await one_batch(temporal, serve, size, work, tuning, fmt, row_group_rows)
+                row = await one_batch(temporal, serve, size, work, tuning, fmt, row_group_rows, profile)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(
@@ -218,12 +276,13 @@ def main() -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="tuning, e.g. shard_size=2500"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the worker over each batch")
     args = parser.parse_args()
     tuning = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
     sizes = args.sizes or ([100_000, 1_000_000] if args.format == "parquet" else [10_000, 100_000])
     if args.ten_million and 10_000_000 not in sizes:
         sizes.append(10_000_000)
-    asyncio.run(main_async(sizes, tuning, args.json, args.format, args.row_group_rows))
+    asyncio.run(main_async(sizes, tuning, args.json, args.format, args.row_group_rows, args.profile))
 
 
 if __name__ == "__main__":
