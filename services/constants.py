@@ -31,6 +31,10 @@ INFERENCE_ROUTE = "/inference"  # the original example's route: default model
 MODEL_INFERENCE_ROUTE = "/models/{model}/inference"
 MODELS_ROUTE = "/models"
 HEALTH_ROUTE = "/healthz"  # the only route that needs no token
+# The batch routes' columnar body (request and reply): an Arrow IPC stream (services/arrow_wire.py).
+# JSON stays the default; a JSON request is answered as before.
+ARROW_CONTENT_TYPE = "application/vnd.apache.arrow.stream"
+JSON_CONTENT_TYPE = "application/json"
 
 AUTH_HEADER = "Authorization"
 AUTH_SCHEME = "Bearer"
@@ -47,6 +51,9 @@ ENV_SERVE_MAX_CONNECTIONS = "SERVE_MAX_CONNECTIONS"
 ENV_SERVE_ADAPTIVE_CONCURRENCY = "SERVE_ADAPTIVE_CONCURRENCY"
 ENV_SERVE_CONCURRENCY_MIN = "SERVE_CONCURRENCY_MIN"
 ENV_SERVE_CONCURRENCY_MAX = "SERVE_CONCURRENCY_MAX"
+# "json" makes the worker send JSON even where it could send Arrow (input Parquet or CSV, a model
+# with a columnar predict); unset or "auto": Arrow there.
+ENV_SERVE_WIRE = "SERVE_WIRE"
 ENV_WORKER_GRACEFUL_SHUTDOWN_S = "WORKER_GRACEFUL_SHUTDOWN_S"
 ENV_WORKER_MAX_CONCURRENT_ACTIVITIES = "WORKER_MAX_CONCURRENT_ACTIVITIES"
 ENV_WORKER_EAGER_ACTIVITIES = "WORKER_EAGER_ACTIVITIES"

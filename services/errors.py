@@ -86,6 +86,8 @@ class RequestCode(StrEnum):
     BAD_CONTENT_LENGTH = "bad_content_length"  # 400
     NOT_UTF8 = "not_utf8"  # 400
     MALFORMED_JSON = "malformed_json"  # 400: also NaN/Infinity, and nesting past json_codec.MAX_DEPTH
+    MALFORMED_ARROW = "malformed_arrow"  # 400: an Arrow body that is not an IPC stream (arrow_wire)
+    NOT_COLUMNAR = "not_columnar"  # 415: an Arrow body for a model with no columnar predict
     UNKNOWN_MODEL = "unknown_model"  # 404
 
 

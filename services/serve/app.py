@@ -9,6 +9,8 @@ import logging
 import time
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -16,9 +18,10 @@ from ray import serve
 from ray.serve import metrics as serve_metrics
 from ray.serve.handle import DeploymentHandle
 
-from services import json_codec
+from services import arrow_wire, json_codec
 from services import metrics as m
 from services.constants import (
+    ARROW_CONTENT_TYPE,
     AUTH_HEADER,
     AUTH_SCHEME,
     HEALTH_ROUTE,
@@ -30,7 +33,7 @@ from services.constants import (
 from services.errors import Code, RequestCode
 from services.serve.auth import AuthError, TokenStore
 from services.serve.body import BodyRefused, parse_json, read_body
-from services.serve.models import BUILTIN_MODELS, load_model
+from services.serve.models import BUILTIN_MODELS, ColumnarPredictions, is_columnar, load_model
 
 logger = logging.getLogger("ray.serve")
 
@@ -74,6 +77,12 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+# Defined before the deployments: Serve pickles the ingress class's routes when it is decorated,
+# with the module globals that exist at that point.
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
 @serve.deployment
 class ModelServer:
     """One model. Requests carry lists of records; ``@serve.batch`` groups requests."""
@@ -90,6 +99,8 @@ class ModelServer:
         settings = BatchSettings.model_validate(config or {})
         self._predict_requests.set_max_batch_size(settings.max_batch_size)
         self._predict_requests.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        self._predict_tables.set_max_batch_size(settings.max_batch_size)
+        self._predict_tables.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     def _predict_records(self, records: list[Any]) -> list[dict[str, Any]]:
         """Per-record results: ``{"prediction": ...}`` or ``{"error": {"code", "message"}}``."""
@@ -146,6 +157,82 @@ class ModelServer:
     async def __call__(self, records: list[Any]) -> list[dict[str, Any]]:
         return await self._predict_requests(records)
 
+    def _predict_table(self, table: pa.Table) -> pa.Table:
+        """The reply table (services/arrow_wire.py) for a table of inputs: the model's columnar
+        predict on all of them; if it raises, row by row, so only the rows it chokes on fail."""
+        try:
+            answer = self._model.predict_columns(table)
+            if len(answer.predictions) != table.num_rows:
+                raise RuntimeError(
+                    f"model returned {len(answer.predictions)} predictions for {table.num_rows} inputs"
+                )
+        except Exception:
+            return self._predict_rows(table)
+        if answer.invalid is None:
+            codes = pa.nulls(table.num_rows, pa.string())
+            messages = codes
+        else:
+            refused = answer.invalid.is_valid()
+            codes = pc.if_else(refused, Code.INVALID_INPUT.value, pa.scalar(None, pa.string()))
+            messages = pc.binary_join_element_wise("invalid input: ", answer.invalid, "")
+        return arrow_wire.results(answer.predictions, codes, messages)
+
+    def _predict_rows(self, table: pa.Table) -> pa.Table:
+        answers: list[ColumnarPredictions | str] = []
+        for i in range(table.num_rows):
+            try:
+                answer = self._model.predict_columns(table.slice(i, 1))
+                if len(answer.predictions) != 1:
+                    raise RuntimeError(f"model returned {len(answer.predictions)} predictions for 1 input")
+                answers.append(answer)
+            except Exception as exc:
+                answers.append(f"model error: {type(exc).__name__}: {exc}")
+        kind = next((a.predictions.type for a in answers if not isinstance(a, str)), pa.null())
+        predictions, codes, messages = [], [], []
+        for answer in answers:
+            if isinstance(answer, str):
+                predictions.append(pa.nulls(1, kind))
+                codes.append(Code.MODEL_ERROR.value)
+                messages.append(answer)
+                continue
+            predictions.append(answer.predictions)
+            invalid = None if answer.invalid is None else answer.invalid[0].as_py()
+            codes.append(None if invalid is None else Code.INVALID_INPUT.value)
+            messages.append(None if invalid is None else f"invalid input: {invalid}")
+        whole = pa.concat_arrays(predictions) if predictions else pa.nulls(0)
+        return arrow_wire.results(whole, pa.array(codes, pa.string()), pa.array(messages, pa.string()))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def _predict_tables(self, tables: list[pa.Table]) -> list[pa.Table]:
+        """Arrow requests, batched as JSON ones are: one columnar predict for all of them when
+        their columns agree, and each request's rows of the reply back to it."""
+        started = time.perf_counter()
+        try:
+            whole = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            replies = [self._predict_table(table) for table in tables]
+        else:
+            reply = self._predict_table(whole)
+            replies, start = [], 0
+            for table in tables:
+                replies.append(reply.slice(start, table.num_rows))
+                start += table.num_rows
+        rows = sum(table.num_rows for table in tables)
+        self._batch_duration.observe(time.perf_counter() - started)
+        self._batch_size.observe(rows)
+        if rows:
+            self._records.inc(rows)
+        for reply in replies:
+            codes = reply.column(arrow_wire.ERROR_CODE)
+            if codes.null_count != len(codes):
+                for counted in pc.value_counts(codes.drop_null()).to_pylist():
+                    self._record_errors.inc(counted["counts"], tags={m.REASON: counted["values"]})
+        return replies
+
+    async def predict_arrow(self, table: pa.Table) -> pa.Table:
+        """A request's inputs as a table in, the reply table (arrow_wire.results) out."""
+        return await self._predict_tables(table)
+
 
 # No /docs, /redoc or /openapi.json: every route but health needs a token, and the API description
 # would be one more open route.
@@ -163,11 +250,13 @@ class Ingress:
         default_model: str,
         max_records: int,
         max_request_bytes: int = SERVE_MAX_REQUEST_BYTES,
+        columnar: list[str] | None = None,
     ):
         self._models = models
         self._default = default_model
         self._max_records = max_records
         self._max_request_bytes = max_request_bytes
+        self._columnar = sorted(columnar or [])
         self._tokens = TokenStore.from_env()
         self._auth_failures = _ray_metric(m.AUTH_FAILURES)
 
@@ -188,7 +277,7 @@ class Ingress:
     async def models(self, request: Request) -> Response:
         if denied := self._auth(request):
             return denied
-        return _json({"models": sorted(self._models), "default": self._default})
+        return _json({"models": sorted(self._models), "default": self._default, "columnar": self._columnar})
 
     @api.post(INFERENCE_ROUTE)
     async def infer_default(self, request: Request) -> Response:
@@ -206,6 +295,8 @@ class Ingress:
             known = ", ".join(sorted(self._models))
             detail = f"unknown model {model!r}; available: {known}"
             return _json({"detail": detail, "code": RequestCode.UNKNOWN_MODEL.value}, 404)
+        if _content_type(request) == ARROW_CONTENT_TYPE:
+            return await self._infer_arrow(model, handle, request)
         try:
             body = parse_json(await read_body(request, self._max_request_bytes))
         except BodyRefused as exc:
@@ -227,6 +318,28 @@ class Ingress:
             return _json({"detail": result["error"]["message"], "code": result["error"]["code"]}, 422)
         return _json({"prediction": result["prediction"]})
 
+    async def _infer_arrow(self, model: str, handle: DeploymentHandle, request: Request) -> Response:
+        """An Arrow IPC body: its record batches go to the model deployment as a table (no
+        Python object per record) and its reply comes back as an IPC stream."""
+        if model not in self._columnar:
+            detail = f"model {model!r} takes no Arrow body (it has no columnar predict); send JSON"
+            return _json({"detail": detail, "code": RequestCode.NOT_COLUMNAR.value}, 415)
+        try:
+            table = arrow_wire.decode(await read_body(request, self._max_request_bytes), self._max_records)
+        except BodyRefused as exc:
+            return _json({"detail": exc.message, "code": exc.code.value}, exc.status)
+        except arrow_wire.TooManyRows as exc:
+            return _json({"detail": str(exc), "code": RequestCode.TOO_MANY_INPUTS.value}, 413)
+        except arrow_wire.WireError as exc:
+            detail = f"request body is not a valid Arrow IPC stream: {exc}"
+            return _json({"detail": detail, "code": RequestCode.MALFORMED_ARROW.value}, 400)
+        if table.num_rows:
+            reply = await handle.predict_arrow.remote(table)
+        else:
+            empty = pa.nulls(0, pa.string())
+            reply = arrow_wire.results(pa.nulls(0), empty, empty)
+        return Response(arrow_wire.encode(reply), media_type=ARROW_CONTENT_TYPE)
+
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder named by the Serve config's ``import_path``."""
@@ -234,9 +347,11 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     if config.default_model not in config.models:
         raise ValueError(f"default_model {config.default_model!r} is not one of {sorted(config.models)}")
     handles = {name: ModelServer.options(name=name).bind(path) for name, path in config.models.items()}
+    columnar = [name for name, path in config.models.items() if is_columnar(path)]
     return Ingress.bind(
         handles,
         config.default_model,
         config.max_records_per_request,
         max_request_bytes=config.max_request_bytes,
+        columnar=columnar,
     )

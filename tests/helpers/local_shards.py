@@ -12,6 +12,8 @@ from typing import Any
 import httpx
 from temporalio.testing import ActivityEnvironment
 
+from services import arrow_wire
+from services.constants import ARROW_CONTENT_TYPE, MODELS_ROUTE
 from services.worker.activities import BatchActivities
 from services.worker.contracts import PlanInput, ShardInput, ShardOutput
 from services.worker.manifests import DataSpec, Plan
@@ -27,12 +29,47 @@ def echo_handler(reject: Callable[[Any], bool] = lambda _: False) -> tuple[Handl
     calls: list[int] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == MODELS_ROUTE:  # echo takes no Arrow
+            return httpx.Response(200, json={"models": ["echo"], "default": "echo", "columnar": []})
         inputs = json.loads(request.content)["inputs"]
         calls.append(len(inputs))
         errors = [{"code": "model_error", "message": "rejected"} if reject(x) else None for x in inputs]
         return httpx.Response(200, json={"predictions": inputs, "errors": errors})
 
     return handler, calls
+
+
+def iris_handler() -> tuple[Handler, list[str]]:
+    """A Serve mock answering as the Serve app's model deployment does with the real ``iris``
+    model (its own per-record and columnar code, no Ray): JSON bodies record by record, Arrow
+    bodies column by column; the listing says iris is columnar. Also: each request's content type."""
+    from services.serve.app import ModelServer  # imports Ray: only for the tests that use it
+    from services.serve.models import BUILTIN_MODELS, load_model
+
+    server = ModelServer.func_or_class.__new__(ModelServer.func_or_class)
+    server._model = load_model(BUILTIN_MODELS["iris"])
+    server._validate = server._model.validate
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and request.url.path == MODELS_ROUTE:
+            return httpx.Response(200, json={"models": ["iris"], "default": "iris", "columnar": ["iris"]})
+        seen.append(request.headers["content-type"])
+        if request.headers["content-type"] == ARROW_CONTENT_TYPE:
+            reply = server._predict_table(arrow_wire.decode(request.content))
+            return httpx.Response(
+                200, content=arrow_wire.encode(reply), headers={"content-type": ARROW_CONTENT_TYPE}
+            )
+        results = server._predict_records(json.loads(request.content)["inputs"])
+        return httpx.Response(
+            200,
+            json={
+                "predictions": [r.get("prediction") for r in results],
+                "errors": [r.get("error") for r in results],
+            },
+        )
+
+    return handler, seen
 
 
 def serve_client(handler: Handler) -> ServeClient:
@@ -44,9 +81,11 @@ def echo_serve(reject: Callable[[Any], bool] = lambda _: False) -> tuple[ServeCl
     return serve_client(handler), calls
 
 
-def shard_input(output: str, shard: int, checkpoint_every: int = 3) -> ShardInput:
+def shard_input(
+    output: str, shard: int, checkpoint_every: int = 3, model: str = "echo", micro_batch_size: int = 2
+) -> ShardInput:
     return ShardInput(
-        output_uri=output, shard=shard, model="echo", micro_batch_size=2, max_in_flight=4,
+        output_uri=output, shard=shard, model=model, micro_batch_size=micro_batch_size, max_in_flight=4,
         checkpoint_every=checkpoint_every,
     )  # fmt: skip
 
@@ -60,13 +99,18 @@ def plan_batch(
 
 
 async def run_shards(
-    plan: Plan, output: str, serve: ServeClient | None = None, checkpoint_every: int = 3, attempt: int = 1
+    plan: Plan,
+    output: str,
+    serve: ServeClient | None = None,
+    checkpoint_every: int = 3,
+    attempt: int = 1,
+    **shard: Any,
 ) -> list[ShardOutput]:
-    """Every shard of ``plan``, one after another."""
+    """Every shard of ``plan``, one after another (``shard``: more ``shard_input`` arguments)."""
     activities = BatchActivities(serve or echo_serve()[0])
     env = ActivityEnvironment()
     env.info = dataclasses.replace(env.info, attempt=attempt)
     return [
-        await env.run(activities.process_shard, shard_input(output, shard, checkpoint_every))
-        for shard in range(len(plan.shards))
+        await env.run(activities.process_shard, shard_input(output, index, checkpoint_every, **shard))
+        for index in range(len(plan.shards))
     ]
