@@ -19,6 +19,15 @@ DRAINAGE_CONFIG = (
     "--dynamic-config-value", 'matching.wv.VersionDrainageStatusRefreshInterval="1s"',
     "--dynamic-config-value", 'matching.wv.VersionDrainageStatusVisibilityGracePeriod="1s"',
 )  # fmt: skip
+# Task queue fairness (README "Fair sharing and priority"): backlogged tasks are dispatched by
+# priority, then in turn across fairness keys; off by default in Server 1.32. Both hold per
+# task queue partition (4 by default, each polled at random): one partition, as Temporal's own
+# fairness sample runs the dev server, orders a queue as a whole.
+FAIRNESS_CONFIG = (
+    "--dynamic-config-value", "matching.enableFairness=true",
+    "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
+    "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
+)  # fmt: skip
 
 
 class TemporalDevServer:
@@ -45,6 +54,7 @@ class TemporalDevServer:
             "--db-filename", str(self.state_dir / "temporal.db"),
             *SQLITE_PRAGMAS,
             *DRAINAGE_CONFIG,
+            *FAIRNESS_CONFIG,
             "--log-level", "warn", "--log-format", "json",
         ]  # fmt: skip
         if self.metrics_port:

@@ -10,6 +10,7 @@ import yaml
 
 from services import constants as c
 from services.local.ray_serve import SERVE_CONFIG
+from services.local.temporal_dev import FAIRNESS_CONFIG
 from tests.helpers.k8s import (
     CHART,
     KUBE_VERSIONS,
@@ -181,6 +182,9 @@ def test_dev_temporal_server_is_what_workers_and_jobs_use(rendered) -> None:
     assert args[:2] == ["server", "start-dev"]
     assert args[args.index("--ip") + 1] == "0.0.0.0"
     assert args[args.index("--namespace") + 1] == "batches"
+    # Fairness on, as on the local dev server.
+    at = args.index(FAIRNESS_CONFIG[0])
+    assert tuple(args[at : at + len(FAIRNESS_CONFIG)]) == FAIRNESS_CONFIG
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert {p["name"] for p in container["ports"]} == {p["targetPort"] for p in service["spec"]["ports"]}

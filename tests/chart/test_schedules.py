@@ -51,6 +51,8 @@ NIGHTLY = {
     "set": {"output_format": "parquet", "micro_batch_size": 500},
     "overlap": "skip",
     "catchupWindow": "6h",
+    "priority": 2,
+    "fairnessKey": "analytics",
 }
 HOURLY = {
     "id": "hourly",
@@ -148,6 +150,7 @@ BAD = [
     ("a misspelt key", {"timezone": "UTC"}, r"/schedules/0'?: additional properties 'timezone' not allowed"),
     ("a cron of three fields", {"cron": "0 2 *"}, r"/schedules/0/cron'?: '0 2 \*' does not match"),
     ("an id with a space", {"id": "my batch"}, r"/schedules/0/id'?: 'my batch' does not match"),
+    ("priority 0", {"priority": 0}, r"/schedules/0/priority'?: minimum: got 0, want 1"),
 ]
 
 
@@ -271,6 +274,13 @@ async def test_hook_jobs_apply_update_and_delete_the_releases_schedules(
             assert result.output_uri == f"{tmp_path}/scored/{day}" and result.succeeded == 120
             table = pq.read_table(result.output_uri)
             assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in records)
+            # The chart's priority and fairness key: on the run, and on the shards it scheduled.
+            history = await client.get_workflow_handle(action.workflow_id).fetch_history()
+            started = history.events[0].workflow_execution_started_event_attributes.priority
+            assert (started.priority_key, started.fairness_key) == (2, "analytics")
+            shards = [e.activity_task_scheduled_event_attributes.priority for e in history.events
+                      if e.HasField("activity_task_scheduled_event_attributes")]  # fmt: skip
+            assert shards and all((p.priority_key, p.fairness_key) == (2, "analytics") for p in shards)
         finally:
             # helm uninstall
             delete = hook_jobs(render({"schedules": [nightly]}))["pre-delete"]
