@@ -14,6 +14,15 @@ WORKFLOW_NAME = "BatchInference"
 PROGRESS_QUERY = "progress"
 # What a worker logs once it polls its task queue: tests, the benchmark and people wait for it.
 WORKER_POLLING_LOG = "worker polling task queue"
+# Per-batch progress the workflow publishes itself as custom search attributes (name: Temporal
+# type), so one visibility list call carries every running batch's progress (no queries). Two
+# Keywords: SQL visibility (the dev server, self-hosted MySQL/PostgreSQL/SQLite) allows only 3
+# custom attributes of each number/time type but 10 Keywords. The snapshot is the JSON of
+# services/worker/progress_attributes.PublishedProgress. Registered by the dev server
+# (start-dev --search-attribute), else as README "Progress at scale" says.
+PROGRESS_STATUS_ATTRIBUTE = "BatchInferenceStatus"
+PROGRESS_SNAPSHOT_ATTRIBUTE = "BatchInferenceProgress"
+PROGRESS_SEARCH_ATTRIBUTES = {PROGRESS_STATUS_ATTRIBUTE: "Keyword", PROGRESS_SNAPSHOT_ATTRIBUTE: "Keyword"}
 
 # --- Ray Serve ------------------------------------------------------------------------------
 SERVE_HTTP_PORT = 8000
@@ -61,6 +70,12 @@ ENV_WORKER_METRICS_HOST = "WORKER_METRICS_HOST"
 ENV_WORKER_METRICS_PORT = "WORKER_METRICS_PORT"
 # Seconds between refreshes of the per-batch progress gauges on /metrics (0 disables).
 ENV_WORKER_BATCH_METRICS_INTERVAL_S = "WORKER_BATCH_METRICS_INTERVAL_S"
+# "1": this worker also exports the per-batch progress gauges (one list call per interval); off by
+# default so N replicas do not each list M batches: `batch-inference progress-exporter` does.
+ENV_WORKER_BATCH_PROGRESS_METRICS = "WORKER_BATCH_PROGRESS_METRICS"
+# The progress exporter's /metrics port (its own process: `batch-inference progress-exporter`).
+PROGRESS_EXPORTER_METRICS_PORT = 9465
+ENV_PROGRESS_EXPORTER_PORT = "PROGRESS_EXPORTER_PORT"
 
 # The Temporal SDK's own client environment configuration (temporalio.envconfig reads them;
 # the chart, tests and docs name them from here).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from services.constants import PROGRESS_SEARCH_ATTRIBUTES
 from services.local.processes import LOOPBACK, free_port, terminate, venv_bin, wait_for_port
 
 # The dev server's SQLite file in WAL mode, synced at checkpoints rather than at every
@@ -28,6 +29,12 @@ FAIRNESS_CONFIG = (
     "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
     "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
 )  # fmt: skip
+# The search attributes batches publish their progress to (README "Progress at scale").
+SEARCH_ATTRIBUTES = tuple(
+    arg
+    for name, kind in PROGRESS_SEARCH_ATTRIBUTES.items()
+    for arg in ("--search-attribute", f"{name}={kind}")
+)
 
 
 class TemporalDevServer:
@@ -55,6 +62,7 @@ class TemporalDevServer:
             *SQLITE_PRAGMAS,
             *DRAINAGE_CONFIG,
             *FAIRNESS_CONFIG,
+            *SEARCH_ATTRIBUTES,
             "--log-level", "warn", "--log-format", "json",
         ]  # fmt: skip
         if self.metrics_port:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -71,9 +71,12 @@ async def heartbeating(details: Callable[[], Any]) -> AsyncIterator[None]:
 
 
 class BatchActivities:
-    def __init__(self, serve: ServeClient):
+    def __init__(self, serve: ServeClient, progress_attributes: Callable[[], Awaitable[bool]] | None = None):
         self.serve = serve
         self.trimmer = HeapTrimmer()
+        # Whether the namespace has the progress search attributes (progress_attributes.py);
+        # the plan answers it, so the workflow learns it from a result already in its history.
+        self.progress_attributes = progress_attributes
 
     @activity.defn
     async def plan_batch(self, input: PlanInput) -> PlanOutput:
@@ -83,7 +86,10 @@ class BatchActivities:
             plan = await asyncio.to_thread(make_plan, input)
         except (PlanError, UnknownModel) as exc:
             raise _non_retryable(exc) from None
-        return PlanOutput(total_records=plan.total_records, num_shards=len(plan.shards))
+        registered = await self.progress_attributes() if self.progress_attributes else False
+        return PlanOutput(
+            total_records=plan.total_records, num_shards=len(plan.shards), progress_attributes=registered
+        )
 
     @activity.defn
     @telemetry.shard_activity

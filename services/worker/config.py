@@ -160,6 +160,12 @@ class WorkerSettings(TemporalSettings):
         validation_alias=_env(c.ENV_WORKER_BATCH_METRICS_INTERVAL_S),
         description="how often /metrics refreshes per-batch progress from Temporal; 0 disables",
     )
+    batch_progress_metrics: bool = Field(
+        False,
+        validation_alias=_env(c.ENV_WORKER_BATCH_PROGRESS_METRICS),
+        description="this worker also exports the per-batch progress gauges (one list call per interval); "
+        "one process should, not every replica: `batch-inference progress-exporter` does",
+    )
     max_concurrent_activities: int = Field(
         16, ge=1, validation_alias=_env(c.ENV_WORKER_MAX_CONCURRENT_ACTIVITIES)
     )

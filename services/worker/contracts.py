@@ -83,6 +83,7 @@ class BatchState(_Strict):
     failed: int = 0
     resumed_records: int = 0
     runs: int = 1
+    progress_attributes: bool = False  # the plan's answer, kept for the next runs
 
 
 class ScheduleContext(_Strict):
@@ -275,6 +276,9 @@ class PlanInput(_Strict):
 class PlanOutput(BaseModel):
     total_records: int
     num_shards: int
+    progress_attributes: bool = Field(
+        False, description="the namespace has the progress search attributes: the batch publishes to them"
+    )
 
 
 class ShardInput(_Strict):

@@ -32,6 +32,7 @@ from services.worker.contracts import (
 from services.worker.layout import OutputLayout
 from services.worker.manifests import BatchStatus, BatchSummary
 from services.worker.outages import Outage, outage_too_long, serve_unavailable, wait_before_check
+from services.worker.progress_attributes import ProgressPublisher
 from services.worker.queue_priority import activity_priority
 
 # Continue-as-new well before Temporal's 51,200-event hard limit even if the server's
@@ -59,6 +60,7 @@ class FileBatch:
         self.outage: Outage | None = None
         self.serve_check: asyncio.Task[None] | None = None
         self.priority = activity_priority(input)
+        self.publisher = ProgressPublisher(self.progress)
 
     # --- what the progress query reads ---------------------------------------------------------
 
@@ -88,6 +90,8 @@ class FileBatch:
     async def run(self) -> BatchInferenceOutput:
         state = self.state = self.state or await self._plan()
         self.status = "running"
+        self.publisher.enable(state.progress_attributes)
+        self.publisher.publish()
         try:
             await self._run_shards(state)
         except BaseException as exc:
@@ -95,6 +99,7 @@ class FileBatch:
             raise
         if state.next_shard < state.num_shards:
             state.runs += 1
+            self.publisher.publish(force=True)
             # A versioned worker pins each run to its version; the next run starts on the
             # deployment's current version, so a long batch takes up new code between runs and
             # never mid-history. The SDK marks this option experimental; unversioned: no effect.
@@ -104,6 +109,7 @@ class FileBatch:
         self.status = "finalizing"
         summary_uri = await self._write_summary(state, "completed")
         self.status = "completed"
+        self.publisher.publish(force=True)
         return self._output(state, "completed", summary_uri)
 
     async def _plan(self) -> BatchState:
@@ -128,7 +134,10 @@ class FileBatch:
             retry_policy=RetryPolicy(maximum_attempts=5, non_retryable_error_types=NON_RETRYABLE_TYPES),
         )
         self.input.state = BatchState(
-            started_at=started, total_records=plan.total_records, num_shards=plan.num_shards
+            started_at=started,
+            total_records=plan.total_records,
+            num_shards=plan.num_shards,
+            progress_attributes=plan.progress_attributes,
         )
         return self.input.state
 
@@ -156,6 +165,7 @@ class FileBatch:
                 rolling_over = self._should_continue_as_new()
             if not self.pending:
                 return  # rolling over with nothing in flight
+            self.publisher.publish()  # the shards counted and those started in their place
             done, _ = await workflow.wait(self.pending.values(), return_when=asyncio.FIRST_COMPLETED)
             for shard, task in list(self.pending.items()):
                 if task in done:
@@ -197,6 +207,7 @@ class FileBatch:
         outage = self.outage = self.outage or Outage(since=now)
         outage.attempts += 1
         outage.reason, outage.waiting = reason, True
+        self.publisher.publish()  # now waiting_for_serve: a change of status publishes at once
         if (now - outage.since).total_seconds() >= self.tuning.max_serve_outage_s:
             raise outage_too_long(outage, now, self.tuning.max_serve_outage_s)
         if self.serve_check is None or self.serve_check.done():
@@ -281,6 +292,7 @@ class FileBatch:
                 unsettled.append(shard)
         self.pending.clear()
         self.status = status
+        self.publisher.publish(force=True)
         try:
             await self._write_summary(state, status, unsettled)
         except Exception as summary_exc:  # the original error matters more

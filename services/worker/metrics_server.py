@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, ThreadingWSGIServer
 
 from services import constants as c
@@ -40,8 +40,9 @@ class MetricsServer:
         port: int,
         bridge: TemporalMetricsBridge | None = None,
         probes: WorkerProbes | None = None,
+        registry: CollectorRegistry = REGISTRY,
     ):
-        self.bridge = bridge
+        self.bridge, self.registry = bridge, registry
         self._probes: dict[str, Callable[[], ProbeAnswer]] = {}
         if probes is not None:
             self._probes = {
@@ -63,7 +64,7 @@ class MetricsServer:
         return list(self._probes)
 
     def render(self) -> bytes:
-        body = generate_latest(REGISTRY)
+        body = generate_latest(self.registry)
         if self.bridge is not None:
             body += self.bridge.render().encode()
         return body

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -30,6 +31,9 @@ from services import constants as c
 from services import metrics as m
 from services.errors import CODES_BY_STAGE, Stage
 from services.worker.manifests import BatchSummary, RecordFailure
+
+if TYPE_CHECKING:
+    from services.worker.contracts import Progress
 
 log = logging.getLogger(__name__)
 
@@ -163,23 +167,42 @@ def export_serve_wait(workflow_id: str, since: datetime | None, now: datetime | 
 # --- per-batch progress from Temporal ----------------------------------------------------------
 
 
+@dataclasses.dataclass
+class PollCounts:
+    """What one poll did: running batches listed, read from their published progress, queried."""
+
+    listed: int = 0
+    published: int = 0
+    queried: int = 0
+
+
 class BatchProgressPoller:
-    """Every ``interval_s``: count the running BatchInference workflows on ``task_queue`` and ask
-    each for its ``progress``; export them as gauges (series of finished batches are removed)."""
+    """Every ``interval_s``: ONE visibility list call for the running BatchInference workflows
+    (on ``task_queue``, or all with None); each batch's gauges come from the progress it
+    published in its search attributes (``progress_attributes``). A batch that published none
+    (an inline batch, one started before this release, or a namespace without the attributes) is
+    asked with the ``progress`` query instead, unless ``query_fallback`` is off. Series of
+    finished batches are removed. Run it in one place (``batch-inference progress-exporter``, or
+    one worker with WORKER_BATCH_PROGRESS_METRICS=1), not in every worker replica."""
 
     def __init__(
-        self, client: Client, task_queue: str, interval_s: float = 15.0, query_timeout_s: float = 5.0
+        self,
+        client: Client,
+        task_queue: str | None,
+        interval_s: float = 15.0,
+        query_timeout_s: float = 5.0,
+        query_fallback: bool = True,
     ):
         self.client, self.task_queue = client, task_queue
         self.interval_s, self.query_timeout_s = interval_s, query_timeout_s
+        self.query_fallback = query_fallback
         self._known: set[str] = set()
+        self.last = PollCounts()
 
     @property
     def visibility_query(self) -> str:
-        return (
-            f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Running' "
-            f"AND TaskQueue = '{self.task_queue}'"
-        )
+        query = f"WorkflowType = '{c.WORKFLOW_NAME}' AND ExecutionStatus = 'Running'"
+        return f"{query} AND TaskQueue = '{self.task_queue}'" if self.task_queue else query
 
     async def run(self) -> None:
         while True:
@@ -191,37 +214,54 @@ class BatchProgressPoller:
                 log.warning("batch progress poll failed: %s", exc)
             await asyncio.sleep(self.interval_s)
 
-    async def poll_once(self) -> None:
-        from services.worker.contracts import Progress
+    async def poll_once(self) -> PollCounts:
+        from services.worker import progress_attributes
 
-        ids = [wf.id async for wf in self.client.list_workflows(self.visibility_query, limit=1000)]
-        BATCHES_RUNNING.set(len(ids))
+        counts = PollCounts()
         seen: set[str] = set()
-        for workflow_id in ids:
-            handle = self.client.get_workflow_handle(workflow_id)
-            try:
-                async with asyncio.timeout(self.query_timeout_s):
-                    p = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
-            except Exception as exc:
-                log.debug("progress query of %s failed: %s", workflow_id, exc)
-                if workflow_id in self._known:
-                    seen.add(workflow_id)  # keep its last values
+        async for wf in self.client.list_workflows(self.visibility_query):
+            counts.listed += 1
+            p = progress_attributes.read(wf.typed_search_attributes)
+            if p is not None:
+                counts.published += 1
+            elif self.query_fallback:
+                counts.queried += 1
+                p = await self._query(wf.id)
+            if p is None:
+                if wf.id in self._known:
+                    seen.add(wf.id)  # keep its last values
                 continue
-            seen.add(workflow_id)
-            for state, value in zip(
-                m.BATCH_RECORD_STATES, (p.total_records, p.succeeded, p.failed), strict=True
-            ):
-                BATCH_RECORDS.labels(workflow_id, state).set(value)
-            for state, value in zip(
-                m.BATCH_SHARD_STATES, (p.shards_total, p.shards_done, p.shards_running), strict=True
-            ):
-                BATCH_SHARDS.labels(workflow_id, state).set(value)
-            BATCH_RECORDS_PER_SECOND.labels(workflow_id).set(p.records_per_second)
-            BATCH_ELAPSED.labels(workflow_id).set(p.elapsed_s)
-            export_serve_wait(workflow_id, p.waiting_for_serve_since)
+            seen.add(wf.id)
+            self._export(wf.id, p)
+        BATCHES_RUNNING.set(counts.listed)
         for gone in self._known - seen:
             self._forget(gone)
         self._known = seen
+        self.last = counts
+        return counts
+
+    async def _query(self, workflow_id: str) -> Progress | None:
+        from services.worker.contracts import Progress
+
+        try:
+            async with asyncio.timeout(self.query_timeout_s):
+                handle = self.client.get_workflow_handle(workflow_id)
+                return await handle.query(c.PROGRESS_QUERY, result_type=Progress)
+        except Exception as exc:
+            log.debug("progress query of %s failed: %s", workflow_id, exc)
+            return None
+
+    @staticmethod
+    def _export(workflow_id: str, p: Progress) -> None:
+        for state, value in zip(m.BATCH_RECORD_STATES, (p.total_records, p.succeeded, p.failed), strict=True):
+            BATCH_RECORDS.labels(workflow_id, state).set(value)
+        for state, value in zip(
+            m.BATCH_SHARD_STATES, (p.shards_total, p.shards_done, p.shards_running), strict=True
+        ):
+            BATCH_SHARDS.labels(workflow_id, state).set(value)
+        BATCH_RECORDS_PER_SECOND.labels(workflow_id).set(p.records_per_second)
+        BATCH_ELAPSED.labels(workflow_id).set(p.elapsed_s)
+        export_serve_wait(workflow_id, p.waiting_for_serve_since)
 
     @staticmethod
     def _forget(workflow_id: str) -> None:

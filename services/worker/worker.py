@@ -31,6 +31,7 @@ from services.worker.config import WorkerSettings
 from services.worker.malloc import arrow_on_system_allocator, limit_malloc_arenas
 from services.worker.metrics_server import MetricsServer
 from services.worker.probes import WorkerProbes
+from services.worker.progress_attributes import ProgressAttributesCheck
 from services.worker.schedule_metrics import SchedulePoller
 from services.worker.sdk_metrics import TemporalMetricsBridge
 from services.worker.serve_client import ServeClient, TokenSource
@@ -85,7 +86,7 @@ def versioning_options(settings: WorkerSettings) -> dict[str, Any]:
 
 
 def build_worker(client: Client, settings: WorkerSettings, serve: ServeClient) -> Worker:
-    activities = BatchActivities(serve)
+    activities = BatchActivities(serve, ProgressAttributesCheck(client, settings.namespace))
     return Worker(
         client,
         task_queue=settings.task_queue,
@@ -170,7 +171,8 @@ async def _work(
         background.append(check_connection(client, settings.namespace, probes))
         if settings.batch_metrics_interval_s:
             interval = settings.batch_metrics_interval_s
-            background.append(BatchProgressPoller(client, settings.task_queue, interval).run())
+            if settings.batch_progress_metrics:
+                background.append(BatchProgressPoller(client, settings.task_queue, interval).run())
             background.append(SchedulePoller(client, settings.task_queue, interval).run())
     worker = build_worker(client, settings, serve)
     # Everything built so far lives as long as the worker: out of the collector's way, a full
