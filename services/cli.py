@@ -8,10 +8,13 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -19,7 +22,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from services import batches_cli, lineage_cli, progress_exporter, schedule_cli
+from services import batches_cli, lineage_cli, schedule_cli
 from services import constants as c
 from services.cli_errors import (
     add_priority_flags,
@@ -211,6 +214,40 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return main()
 
 
+def _sigterm_as_ctrl_c() -> None:
+    """SIGTERM (``kill``, a supervisor, a container stop) stops a local server command as
+    Ctrl-C does, stopping what it started: Python turns only SIGINT into KeyboardInterrupt, and
+    a command started with ``&`` ignores SIGINT. Once stopping, a second SIGTERM is ignored so
+    it cannot cut the stopping short."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def _run_stopping_on_sigterm(main: Coroutine[Any, Any, int]) -> int:
+    """``asyncio.run(main)`` where SIGTERM cancels ``main`` (so its ``finally`` stops what it
+    started, as for Ctrl-C), and exits 143 (128 + SIGTERM) after."""
+
+    async def runner() -> int:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        assert task is not None
+
+        def cancel() -> None:
+            loop.add_signal_handler(signal.SIGTERM, lambda: None)  # a second one: already stopping
+            task.cancel()
+
+        loop.add_signal_handler(signal.SIGTERM, cancel)
+        return await main
+
+    try:
+        return asyncio.run(runner())
+    except asyncio.CancelledError:
+        return 128 + signal.SIGTERM
+
+
 def _wait_forever(what: str) -> None:
     print(f"{what} running; Ctrl-C to stop", file=sys.stderr)
     with contextlib.suppress(KeyboardInterrupt):
@@ -223,9 +260,12 @@ def cmd_temporal(args: argparse.Namespace) -> int:
     from services.local.temporal_dev import TemporalDevServer
 
     check_temporal_ports(args.port, args.port + 1000)
-    server = TemporalDevServer(args.state_dir, port=args.port, ui_port=args.port + 1000).start()
-    print(f"Temporal dev server at {server.address}, UI http://127.0.0.1:{server.ui_port}", file=sys.stderr)
+    server = TemporalDevServer(args.state_dir, port=args.port, ui_port=args.port + 1000)
     try:
+        server.start()
+        print(
+            f"Temporal dev server at {server.address}, UI http://127.0.0.1:{server.ui_port}", file=sys.stderr
+        )
         _wait_forever("Temporal")
     finally:
         server.stop()
@@ -237,7 +277,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.local.ray_serve import LocalRayServe, ensure_token
 
     token = ensure_token(args.state_dir / "serve-token")
-    serve = LocalRayServe(args.state_dir, token, high_throughput=args.high_throughput)
+    if args.free_ports:
+        serve = LocalRayServe.on_free_ports(args.state_dir, token, high_throughput=args.high_throughput)
+    else:
+        serve = LocalRayServe(args.state_dir, token, high_throughput=args.high_throughput)
     check_serve_ports(serve.http_port, serve.gcs_port, serve.dashboard_port, serve.metrics_port)
     try:
         serve.start()
@@ -283,8 +326,12 @@ async def _run_stack(args: argparse.Namespace) -> int:
 
     state: Path = args.state_dir
     token = ensure_token(state / "serve-token")
-    temporal = TemporalDevServer(state)
-    serve = LocalRayServe(state, token, high_throughput=args.high_throughput)
+    if args.free_ports:
+        temporal = TemporalDevServer.on_free_ports(state)
+        serve = LocalRayServe.on_free_ports(state, token, high_throughput=args.high_throughput)
+    else:
+        temporal = TemporalDevServer(state)
+        serve = LocalRayServe(state, token, high_throughput=args.high_throughput)
     check_temporal_ports(temporal.port, temporal.ui_port)
     check_serve_ports(serve.http_port, serve.gcs_port, serve.dashboard_port, serve.metrics_port)
     stop = asyncio.Event()
@@ -305,6 +352,10 @@ async def _run_stack(args: argparse.Namespace) -> int:
         )
         os.environ[c.ENV_SERVE_TOKEN_FILE] = str(token)
         settings = WorkerSettings(address=temporal.address, serve_url=serve.url)
+        if args.free_ports:
+            from services.local.processes import free_port
+
+            settings.metrics_port = free_port()
         worker_task = asyncio.create_task(run_worker(settings, stop, install_signals=False))
         if settings.metrics_port:
             print(
@@ -348,9 +399,11 @@ def parser() -> argparse.ArgumentParser:
         "Ray Serve's high-throughput mode (HAProxy ingress): faster, but Ray binds "
         "replica and HAProxy ports on all interfaces (docs/performance.md)"
     )
+    free_ports_help = "free ports instead of the fixed ones (beside another local stack; printed at start)"
     run = sub.add_parser("run", help="start Temporal, Ray Serve and a worker; run a batch; stop all")
     run.add_argument("--state-dir", type=Path, default=Path(".state"), help=state_help)
     run.add_argument("--high-throughput", action="store_true", help=high_throughput_help)
+    run.add_argument("--free-ports", action="store_true", help=free_ports_help)
     run.add_argument("--input", help="JSONL input (default: the bundled 10,000-record Iris sample)")
     run.add_argument("--output", help="output folder (default: <state-dir>/output/<timestamp>)")
     run.add_argument("--model", default="iris", help="model name in the Serve config (default: iris)")
@@ -367,6 +420,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run only the local Ray Serve (shared Serve config)")
     s.add_argument("--state-dir", type=Path, default=Path(".state"), help=state_help)
     s.add_argument("--high-throughput", action="store_true", help=high_throughput_help)
+    s.add_argument("--free-ports", action="store_true", help=free_ports_help)
 
     sub.add_parser("worker", help="run a worker (configured by TEMPORAL_* and SERVE_* env vars)")
 
@@ -410,8 +464,6 @@ def parser() -> argparse.ArgumentParser:
 
     schedule_cli.add_parser(sub)
 
-    progress_exporter.add_parser(sub)
-
     sub.add_parser("token", help="print a new random Serve token")
     return p
 
@@ -422,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         match args.command:
             case "run":
-                return asyncio.run(_run_stack(args))
+                return _run_stopping_on_sigterm(_run_stack(args))
             case "submit":
                 return asyncio.run(cmd_submit(args))
             case "verify":
@@ -439,13 +491,13 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(batches_cli.cmd_cancel(args))
             case "schedule":
                 return asyncio.run(schedule_cli.run(args))
-            case "progress-exporter":
-                return asyncio.run(progress_exporter.run(args))
             case "worker":
                 return cmd_worker(args)
             case "temporal":
+                _sigterm_as_ctrl_c()
                 return cmd_temporal(args)
             case "serve":
+                _sigterm_as_ctrl_c()
                 return cmd_serve(args)
             case "token":
                 import secrets

@@ -240,9 +240,9 @@ class LocalRayServe:
         raise TimeoutError(f"Serve apps {apps} not RUNNING within {timeout_s:.0f}s: {last}")
 
     def stop(self) -> None:
-        if not self.started:
-            return
         # The cluster is ours alone: stopping its processes stops Serve too (no `serve shutdown`).
+        # Also when start() was interrupted (Ctrl-C, SIGTERM) in `ray start`: what it had
+        # started carries the marker.
         stop_marked(CLUSTER_MARKER, self.marker)
         shutil.rmtree(self.haproxy_dir(), ignore_errors=True)
         self.started = False
