@@ -258,6 +258,9 @@ Unknown deployment names fail. Auth tokens never enter this config.
 {{- range $k, $v := $.Values.serve.applicationArgs -}}
 {{- $_ := set $args $k $v -}}
 {{- end -}}
+{{- if $.Values.serve.maxRequestBytes -}}
+{{- $_ := set $args "max_request_bytes" ($.Values.serve.maxRequestBytes | int64) -}}
+{{- end -}}
 {{- $_ := set $app "args" $args -}}
 {{- range $d := $app.deployments -}}
 {{- $known = append $known $d.name -}}
