@@ -22,7 +22,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from services import batches_cli, lineage_cli, schedule_cli
+from services import batches_cli, lineage_cli, progress_exporter, schedule_cli
 from services import constants as c
 from services.cli_errors import (
     add_priority_flags,
@@ -464,6 +464,8 @@ def parser() -> argparse.ArgumentParser:
 
     schedule_cli.add_parser(sub)
 
+    progress_exporter.add_parser(sub)
+
     sub.add_parser("token", help="print a new random Serve token")
     return p
 
@@ -491,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(batches_cli.cmd_cancel(args))
             case "schedule":
                 return asyncio.run(schedule_cli.run(args))
+            case "progress-exporter":
+                return asyncio.run(progress_exporter.run(args))
             case "worker":
                 return cmd_worker(args)
             case "temporal":
