@@ -30,8 +30,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: install  ## A/B/C/D side by side at 10k and 100k records (echo and iris), 100k Parquet rows, an S3 plan of 1,000 files; table, JSON, PNG
+bench: install  ## A/B/C/D side by side at 10k and 100k records (echo and iris), 100k Parquet rows, an S3 plan of 1,000 files; table, JSON, PNG; then fair sharing and priority
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.fairness
 
 bench-large: install  ## the same plus 1,000,000 echo records and 1,000,000 Parquet rows
 	$(BIN)/python -m bench --large

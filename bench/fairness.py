@@ -37,6 +37,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from services import constants as c
 from services.cli import start_batch
+from services.local.processes import free_port
+from services.local.ray_serve import LocalRayServe
+from services.local.temporal_dev import TemporalDevServer
 from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
 from services.worker.contracts import (
@@ -260,46 +263,70 @@ def figures(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    t, p = report["tenants"], report["priority"]
     lines = [
-        f"Fair sharing and priority ({report['when']}, {report['slots']} activity slots, "
-        f"shared machine: {report['cpus']} CPUs)",
-        "",
-        f"Tenants: {t['batches_per_tenant']} batches each x {t['shards_per_batch']} shards x "
-        f"{t['records_per_shard']} records; median shard {t['median_shard_s']} s; both running "
-        f"{t['both_running_s']} s; shares of records done while both run: "
-        + ", ".join(f"{k} {v:.0%}" for k, v in t["shares_while_both_run"].items()),
-        "",
-        "| t (s) | a | b |",
-        "|---|---|---|",
-        *[f"| {row['t_s']} | {row['a']:.0%} | {row['b']:.0%} |" for row in t["share_timeline"]],
-        "",
-        f"Priority: {p['background_batches']} batches at priority 3 x {p['shards_per_batch']} shards, then "
-        f"one at priority 1: its first shard waited {p['first_shard_wait_s']} s "
-        f"({p['wait_in_shards']} of a median shard's {p['median_shard_s']} s); "
-        f"{p['queued_when_scheduled']} shards were queued when it was scheduled, "
-        f"it overtook {p['overtook']}.",
+        f"Fair sharing and priority ({report['when']}, one worker of {report['slots']} activity slots, "
+        f"no eager activities; shared machine: {report['cpus']} CPUs)",
     ]
+    for name, title in (("fairness", "fairness on (as the project runs it)"), ("control", "control")):
+        if name not in report:
+            continue
+        t, p = report[name]["tenants"], report[name]["priority"]
+        lines += [
+            "",
+            f"Dev server with {title}: {report[name]['server']}",
+            "",
+            f"Tenants: {t['batches_per_tenant']} batches each x {t['shards_per_batch']} shards x "
+            f"{t['records_per_shard']} records; median shard {t['median_shard_s']} s; both running "
+            f"{t['both_running_s']} s; shares of records done while both run: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in t["shares_while_both_run"].items()),
+            "",
+            "| t since both run (s) | a (submitted first) | b |",
+            "|---|---|---|",
+            *[f"| {row['t_s']} | {row['a']:.0%} | {row['b']:.0%} |" for row in t["share_timeline"]],
+            "",
+            f"Priority: {p['background_batches']} batches at priority 3 x {p['shards_per_batch']} shards, "
+            f"then one at priority 1: its first shard waited {p['first_shard_wait_s']} s "
+            f"({p['wait_in_shards']} of a median shard's {p['median_shard_s']} s); "
+            f"{p['queued_when_scheduled']} shards were queued when it was scheduled, "
+            f"it overtook {p['overtook']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-async def run(slots: int) -> dict[str, Any]:
+async def scenarios(
+    temporal: TemporalDevServer, serve: LocalRayServe, slots: int, work: Path
+) -> dict[str, Any]:
+    client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
+    report: dict[str, Any] = {"server": "fairness on, one partition" if temporal.fairness else "defaults"}
+    for name, scenario in (("tenants", tenants), ("priority", priority_jump)):
+        queue = f"fair-{uuid.uuid4().hex[:8]}"
+        serve_client = ServeClient(serve.url, TokenSource(token_file=str(serve.token_file)))
+        settings = WorkerSettings(task_queue=queue, serve_url=serve.url, **slow_worker(slots))
+        try:
+            async with build_worker(client, settings, serve_client):
+                report[name] = figures(await scenario(client, queue, work / name))
+        finally:
+            await serve_client.aclose()
+    return report
+
+
+async def run(slots: int, control: bool) -> dict[str, Any]:
+    """The scenarios on the project's dev server, then (``control``) on one with the server's
+    defaults (no fairness, four partitions), against the same Serve."""
     from bench.local_stack import local_stack
 
     with tempfile.TemporaryDirectory(prefix="bi-fair-", dir="/tmp") as tmp:
         work = Path(tmp)
         async with local_stack(work) as (temporal, serve):
-            client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
             report: dict[str, Any] = {"slots": slots}
-            for name, scenario in (("tenants", tenants), ("priority", priority_jump)):
-                queue = f"fair-{uuid.uuid4().hex[:8]}"
-                serve_client = ServeClient(serve.url, TokenSource(token_file=str(serve.token_file)))
-                settings = WorkerSettings(task_queue=queue, serve_url=serve.url, **slow_worker(slots))
+            report["fairness"] = await scenarios(temporal, serve, slots, work / "fairness")
+            if control:
+                plain = TemporalDevServer(work / "temporal-control", free_port(), free_port(), fairness=False)
+                await asyncio.to_thread(plain.start)
                 try:
-                    async with build_worker(client, settings, serve_client):
-                        report[name] = figures(await scenario(client, queue, work / name))
+                    report["control"] = await scenarios(plain, serve, slots, work / "control")
                 finally:
-                    await serve_client.aclose()
+                    await asyncio.to_thread(plain.stop)
     return report
 
 
@@ -311,9 +338,15 @@ def main() -> None:
     stop_on_sigterm()
     p = argparse.ArgumentParser(prog="python -m bench.fairness", description=__doc__)
     p.add_argument("--slots", type=int, default=2, help="the worker's activity slots (default 2)")
+    p.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run on a dev server with the server's defaults (default: yes)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
-    report = asyncio.run(run(args.slots))
+    report = asyncio.run(run(args.slots, args.control))
     report["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     report["cpus"] = os.cpu_count()
     args.out.mkdir(parents=True, exist_ok=True)

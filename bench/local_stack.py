@@ -16,8 +16,10 @@ from services.local.temporal_dev import TemporalDevServer
 
 
 @contextlib.asynccontextmanager
-async def local_stack(work: Path) -> AsyncIterator[tuple[TemporalDevServer, LocalRayServe]]:
-    temporal = TemporalDevServer(work / "temporal", port=free_port(), ui_port=free_port())
+async def local_stack(
+    work: Path, fairness: bool = True
+) -> AsyncIterator[tuple[TemporalDevServer, LocalRayServe]]:
+    temporal = TemporalDevServer(work / "temporal", port=free_port(), ui_port=free_port(), fairness=fairness)
     serve = LocalRayServe(
         work / "ray", ensure_token(work / "serve-token"), http_port=free_port(), gcs_port=free_port(),
         dashboard_port=free_port(), metrics_port=free_port(),

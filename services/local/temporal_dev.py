@@ -39,10 +39,16 @@ SEARCH_ATTRIBUTES = tuple(
 
 class TemporalDevServer:
     def __init__(
-        self, state_dir: Path, port: int = 7233, ui_port: int = 8233, metrics_port: int | None = None
+        self,
+        state_dir: Path,
+        port: int = 7233,
+        ui_port: int = 8233,
+        metrics_port: int | None = None,
+        fairness: bool = True,  # False: the server's defaults (the fairness bench's control run)
     ):
         self.state_dir = Path(state_dir).resolve()
         self.port, self.ui_port, self.metrics_port = port, ui_port, metrics_port
+        self.fairness = fairness
         self.proc: subprocess.Popen | None = None
 
     @classmethod
@@ -61,7 +67,7 @@ class TemporalDevServer:
             "--db-filename", str(self.state_dir / "temporal.db"),
             *SQLITE_PRAGMAS,
             *DRAINAGE_CONFIG,
-            *FAIRNESS_CONFIG,
+            *(FAIRNESS_CONFIG if self.fairness else ()),
             *SEARCH_ATTRIBUTES,
             "--log-level", "warn", "--log-format", "json",
         ]  # fmt: skip
