@@ -134,6 +134,19 @@ def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> 
     return out
 
 
+def counter_by_label(metrics_text: str, metric: m.Metric, label: str) -> dict[str, int]:
+    """A worker counter's totals by one label (the others summed), from its /metrics text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == metric.prom:
+                key = sample.labels[label]
+                totals[key] = totals.get(key, 0) + int(sample.value)
+    return totals
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -199,7 +212,9 @@ async def connect(env: BenchEnv) -> Client:
 # --- A: the project ----------------------------------------------------------------------------
 
 
-def start_worker_process(env: BenchEnv, queue: str) -> subprocess.Popen:
+def start_worker_process(
+    env: BenchEnv, queue: str, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     proc_env = dict(os.environ)
     proc_env.update(
         {
@@ -208,6 +223,7 @@ def start_worker_process(env: BenchEnv, queue: str) -> subprocess.Popen:
             c.ENV_SERVE_URL: env.serve_url,
             c.ENV_SERVE_TOKEN_FILE: str(env.token_file),
             c.ENV_WORKER_METRICS_PORT: str(env.worker_metrics_port),
+            **(extra_env or {}),
         }
     )
     log_path = env.workdir / f"worker-{queue}.log"
@@ -231,16 +247,17 @@ async def run_project(
     model: str,
     source: Path | None = None,
     count: Callable[[Path], int] = count_outputs,
+    worker_env: dict[str, str] | None = None,
     **batch: Any,
 ) -> dict[str, Any]:
     """A on ``source`` (default: the JSONL records for ``model``); ``count`` counts what it
-    wrote; ``batch``: more ``BatchInferenceInput`` fields."""
+    wrote; ``worker_env``: more worker settings; ``batch``: more ``BatchInferenceInput`` fields."""
     source = source or make_dataset(env.workdir / "data" / f"{model}-{n}.jsonl", n, model)
     output = env.workdir / "out" / f"A-{model}-{n}-{uuid.uuid4().hex[:6]}"
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     client = await connect(env)
     env.worker_metrics_port = free_port()
-    worker = start_worker_process(env, queue)
+    worker = start_worker_process(env, queue, worker_env)
     try:
         idle_cpu = cpu_seconds(worker.pid)
         started = time.perf_counter()
@@ -258,6 +275,7 @@ async def run_project(
         async with httpx.AsyncClient(timeout=10) as http:
             metrics = (await http.get(f"http://{LOOPBACK}:{env.worker_metrics_port}/metrics")).text
         p50, p99 = histogram_quantiles(metrics, m.SERVE_REQUEST_DURATION.name, (0.5, 0.99))
+        requests = counter_by_label(metrics, m.SERVE_REQUESTS, m.CODE)
     finally:
         worker.terminate()
         worker.wait(60)
@@ -278,6 +296,8 @@ async def run_project(
         "runs": len(events),
         "history_events_max_run": max(events),
         "history_events_per_1k": round(sum(events) / (n / 1000), 1),
+        # the worker's own count of its HTTP attempts to Serve, by status (retries included)
+        "serve_requests": requests,
     }
 
 

@@ -1,11 +1,20 @@
 """An adaptive limit on the requests a worker has in flight to Serve, shared by all its shards.
 
-AIMD, as in Netflix's concurrency-limits: each request that comes back well adds about one slot
-per round trip (``increase / limit`` per answer, only while the slots are in use); a refusal
-(429, 503, 504, a timeout) or a rise in latency (the recent average above ``latency_tolerance``
-times the long-run one) multiplies the limit by ``backoff``, once per round trip (answers to
-requests sent before the last cut do not cut again). A ``Retry-After`` pauses every sender of
-the worker until it has passed, not only the refused request's retry.
+AIMD, as in Netflix's concurrency-limits, with TCP's slow start: from ``initial`` the limit
+doubles every round trip (one slot per prompt answer) until it is first cut; from then each
+prompt answer adds ``increase / limit`` (about one slot per round trip), only while the slots
+are in use. A refusal (429, 503, 504, a timeout) cuts the limit to ``backoff`` times itself, or
+to what Serve was holding when it refused (the requests still out) if that is fewer, at most
+once per round trip (answers to requests sent before the last cut do not cut again, but a
+refusal among them lowers the limit to what Serve held when it came, if fewer). What Serve
+held becomes a ceiling for ``probe_interval_s``: the limit climbs back to it and stays there
+instead of running into Serve's queue again every few round trips; past that it probes
+further, one slot per round trip. Without a ceiling, rising latency (the average of the last
+``short_samples`` answers above ``latency_tolerance`` times the long-run average: a Serve
+queueing without bound) cuts the limit too. Latency's level alone is no signal here: Serve
+batches what it is sent, so more in flight buys throughput at the cost of latency. A
+``Retry-After`` holds every sender of the worker until it has passed, not only the refused
+request's retry.
 
 The fixed limits stay as caps: ``max_limit`` (the worker's ``SERVE_MAX_CONNECTIONS``), and each
 shard's ``max_in_flight`` in front of this limiter.
@@ -45,12 +54,13 @@ def signal_of(status: int) -> Signal:
 class LimitSettings:
     min_limit: int = 1
     max_limit: int = 32
-    initial: int | None = None  # None: max_limit (as many as the fixed limits allow)
-    backoff: float = 0.5
+    initial: int = 16  # slow start from here: a first burst of max_limit could overrun Serve's queue
+    backoff: float = 0.7
     increase: float = 1.0  # slots added per round trip of answers
+    probe_interval_s: float = 30.0  # how long the limit refused at (less one) caps it
     latency_tolerance: float = 2.0
     short_samples: int = 10  # window of the recent latency average (EMA)
-    long_samples: int = 200  # window of the long-run latency average (EMA)
+    long_samples: int = 500  # window of the long-run latency average (EMA)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_limit <= self.max_limit:
@@ -89,12 +99,16 @@ class AdaptiveLimiter:
     ) -> None:
         self.settings = s = settings or LimitSettings()
         self._clock, self._sleep, self._on_limit = clock, sleep, on_limit
-        self._limit = float(min(s.max_limit, max(s.min_limit, s.initial or s.max_limit)))
-        self.in_flight = 0
+        self._limit = float(min(s.max_limit, max(s.min_limit, s.initial)))
+        self.slow_start = True  # until the first cut
+        self.in_flight = 0  # slots taken, also by requests waiting out a Retry-After
+        self.sent = 0  # requests out to Serve
         self.paused_until = 0.0
         self._last_cut = float("-inf")
         self._short: float | None = None
         self._long: float | None = None
+        self.ceiling: float | None = None
+        self._ceiling_until = 0.0
         self._samples = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._report()
@@ -112,9 +126,11 @@ class AdaptiveLimiter:
             self._release()
             raise
         slot = Slot(self._clock())
+        self.sent += 1
         try:
             yield slot
         finally:
+            self.sent -= 1
             self._release()
             self.update(slot, self._clock())
 
@@ -156,27 +172,37 @@ class AdaptiveLimiter:
         if slot.retry_after_s:
             self.paused_until = max(self.paused_until, now + slot.retry_after_s)
         if slot.signal is Signal.OVERLOAD:
-            self._cut(slot, now)
+            # What Serve holds: the requests still out when it refused this one.
+            held = float(max(s.min_limit, self.sent))
+            if self._cut(slot, now, held):
+                self.ceiling, self._ceiling_until = held, now + s.probe_interval_s
+            elif self.ceiling is not None:
+                # More refusals of one burst: the last of them sees what Serve really holds.
+                self.ceiling = min(self.ceiling, held)
+                self._set(min(self._limit, held))
         elif slot.signal is Signal.OK:
             latency = max(0.0, now - slot.started)
             self._samples += 1
             self._short = self._ema(self._short, latency, s.short_samples)
             self._long = self._ema(self._long, latency, s.long_samples)
-            rising = (
-                self._samples >= s.short_samples
-                and self._long is not None
-                and self._short > s.latency_tolerance * self._long
-            )
-            if rising:
+            rising = self._samples >= s.short_samples and self._short > s.latency_tolerance * self._long
+            if rising and self.ceiling is None:  # (with a ceiling, Serve's refusals say where to be)
                 self._cut(slot, now)
             elif self.in_flight + 1 >= self._limit / 2:  # the limit is in use: worth raising
-                self._set(self._limit + s.increase / max(self._limit, 1.0))
+                step = 1.0 if self.slow_start else s.increase / max(self._limit, 1.0)
+                if self.ceiling is not None and now >= self._ceiling_until:
+                    self.ceiling = None  # probe past it
+                top = self._limit + step if self.ceiling is None else min(self._limit + step, self.ceiling)
+                self._set(max(self._limit, top))
 
-    def _cut(self, slot: Slot, now: float) -> None:
+    def _cut(self, slot: Slot, now: float, at_most: float | None = None) -> bool:
         if slot.started < self._last_cut:  # sent under the old limit: already answered for
-            return
+            return False
         self._last_cut = now
-        self._set(self._limit * self.settings.backoff)
+        self.slow_start = False
+        limit = self._limit * self.settings.backoff
+        self._set(limit if at_most is None else min(limit, at_most))
+        return True
 
     @staticmethod
     def _ema(average: float | None, value: float, samples: int) -> float:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from services.worker.concurrency import Limiter
 from services.worker.config import WorkerSettings
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.worker import build_worker
@@ -29,12 +30,21 @@ class Attempts:
 
 @contextlib.asynccontextmanager
 async def worker_on(
-    client, serve_url: str, token_file: Path, attempts: Attempts, retry: RetrySettings | None = None
+    client,
+    serve_url: str,
+    token_file: Path,
+    attempts: Attempts,
+    retry: RetrySettings | None = None,
+    *,
+    limiter: Limiter | None = None,
 ) -> AsyncIterator[str]:
     """An in-process worker (the same ``build_worker`` as the real one) on a fresh task queue;
-    ``retry``: its Serve client's in-activity retries (default: the worker's)."""
+    ``retry``: its Serve client's in-activity retries (default: the worker's); ``limiter``: its
+    in-flight limit (default: none beyond the fixed ones)."""
     queue = f"serve-fault-{uuid.uuid4().hex[:8]}"
-    serve = ServeClient(serve_url, TokenSource(token_file=str(token_file)), on_attempt=attempts, retry=retry)
+    serve = ServeClient(
+        serve_url, TokenSource(token_file=str(token_file)), on_attempt=attempts, retry=retry, limiter=limiter
+    )
     worker = build_worker(client, WorkerSettings(task_queue=queue, serve_url=serve_url), serve)
     try:
         async with worker:

@@ -32,7 +32,7 @@ class FakeClock:
 
 def limiter(clock: FakeClock, **settings: object) -> tuple[AdaptiveLimiter, list[int]]:
     seen: list[int] = []
-    values = {"min_limit": 1, "max_limit": 64, "initial": 8, **settings}
+    values = {"min_limit": 1, "max_limit": 64, "initial": 8, "backoff": 0.5, **settings}
     lim = AdaptiveLimiter(LimitSettings(**values), clock=clock, sleep=clock.sleep, on_limit=seen.append)  # type: ignore[arg-type]
     return lim, seen
 
@@ -44,7 +44,7 @@ def answer(
     slot = Slot(clock.now)
     clock.now += latency
     slot.answered(status, retry_after)
-    lim.in_flight = lim.limit - 1  # the others in flight: the limit is in use
+    lim.in_flight = lim.sent = lim.limit - 1  # the others in flight: the limit is in use
     lim.update(slot, clock.now)
 
 
@@ -54,19 +54,28 @@ def test_statuses_map_to_signals():
     assert {signal_of(s) for s in (400, 401, 404, 413, 500)} == {Signal.IGNORE}
 
 
-def test_grows_about_one_per_round_trip_while_latency_stays_flat_up_to_the_cap():
+def test_doubles_per_round_trip_until_pushed_back_then_holds_below_where_it_was_refused():
     clock = FakeClock()
-    lim, seen = limiter(clock, max_limit=12)
-    assert lim.limit == 8 and seen == [8]
-    for _ in range(8):  # one round trip's worth of answers at limit 8
+    lim, seen = limiter(clock, max_limit=24, probe_interval_s=30)
+    assert lim.limit == 8 and lim.slow_start and seen == [8]
+    for _ in range(8):  # slow start: one slot per prompt answer
         answer(lim, clock, 200, 0.1)
-    assert lim.limit == 8 + 0  # 8 answers add 8 * 1/8..1/9: just under one slot
+    assert lim.limit == 16
+    answer(lim, clock, 503, 0.1)  # refused at 16: Serve held 15
+    assert lim.limit == 8 and not lim.slow_start and lim.ceiling == 15
+    refused_at = clock.now
+    for _ in range(8):  # one round trip's worth of answers at limit 8: just under one slot
+        answer(lim, clock, 200, 0.1)
+    assert lim.limit == 8
     answer(lim, clock, 200, 0.1)
     assert lim.limit == 9
-    for _ in range(200):
+    while clock.now < refused_at + 29:  # about one slot per round trip, up to the ceiling
         answer(lim, clock, 200, 0.1)
-    assert lim.limit == 12, "capped at max_limit"
-    assert seen == [8, 9, 10, 11, 12]
+    assert lim.limit == 15
+    for _ in range(400):  # the ceiling has expired: probing further, up to the cap
+        answer(lim, clock, 200, 0.1)
+    assert lim.limit == 24, "capped at max_limit"
+    assert seen == [8, *range(9, 17), 8, *range(9, 25)]
 
 
 def test_an_idle_limit_does_not_grow():
@@ -84,25 +93,39 @@ def test_an_idle_limit_does_not_grow():
 def test_refusals_halve_the_limit_once_per_round_trip_down_to_the_minimum():
     clock = FakeClock()
     lim, seen = limiter(clock, initial=32, min_limit=2)
-    # Three requests sent together, all refused: one cut, not three.
+    assert lim.slow_start
+    # Three requests sent together, all refused while Serve held 20 others: one cut, not three.
     sent = [Slot(clock.now) for _ in range(3)]
     clock.now += 0.05
+    lim.in_flight = lim.sent = 20
     for slot in sent:
         slot.answered(503)
         lim.update(slot, clock.now)
-    assert lim.limit == 16
+    assert lim.limit == 16 and lim.ceiling == 20
+    # Another refusal of that burst, when only 12 were still out: Serve holds no more than that.
+    late = Slot(sent[0].started)
+    lim.in_flight = lim.sent = 12
+    late.answered(503)
+    lim.update(late, clock.now)
+    assert lim.limit == 12 and lim.ceiling == 12
     # A request sent after the cut and refused: it answers for the new limit.
     answer(lim, clock, 503, 0.05)
-    assert lim.limit == 8
+    assert lim.limit == 6
     timeout = Slot(clock.now)
     clock.now += 1
     timeout.overloaded()
+    lim.in_flight = lim.sent = 7
     lim.update(timeout, clock.now)
-    assert lim.limit == 4
+    assert lim.limit == 3 and lim.ceiling == 7
     for status in (429, 504, 503, 503):
         answer(lim, clock, status, 0.05)
     assert lim.limit == 2, "never below min_limit"
-    assert seen == [32, 16, 8, 4, 2]
+    lim.in_flight = lim.sent = 0
+    slot = Slot(clock.now)
+    slot.answered(503)
+    lim.update(slot, clock.now + 1)
+    assert lim.ceiling == 2, "min_limit, however few Serve held"
+    assert seen == [32, 16, 12, 6, 3, 2]
 
 
 def test_other_errors_leave_the_limit_alone():
@@ -115,7 +138,7 @@ def test_other_errors_leave_the_limit_alone():
 
 def test_rising_latency_cuts_the_limit_before_any_refusal():
     clock = FakeClock()
-    lim, _ = limiter(clock, initial=16, max_limit=16, short_samples=5, long_samples=100)
+    lim, _ = limiter(clock, initial=16, max_limit=16, short_samples=5)
     for _ in range(100):
         answer(lim, clock, 200, 0.1)
     assert lim.limit == 16
@@ -130,6 +153,20 @@ def test_rising_latency_cuts_the_limit_before_any_refusal():
     # The next round trip is as slow: cut again.
     answer(lim, clock, 200, 0.5)
     assert lim.limit == 4
+
+
+def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_double():
+    settings = LimitSettings()
+    assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 16)
+    clock = FakeClock()
+    lim = AdaptiveLimiter(LimitSettings(initial=20, max_limit=20), clock=clock, sleep=clock.sleep)
+    for _ in range(50):
+        answer(lim, clock, 200, 0.10)
+    for _ in range(50):  # up by half: no cut
+        answer(lim, clock, 200, 0.15)
+    assert lim.limit == 20
+    answer(lim, clock, 503, 0.1)
+    assert lim.limit == 14
 
 
 async def test_waiters_get_slots_in_order_as_slots_free_up():
@@ -182,7 +219,7 @@ async def test_no_request_is_sent_before_retry_after_has_passed():
 
     await asyncio.gather(*(request() for _ in range(3)))
     assert started and min(started) >= 2.1
-    assert lim.limit == 4, "the refusal also halved the limit"
+    assert lim.limit == 1 == lim.ceiling, "the refusal also cut the limit to what Serve held: none but it"
 
 
 async def test_serve_client_reports_each_answer_to_its_limiter(monkeypatch: pytest.MonkeyPatch):
@@ -208,7 +245,7 @@ async def test_serve_client_reports_each_answer_to_its_limiter(monkeypatch: pyte
     finally:
         monkeypatch.undo()
         await serve.aclose()
-    assert lim.limit == 4 and lim.paused_until == 3.0 and lim.in_flight == 0
+    assert lim.limit == 1 and lim.paused_until == 3.0 and lim.in_flight == 0
     assert clock.now >= 3.0
 
 
@@ -223,11 +260,11 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     seen: list[int] = []
     lim = WorkerSettings(serve_max_connections=40, serve_concurrency_min=2).limiter(seen.append)
     assert isinstance(lim, AdaptiveLimiter)
-    assert (lim.settings.min_limit, lim.settings.max_limit, lim.limit) == (2, 40, 40) and seen == [40]
+    assert (lim.settings.min_limit, lim.settings.max_limit, lim.limit) == (2, 40, 16) and seen == [16]
     capped = WorkerSettings(serve_max_connections=40, serve_concurrency_max=16).limiter()
     assert isinstance(capped, AdaptiveLimiter) and capped.settings.max_limit == 16
     off = WorkerSettings(serve_max_connections=40, serve_adaptive_concurrency=False).limiter(seen.append)
-    assert isinstance(off, NoLimit) and seen == [40, 40]
+    assert isinstance(off, NoLimit) and seen == [16, 40]
     with pytest.raises(ValidationError):
         WorkerSettings(serve_max_connections=8, serve_concurrency_max=16)
     with pytest.raises(ValidationError):

@@ -1,0 +1,212 @@
+"""Adaptive concurrency (issue 20) side by side: the worker's adaptive in-flight limit against fixed
+limits, under overload and at normal load, in one run.
+
+Starts its own Temporal dev server and local Ray Serve (``local_stack``); each run is A (the
+project end to end, its worker in a process of its own: ``harness.run_project``), and counts
+come from the worker's own ``batch_inference_serve_requests`` by status.
+
+- Normal load (the shared Serve config): pairs of A with the adaptive limit, A with it off
+  (``SERVE_ADAPTIVE_CONCURRENCY=false``: the fixed limits only) and B (the direct client at the
+  project's own setting), in rotating order; ratios are medians of the pairs'.
+- Overload: the echo deployment redeployed to hold only ``--ongoing`` + ``--queued`` requests
+  (Ray's ``max_queued_requests``; past that 503 with ``Retry-After``). Fixed limits swept over
+  ``tuning.max_in_flight`` (per shard; ``max_concurrent_shards`` shards) against the adaptive
+  limit at the largest of them, each setting ``--rounds`` times in alternating order and judged
+  by its faster run. Reported: requests refused (429/503) as % of those sent, records/s, and
+  adaptive records/s over the best fixed setting's.
+
+    .venv/bin/python -m bench.adaptive_concurrency [--records 100000] [--overload-records 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import harness
+from bench.__main__ import RESULTS, machine
+from bench.local_stack import local_stack, stop_on_sigterm
+from services import constants as c
+from services.local.ray_serve import LocalRayServe, load_serve_config
+
+MODEL = "echo"
+FIXED = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "false"}
+ADAPTIVE = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "true"}
+REFUSED = ("429", "503")
+
+
+def overloaded_config(stack: LocalRayServe, ongoing: int, queued: int, retry_after_s: int) -> dict:
+    """The shared Serve config with the echo deployment holding only ``ongoing`` + ``queued``
+    requests; past that its callers get 503 with ``Retry-After`` (Ray's ``backpressure_config``)."""
+    config = copy.deepcopy(load_serve_config(stack.config_path, port=stack.http_port))
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == MODEL:
+            deployment["max_ongoing_requests"] = ongoing
+            deployment["max_queued_requests"] = queued
+            deployment["backpressure_config"] = {"status_code": 503, "retry_after_s": retry_after_s}
+    return config
+
+
+def refusals(figures: dict[str, Any]) -> dict[str, Any]:
+    sent = sum(figures["serve_requests"].values())
+    refused = sum(figures["serve_requests"].get(code, 0) for code in REFUSED)
+    return {"sent": sent, "refused": refused, "refused_pct": round(100 * refused / sent, 2) if sent else None}
+
+
+async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    results["settings"] = {k: v for k, v in vars(args).items() if k != "out"}
+    normal: list[dict[str, Any]] = []
+    overload: list[dict[str, Any]] = []
+
+    def add(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    async with local_stack(work) as (temporal, serve):
+        env = harness.BenchEnv.for_stack(temporal.address, serve, serve.token_file, work)
+        micro_batch, concurrency = harness.project_setting()
+        kinds = ["adaptive", "fixed", "B"]
+        for pair in range(args.pairs):
+            for kind in kinds[pair % 3 :] + kinds[: pair % 3]:
+                if kind == "B":
+                    figures = await harness.run_direct(env, args.records, MODEL, micro_batch, concurrency)
+                else:
+                    worker_env = ADAPTIVE if kind == "adaptive" else FIXED
+                    figures = await harness.run_project(env, args.records, MODEL, worker_env=worker_env)
+                    figures.update(refusals(figures))
+                add(normal, {"load": "normal", "kind": kind, "pair": pair, **figures})
+
+        config = overloaded_config(serve, args.ongoing, args.queued, args.retry_after)
+        await asyncio.to_thread(serve.deploy, config)
+        settings = [("fixed", mif) for mif in args.sweep] + [("adaptive", max(args.sweep))]
+        for rnd in range(args.rounds):
+            for kind, max_in_flight in settings if rnd % 2 == 0 else settings[::-1]:
+                tuning = {
+                    "micro_batch_size": args.overload_micro_batch,
+                    "max_in_flight": max_in_flight,
+                    "max_concurrent_shards": args.shards,
+                }
+                figures = await harness.run_project(
+                    env,
+                    args.overload_records,
+                    MODEL,
+                    worker_env=ADAPTIVE if kind == "adaptive" else FIXED,
+                    tuning=tuning,
+                )
+                row = {"load": "overload", "kind": kind, "max_in_flight": max_in_flight, "round": rnd}
+                add(overload, {**row, **figures, **refusals(figures)})
+    results["normal"], results["overload"] = normal, overload
+    results["summary"] = summary(normal, overload)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
+def summary(normal: list[dict[str, Any]], overload: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    by_pair: dict[int, dict[str, float]] = {}
+    for r in normal:
+        by_pair.setdefault(r["pair"], {})[r["kind"]] = r["records_per_s"]
+    for kind in ("adaptive", "fixed"):
+        ratios = sorted(p[kind] / p["B"] for p in by_pair.values() if kind in p and "B" in p)
+        if ratios:
+            out[f"normal A/B {kind}"] = round(statistics.median(ratios), 3)
+            out[f"normal A/B {kind} range"] = f"{ratios[0]:.3f}-{ratios[-1]:.3f} ({len(ratios)} pairs)"
+    same = sorted(p["adaptive"] / p["fixed"] for p in by_pair.values() if {"adaptive", "fixed"} <= p.keys())
+    if same:
+        out["normal adaptive/fixed"] = round(statistics.median(same), 3)
+    out["normal refused % (adaptive, fixed)"] = [
+        max((r["refused_pct"] or 0) for r in normal if r["kind"] == kind) for kind in ("adaptive", "fixed")
+    ]
+    best: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in overload:
+        key = (r["kind"], r["max_in_flight"])
+        if key not in best or r["records_per_s"] > best[key]["records_per_s"]:
+            best[key] = r
+    rows = []
+    for (kind, mif), r in sorted(best.items()):
+        runs = [x for x in overload if (x["kind"], x["max_in_flight"]) == (kind, mif)]
+        rows.append(
+            {
+                "kind": kind,
+                "max_in_flight": mif,
+                "records_per_s": r["records_per_s"],
+                "refused_pct": [x["refused_pct"] for x in runs],
+                "seconds": [x["seconds"] for x in runs],
+            }
+        )
+    out["overload"] = rows
+    fixed = [row for row in rows if row["kind"] == "fixed"]
+    adaptive = [row for row in rows if row["kind"] == "adaptive"]
+    if fixed and adaptive:
+        top = max(fixed, key=lambda row: row["records_per_s"])
+        out["overload best fixed"] = {
+            "max_in_flight": top["max_in_flight"],
+            "records_per_s": top["records_per_s"],
+        }
+        out["overload adaptive/best fixed records/s"] = round(
+            adaptive[0]["records_per_s"] / top["records_per_s"], 3
+        )
+        out["overload refused % adaptive (max)"] = max(adaptive[0]["refused_pct"])
+        out["overload refused % fixed at the same cap (max)"] = max(
+            next(row for row in fixed if row["max_in_flight"] == adaptive[0]["max_in_flight"])["refused_pct"]
+        )
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "| load | run | max_in_flight | records | records/s | s | requests sent | refused (429/503) "
+        "| refused % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["normal"] + results["overload"]:
+        cells = [
+            r["load"], r["kind"], str(r.get("max_in_flight", "")), f"{r['records']:,}",
+            f"{r['records_per_s']:,}", str(r["seconds"]), str(r.get("sent", "")),
+            str(r.get("refused", "")), str(r.get("refused_pct", "")),
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for key, value in results["summary"].items():
+        if key != "overload":
+            lines.append(f"- {key}: {value}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.adaptive_concurrency", description=__doc__)
+    p.add_argument("--records", type=int, default=100_000, help="records per run at normal load")
+    p.add_argument("--pairs", type=int, default=3, help="rounds of (adaptive, fixed, B) at normal load")
+    p.add_argument("--overload-records", type=int, default=50_000)
+    p.add_argument("--overload-micro-batch", type=int, default=100, help="records per request under overload")
+    p.add_argument("--shards", type=int, default=4, help="max_concurrent_shards under overload")
+    p.add_argument("--sweep", type=int, nargs="+", default=[1, 2, 4, 8], help="fixed max_in_flight per shard")
+    p.add_argument("--rounds", type=int, default=2, help="runs of each overload setting")
+    p.add_argument("--ongoing", type=int, default=4, help="echo's max_ongoing_requests under overload")
+    p.add_argument("--queued", type=int, default=4, help="echo's max_queued_requests under overload")
+    p.add_argument("--retry-after", type=int, default=1, help="Serve's Retry-After under overload, s")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+    stop_on_sigterm()
+    work = Path(tempfile.mkdtemp(prefix="bench-adaptive-"))
+    results = asyncio.run(run(args, work))
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (args.out / f"adaptive-{stamp}.json").write_text(json.dumps(results, indent=2))
+    (args.out / f"adaptive-{stamp}.md").write_text(markdown(results) + "\n")
+    print(markdown(results))
+    print(json.dumps(results["summary"], indent=2))
+    print(f"\nsaved {args.out}/adaptive-{stamp}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
