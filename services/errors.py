@@ -37,6 +37,7 @@ class Code(StrEnum):
     BAD_ROW = "bad_row"  # a CSV row with the wrong number of fields
     BAD_VALUE = "bad_value"  # a CSV value that is not of its column's type
     TOO_LARGE = "too_large"  # its model input alone is over tuning.max_request_bytes
+    TOO_DEEP = "too_deep"  # its model input nests past what Serve accepts (json_codec.MAX_DEPTH)
     DUPLICATE_ID = "duplicate_id"
     INVALID_INPUT = "invalid_input"  # the model's validate() refused it
     MODEL_ERROR = "model_error"  # the model raised on it
@@ -55,6 +56,7 @@ CODES_BY_STAGE: dict[Stage, tuple[Code, ...]] = {
         Code.BAD_ROW,
         Code.BAD_VALUE,
         Code.TOO_LARGE,
+        Code.TOO_DEEP,
     ),
     Stage.DUPLICATE: (Code.DUPLICATE_ID,),
     Stage.MODEL: (Code.INVALID_INPUT, Code.MODEL_ERROR),

@@ -108,6 +108,15 @@ def _refuse_constant(name: str) -> Any:
     raise _NotJSON(name)
 
 
+def dumps_fast(value: Any) -> bytes | None:
+    """``dumps(value)`` by orjson alone, or None where ``dumps`` would need ``json``: an integer
+    past 64 bits, a lone surrogate, or nesting past orjson's limit (254 levels)."""
+    try:
+        return bytes(memoryview(orjson.dumps(value)))
+    except TypeError:
+        return None
+
+
 def dumps(value: Any, newline: bool = False) -> bytes:
     """Compact UTF-8 JSON (non-ASCII kept as is), optionally with a trailing newline.
 

@@ -195,13 +195,11 @@ class ShardPipeline:
         del raw
         ids, keeps, positions, failures = part.ids, part.keeps, part.positions, part.failures
         max_bytes = self.input.max_request_bytes
-        cut = micro_batches.cut(part.inputs, self.input.micro_batch_size, max_bytes, self.serve.encode)
+        cut = micro_batches.cut(part.inputs, self.input.micro_batch_size, max_bytes)
         part.inputs = []
-        for index, size in cut.too_large:  # never sent: Serve would refuse the whole request
+        for index, error in cut.rejected:  # never sent: Serve would refuse the whole request
             file, line = part.where(positions[index])
-            failures[positions[index]] = RecordFailure.of(
-                ids[index], line, micro_batches.too_large(size, max_bytes), self.plan.files[file].uri
-            )
+            failures[positions[index]] = RecordFailure.of(ids[index], line, error, self.plan.files[file].uri)
         batches = [(start, count) for start, count, _ in cut.requests]
         bodies = [body for _, _, body in cut.requests]
         del cut

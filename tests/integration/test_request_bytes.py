@@ -10,7 +10,7 @@ import pytest
 from services.errors import Code, Stage
 from services.worker.contracts import BatchInferenceInput, Tuning
 from tests.helpers.batches import execute_batch
-from tests.helpers.records import read_outputs, write_jsonl
+from tests.helpers.records import echo_records, read_outputs, write_jsonl
 from tests.helpers.serve_config import serve_app_args
 
 pytestmark = pytest.mark.integration
@@ -60,3 +60,29 @@ async def test_a_record_too_large_for_one_request_is_its_own_error(client, run_w
         Code.TOO_LARGE,
     )
     assert "tuning.max_request_bytes (8192)" in error["reason"]
+
+
+async def test_a_record_nested_too_deep_for_serve_is_its_own_error(client, run_worker, tmp_path):
+    """orjson reads a line nested 300 levels (up to 1,024), Serve refuses such a body (400): the
+    record is an error, the others go."""
+    deep: object = 1
+    for _ in range(300):
+        deep = [deep]
+    records = [*echo_records(20), {"id": "deep", "input": deep}, *echo_records(20, prefix="f")]
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    output = tmp_path / "out"
+    batch = BatchInferenceInput(
+        input_uri=str(source), output_uri=str(output), model="echo", max_error_ratio=0.1
+    )
+    async with run_worker() as queue:
+        result = await execute_batch(client, queue, batch, prefix="deep")
+    results, errors = read_outputs(output)
+    assert (result.succeeded, result.failed) == (40, 1)
+    assert sorted(r["id"] for r in results) == sorted(r["id"] for r in records if r["id"] != "deep")
+    (error,) = errors
+    assert (error["id"], error["line"], error["stage"], error["code"]) == (
+        "deep",
+        21,
+        Stage.PARSE,
+        Code.TOO_DEEP,
+    )

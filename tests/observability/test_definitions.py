@@ -158,7 +158,13 @@ def test_failure_codes_cover_every_record_error() -> None:
         jsonl.parse_line(b'{"id": 1}', FieldReader(RecordFields(input_field="text")))
     found.append(exc.value)
     _, csv_errors = csv_records.parse_rows([b"1,2\n", b"2\n", b"3,x\n"], {"id": "string", "a": "int64"})
-    found += [*csv_errors.values(), jsonl.too_long(), duplicate(3), micro_batches.too_large(2048, 1024)]
+    found += [
+        *csv_errors.values(),
+        jsonl.too_long(),
+        duplicate(3),
+        micro_batches.too_large(2048, 1024),
+        micro_batches.too_deep(),
+    ]
     for error in found:
         assert error.code in CODES_BY_STAGE[error.stage], error
     assert {e.code for e in found if e.stage == Stage.PARSE} == set(CODES_BY_STAGE[Stage.PARSE])
