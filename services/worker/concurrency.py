@@ -185,7 +185,10 @@ class AdaptiveLimiter:
             self._samples += 1
             self._short = self._ema(self._short, latency, s.short_samples)
             self._long = self._ema(self._long, latency, s.long_samples)
-            rising = self._samples >= s.short_samples and self._short > s.latency_tolerance * self._long
+            # The long-run average needs a fifth of its window first: during slow start latency
+            # climbs with the limit (Serve batches more), which is no reason to cut.
+            warm = self._samples >= max(s.short_samples, s.long_samples // 5)
+            rising = warm and self._short > s.latency_tolerance * self._long
             if rising and self.ceiling is None:  # (with a ceiling, Serve's refusals say where to be)
                 self._cut(slot, now)
             elif self.in_flight + 1 >= self._limit / 2:  # the limit is in use: worth raising

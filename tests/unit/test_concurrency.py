@@ -169,6 +169,14 @@ def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_do
     assert lim.limit == 14
 
 
+def test_latency_climbing_during_slow_start_does_not_cut():
+    clock = FakeClock()
+    lim, _ = limiter(clock, initial=8, max_limit=32)
+    for latency in (0.1,) * 10 + (0.4,) * 40:  # Serve batches more as more arrive: slower, not full
+        answer(lim, clock, 200, latency)
+    assert lim.limit == 32 and lim.slow_start
+
+
 async def test_waiters_get_slots_in_order_as_slots_free_up():
     clock = FakeClock()
     lim, _ = limiter(clock, initial=2)
