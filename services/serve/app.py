@@ -229,9 +229,11 @@ class ModelServer:
                     self._record_errors.inc(counted["counts"], tags={m.REASON: counted["values"]})
         return replies
 
-    async def predict_arrow(self, table: pa.Table) -> pa.Table:
-        """A request's inputs as a table in, the reply table (arrow_wire.results) out."""
-        return await self._predict_tables(table)
+    async def predict_arrow(self, body: bytes) -> bytes:
+        """A request's Arrow IPC stream (checked by the ingress) in, the reply's stream
+        (arrow_wire.results) out. Streams, not tables, cross the handle: Ray's pickling of a
+        pyarrow Table cost this replica more CPU than the model (docs/performance.md)."""
+        return arrow_wire.encode(await self._predict_tables(arrow_wire.decode(body)))
 
 
 # No /docs, /redoc or /openapi.json: every route but health needs a token, and the API description
@@ -325,7 +327,8 @@ class Ingress:
             detail = f"model {model!r} takes no Arrow body (it has no columnar predict); send JSON"
             return _json({"detail": detail, "code": RequestCode.NOT_COLUMNAR.value}, 415)
         try:
-            table = arrow_wire.decode(await read_body(request, self._max_request_bytes), self._max_records)
+            body = await read_body(request, self._max_request_bytes)
+            table = arrow_wire.decode(body, self._max_records)
         except BodyRefused as exc:
             return _json({"detail": exc.message, "code": exc.code.value}, exc.status)
         except arrow_wire.TooManyRows as exc:
@@ -334,11 +337,12 @@ class Ingress:
             detail = f"request body is not a valid Arrow IPC stream: {exc}"
             return _json({"detail": detail, "code": RequestCode.MALFORMED_ARROW.value}, 400)
         if table.num_rows:
-            reply = await handle.predict_arrow.remote(table)
+            # The record batches go on as the stream they came in (zero-copy views of it here).
+            reply = await handle.predict_arrow.remote(body)
         else:
             empty = pa.nulls(0, pa.string())
-            reply = arrow_wire.results(pa.nulls(0), empty, empty)
-        return Response(arrow_wire.encode(reply), media_type=ARROW_CONTENT_TYPE)
+            reply = arrow_wire.encode(arrow_wire.results(pa.nulls(0), empty, empty))
+        return Response(reply, media_type=ARROW_CONTENT_TYPE)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
