@@ -8,7 +8,8 @@ changes silently:
   text with a 19-digit run is read, and such a value written, by ``json`` instead;
 - ``NaN``/``Infinity`` (not JSON, RFC 8259) and lone surrogates: orjson refuses them; ``loads``
   falls back to ``json``, which accepts them; ``loads_strict`` refuses NaN/Infinity (a record
-  with them is a bad record, since the model and the outputs could not carry them as JSON);
+  with them is a bad record, since the model and the outputs could not carry them as JSON), and
+  numbers out of a float's range (``1e400``), which ``json`` would read as infinity;
 - encoding ``NaN`` gives ``null``; a lone surrogate is written escaped, as ``json`` does.
 
 Nesting: ``json`` raises ``RecursionError`` on a few thousand levels; ``loads_strict`` turns that
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from typing import Any
 
 import orjson
@@ -56,9 +58,11 @@ def loads_strict(data: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float)
     except _NotJSON as exc:
         raise JSONDecodeError(f"{exc} is not a JSON value", "", 0) from None
+    except _OutOfRange as exc:
+        raise JSONDecodeError(f"number {exc} is out of a float's range", "", 0) from None
     except RecursionError:
         raise JSONDecodeError("nested too deeply", "", 0) from None
 
@@ -106,6 +110,17 @@ class _NotJSON(ValueError):
 
 def _refuse_constant(name: str) -> Any:
     raise _NotJSON(name)
+
+
+class _OutOfRange(ValueError):
+    pass
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _OutOfRange(text[:40])
+    return value
 
 
 def dumps_fast(value: Any) -> bytes | None:

@@ -105,6 +105,15 @@ def test_dumps_holds_no_more_than_its_text(value: Any) -> None:
     assert held < 2 * len(text) + 200
 
 
+@pytest.mark.parametrize(
+    "text", [b"1e400", b'{"x":[-1e999999]}', b'{"n":123456789012345678901234,"x":1e309}']
+)
+def test_numbers_past_a_floats_range_are_refused_by_loads_strict(text: bytes) -> None:
+    with pytest.raises(json_codec.JSONDecodeError, match="out of a float's range"):
+        json_codec.loads_strict(text)
+    assert json_codec.loads_strict(b"[1e308, -1e308, 5e-324]") == [1e308, -1e308, 5e-324]
+
+
 def test_deep_nesting_is_a_decode_error_not_a_recursion_error() -> None:
     with pytest.raises(json_codec.JSONDecodeError, match="nested too deeply"):
         json_codec.loads_strict(b"[" * 100_000 + b"]" * 100_000)
