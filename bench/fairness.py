@@ -39,7 +39,7 @@ from services import constants as c
 from services.cli import start_batch
 from services.local.processes import free_port
 from services.local.ray_serve import LocalRayServe
-from services.local.temporal_dev import TemporalDevServer
+from services.local.temporal_dev import FAIRNESS_CONFIG, ONE_PARTITION, TemporalDevServer
 from services.worker.activities import BatchActivities
 from services.worker.config import WorkerSettings
 from services.worker.contracts import (
@@ -267,13 +267,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"Fair sharing and priority ({report['when']}, one worker of {report['slots']} activity slots, "
         f"no eager activities; shared machine: {report['cpus']} CPUs)",
     ]
-    for name, title in (("fairness", "fairness on (as the project runs it)"), ("control", "control")):
+    for name in SERVERS:
         if name not in report:
             continue
         t, p = report[name]["tenants"], report[name]["priority"]
         lines += [
             "",
-            f"Dev server with {title}: {report[name]['server']}",
+            f"Dev server: {report[name]['server']}",
             "",
             f"Tenants: {t['batches_per_tenant']} batches each x {t['shards_per_batch']} shards x "
             f"{t['records_per_shard']} records; median shard {t['median_shard_s']} s; both running "
@@ -293,11 +293,20 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The project's dev server, then controls against the same Serve: fairness off on one partition
+# (first come, first served), and the server's defaults (fairness off, four partitions).
+SERVERS = {
+    "fairness": ("fairness on, one partition per task queue (the project's dev server)", FAIRNESS_CONFIG),
+    "fifo": ("fairness off, one partition (control)", ONE_PARTITION),
+    "defaults": ("the server's defaults: fairness off, four partitions (control)", ()),
+}
+
+
 async def scenarios(
     temporal: TemporalDevServer, serve: LocalRayServe, slots: int, work: Path
 ) -> dict[str, Any]:
     client = await Client.connect(temporal.address, data_converter=pydantic_data_converter)
-    report: dict[str, Any] = {"server": "fairness on, one partition" if temporal.fairness else "defaults"}
+    report: dict[str, Any] = {}
     for name, scenario in (("tenants", tenants), ("priority", priority_jump)):
         queue = f"fair-{uuid.uuid4().hex[:8]}"
         serve_client = ServeClient(serve.url, TokenSource(token_file=str(serve.token_file)))
@@ -311,22 +320,26 @@ async def scenarios(
 
 
 async def run(slots: int, control: bool) -> dict[str, Any]:
-    """The scenarios on the project's dev server, then (``control``) on one with the server's
-    defaults (no fairness, four partitions), against the same Serve."""
+    """The scenarios on the project's dev server, then (``control``) on the control servers."""
     from bench.local_stack import local_stack
 
     with tempfile.TemporaryDirectory(prefix="bi-fair-", dir="/tmp") as tmp:
         work = Path(tmp)
         async with local_stack(work) as (temporal, serve):
             report: dict[str, Any] = {"slots": slots}
-            report["fairness"] = await scenarios(temporal, serve, slots, work / "fairness")
-            if control:
-                plain = TemporalDevServer(work / "temporal-control", free_port(), free_port(), fairness=False)
-                await asyncio.to_thread(plain.start)
+            report["fairness"] = {
+                "server": SERVERS["fairness"][0],
+                **await scenarios(temporal, serve, slots, work / "fairness"),
+            }
+            for name, (title, config) in list(SERVERS.items())[1:] if control else []:
+                server = TemporalDevServer(
+                    work / f"temporal-{name}", free_port(), free_port(), queue_config=config
+                )
+                await asyncio.to_thread(server.start)
                 try:
-                    report["control"] = await scenarios(plain, serve, slots, work / "control")
+                    report[name] = {"server": title, **await scenarios(server, serve, slots, work / name)}
                 finally:
-                    await asyncio.to_thread(plain.stop)
+                    await asyncio.to_thread(server.stop)
     return report
 
 
@@ -342,7 +355,7 @@ def main() -> None:
         "--control",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also run on a dev server with the server's defaults (default: yes)",
+        help="also run the control servers: fairness off on one partition, and the defaults (default: yes)",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()

@@ -16,10 +16,8 @@ from services.local.temporal_dev import TemporalDevServer
 
 
 @contextlib.asynccontextmanager
-async def local_stack(
-    work: Path, fairness: bool = True
-) -> AsyncIterator[tuple[TemporalDevServer, LocalRayServe]]:
-    temporal = TemporalDevServer(work / "temporal", port=free_port(), ui_port=free_port(), fairness=fairness)
+async def local_stack(work: Path) -> AsyncIterator[tuple[TemporalDevServer, LocalRayServe]]:
+    temporal = TemporalDevServer(work / "temporal", port=free_port(), ui_port=free_port())
     serve = LocalRayServe(
         work / "ray", ensure_token(work / "serve-token"), http_port=free_port(), gcs_port=free_port(),
         dashboard_port=free_port(), metrics_port=free_port(),

@@ -24,11 +24,11 @@ DRAINAGE_CONFIG = (
 # priority, then in turn across fairness keys; off by default in Server 1.32. Both hold per
 # task queue partition (4 by default, each polled at random): one partition, as Temporal's own
 # fairness sample runs the dev server, orders a queue as a whole.
-FAIRNESS_CONFIG = (
-    "--dynamic-config-value", "matching.enableFairness=true",
+ONE_PARTITION = (
     "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
     "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
 )  # fmt: skip
+FAIRNESS_CONFIG = ("--dynamic-config-value", "matching.enableFairness=true", *ONE_PARTITION)
 # The search attributes batches publish their progress to (README "Progress at scale").
 SEARCH_ATTRIBUTES = tuple(
     arg
@@ -44,11 +44,12 @@ class TemporalDevServer:
         port: int = 7233,
         ui_port: int = 8233,
         metrics_port: int | None = None,
-        fairness: bool = True,  # False: the server's defaults (the fairness bench's control run)
+        # Task queue settings; the fairness bench's control runs give others.
+        queue_config: tuple[str, ...] = FAIRNESS_CONFIG,
     ):
         self.state_dir = Path(state_dir).resolve()
         self.port, self.ui_port, self.metrics_port = port, ui_port, metrics_port
-        self.fairness = fairness
+        self.queue_config = queue_config
         self.proc: subprocess.Popen | None = None
 
     @classmethod
@@ -67,7 +68,7 @@ class TemporalDevServer:
             "--db-filename", str(self.state_dir / "temporal.db"),
             *SQLITE_PRAGMAS,
             *DRAINAGE_CONFIG,
-            *(FAIRNESS_CONFIG if self.fairness else ()),
+            *self.queue_config,
             *SEARCH_ATTRIBUTES,
             "--log-level", "warn", "--log-format", "json",
         ]  # fmt: skip

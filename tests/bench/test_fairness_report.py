@@ -47,6 +47,6 @@ def test_markdown_names_both_runs():
         "wait_in_shards": 0.4, "queued_when_scheduled": 20, "overtook": 18,
     }  # fmt: skip
     run = {"server": "x", "tenants": tenants, "priority": priority}
-    text = markdown({"when": "now", "slots": 2, "cpus": 2, "fairness": run, "control": run})
-    assert text.count("shares of records done while both run: a 50%, b 50%") == 2
+    text = markdown({"when": "now", "slots": 2, "cpus": 2, "fairness": run, "fifo": run, "defaults": run})
+    assert text.count("shares of records done while both run: a 50%, b 50%") == 3
     assert "its first shard waited 0.4 s" in text and "it overtook 18" in text
