@@ -51,17 +51,18 @@ def input_is_columnar(plan: Plan) -> bool:
     return plan.spec.input_field is None and all(f.format in COLUMNAR_FORMATS for f in plan.files)
 
 
-async def use_arrow(serve: ServeClient, plan: Plan, model: str | None) -> bool:
-    """Whether a shard of ``plan`` sends Arrow: its input is columnar and Serve lists its model
-    as columnar. Serve not answering the listing (or an older Serve) means JSON."""
+async def use_arrow(serve: ServeClient, plan: Plan, model: str | None) -> int | None:
+    """The rows per request a shard of ``plan`` sends as Arrow, or None for JSON: Arrow when its
+    input is columnar and Serve lists its model as columnar. Serve not answering the listing (or
+    an older Serve) means JSON."""
     if json_forced() or not input_is_columnar(plan):
-        return False
+        return None
     try:
         listing = await serve.list_models()
     except (httpx.HTTPError, ValueError) as exc:  # ValueError: not a listing (pydantic's, JSON's)
         log.info("Serve's models listing did not answer (%s): sending JSON", type(exc).__name__)
-        return False
-    return (model or listing.default) in listing.columnar
+        return None
+    return listing.max_arrow_rows if (model or listing.default) in listing.columnar else None
 
 
 @dataclass
@@ -179,12 +180,15 @@ def bodies(inputs: pa.Table, micro_batch_size: int, max_bytes: int) -> list[Body
     return out
 
 
-def prepare(parser: PartParser, raw: RawPart, shard: ShardInput) -> tuple[ColumnarPart, list[Body]] | None:
-    """A part as columns and its request bodies; None for the JSON way (see ``columnar_part``
-    and ``bodies``)."""
+def prepare(
+    parser: PartParser, raw: RawPart, rows: int, shard: ShardInput
+) -> tuple[ColumnarPart, list[Body]] | None:
+    """A part as columns and its request bodies of up to ``rows`` rows (Serve's Arrow limit: a
+    part usually goes in one request, since Serve's cost is per request, not per row); None for
+    the JSON way (see ``columnar_part`` and ``bodies``)."""
     if (part := columnar_part(parser, raw)) is None:
         return None
-    if (out := bodies(part.inputs, shard.micro_batch_size, shard.max_request_bytes)) is None:
+    if (out := bodies(part.inputs, rows, shard.max_request_bytes)) is None:
         return None
     return part, out
 

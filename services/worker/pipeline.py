@@ -87,11 +87,11 @@ class ShardPipeline:
             plan, {(d.file, d.line): (d.first_file, d.first_line) for d in self.entry.duplicates}
         )
         self._parquet = plan.spec.output_format == "parquet"
-        self._arrow = False  # set in run(): whether this shard's parts go to Serve as Arrow
+        self._arrow_rows: int | None = None  # set in run(): rows per Arrow request; None: JSON
 
     async def run(self) -> ShardProgress:
         """Process the shard's records from ``progress`` on and commit its final files."""
-        self._arrow = await arrow_path.use_arrow(self.serve, self.plan, self.input.model)
+        self._arrow_rows = await arrow_path.use_arrow(self.serve, self.plan, self.input.model)
         reader = await asyncio.to_thread(
             ShardReader, self.plan, self.input.shard, self.progress, self.input.checkpoint_every
         )
@@ -188,7 +188,9 @@ class ShardPipeline:
         What a part holds while its requests are out sets the worker's peak memory: each
         micro-batch is encoded at once and the raw records and parsed inputs let go, and each
         reply becomes results on arrival."""
-        if self._arrow and (columnar := arrow_path.prepare(self._parser, raw, self.input)) is not None:
+        if self._arrow_rows and (
+            columnar := arrow_path.prepare(self._parser, raw, self._arrow_rows, self.input)
+        ):
             del raw
             return await arrow_path.predict_part(self.serve, self.plan, *columnar, self.input.model, limit)
         part = self._parser.parse(raw)

@@ -83,6 +83,7 @@ class ServeModels(BaseModel):
     default: str | None = None
     # Models with a columnar predict, which take Arrow bodies (absent from an older Serve: none).
     columnar: list[str] = []
+    max_arrow_rows: int = 1024  # rows per Arrow request Serve takes (an older Serve: JSON's limit)
 
 
 class ServeRecordError(BaseModel):

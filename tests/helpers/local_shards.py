@@ -53,7 +53,8 @@ def iris_handler() -> tuple[Handler, list[str]]:
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "GET" and request.url.path == MODELS_ROUTE:
-            return httpx.Response(200, json={"models": ["iris"], "default": "iris", "columnar": ["iris"]})
+            listing = {"models": ["iris"], "default": "iris", "columnar": ["iris"], "max_arrow_rows": 16}
+            return httpx.Response(200, json=listing)
         seen.append(request.headers["content-type"])
         if request.headers["content-type"] == ARROW_CONTENT_TYPE:
             reply = server._predict_table(arrow_wire.decode(request.content))

@@ -54,7 +54,12 @@ def test_models_route_needs_a_token(serve_stack, serve_token):
     listed = httpx.get(
         serve_stack.url + c.MODELS_ROUTE, headers={c.AUTH_HEADER: f"Bearer {serve_token}"}, timeout=10
     )
-    assert listed.json() == {"models": ["echo", "iris"], "default": "echo", "columnar": ["iris"]}
+    assert listed.json() == {
+        "models": ["echo", "iris"],
+        "default": "echo",
+        "columnar": ["iris"],
+        "max_arrow_rows": serve_app_args().max_arrow_rows_per_request,
+    }
 
 
 def test_real_model_batch_with_a_bad_record(serve_stack, serve_token):

@@ -14,17 +14,16 @@ import pytest
 from services import arrow_wire
 from services import constants as c
 from services.errors import RequestCode
-from services.local.ray_serve import load_serve_config
-from services.serve.app import AppArgs
 from services.serve.models import IrisClassifier
 from services.worker.contracts import BatchInferenceInput, Tuning
 from tests.helpers.batches import assert_exactly_once, execute_batch
+from tests.helpers.serve_config import serve_app_args
 
 pytestmark = pytest.mark.integration
 
 FEATURES = list(IrisClassifier.FEATURES)
 IRIS = c.MODEL_INFERENCE_ROUTE.format(model="iris")
-LIMIT = AppArgs.model_validate(load_serve_config()["applications"][0]["args"]).max_request_bytes
+ARGS = serve_app_args()
 
 
 def features(rows: list[list[float | None]]) -> pa.Table:
@@ -40,11 +39,11 @@ def post_arrow(stack, path: str, body: bytes, token: str | None) -> httpx.Respon
     return httpx.post(stack.url + path, content=body, headers=headers, timeout=30)
 
 
-def test_the_listing_names_the_columnar_models(serve_stack, serve_token):
+def test_the_listing_names_the_columnar_models_and_the_arrow_row_limit(serve_stack, serve_token):
     listed = httpx.get(
         serve_stack.url + c.MODELS_ROUTE, headers={c.AUTH_HEADER: f"Bearer {serve_token}"}, timeout=10
-    )
-    assert listed.json()["columnar"] == ["iris"]
+    ).json()
+    assert (listed["columnar"], listed["max_arrow_rows"]) == (["iris"], ARGS.max_arrow_rows_per_request)
 
 
 def test_an_arrow_body_gets_an_arrow_reply_with_a_rejected_row_as_its_own_error(serve_stack, serve_token):
@@ -77,11 +76,15 @@ def test_a_malformed_arrow_body_is_a_400_saying_so(serve_stack, serve_token, bod
 
 
 def test_limits_in_rows_and_bytes_are_413s(serve_stack, serve_token):
-    too_many = features([[5.1, 3.5, 1.4, 0.2]] * 1025)  # the Serve config's max_records_per_request: 1024
+    rows = ARGS.max_arrow_rows_per_request
+    assert rows > ARGS.max_records_per_request, "an Arrow request takes more rows than a JSON one"
+    too_many = features([[5.1, 3.5, 1.4, 0.2]] * (rows + 1))
     response = post_arrow(serve_stack, IRIS, arrow_wire.encode(too_many), serve_token)
-    assert response.status_code == 413 and "1024" in response.json()["detail"]
+    assert response.status_code == 413 and str(rows) in response.json()["detail"]
     assert response.json()["code"] == RequestCode.TOO_MANY_INPUTS
-    huge = b"\x00" * (LIMIT + 1)  # over the app's max_request_bytes: refused unread, as JSON is
+    huge = b"\x00" * (
+        ARGS.max_request_bytes + 1
+    )  # over the app's max_request_bytes: refused unread, as JSON is
     response = post_arrow(serve_stack, IRIS, huge, serve_token)
     assert response.status_code == 413 and response.json()["code"] == RequestCode.BODY_TOO_LARGE
 
