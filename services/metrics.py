@@ -32,6 +32,9 @@ Source = Literal["worker", "serve", "temporal", "ray"]
 # them, the rules select on them.
 WORKER_JOB = "batch-inference-worker"
 RAY_JOB = "batch-inference-ray"
+# The one process exporting per-batch progress (batch-inference progress-exporter): its own job,
+# so it never counts as a worker target.
+PROGRESS_JOB = "batch-inference-progress"
 
 
 @dataclass(frozen=True)

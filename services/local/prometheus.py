@@ -26,11 +26,13 @@ def prometheus_config(
     ray_targets: list[str],
     rule_files: list[Path] | None = None,
     scrape_interval: str = "5s",
+    progress_targets: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A plain Prometheus config scraping workers and Ray (job names the alert rules expect)."""
-    from services.metrics import RAY_JOB, WORKER_JOB
+    """A plain Prometheus config scraping workers, Ray and, if given, the progress exporter
+    (job names the alert rules expect)."""
+    from services.metrics import PROGRESS_JOB, RAY_JOB, WORKER_JOB
 
-    return {
+    config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "rule_files": [str(p) for p in (rule_files if rule_files is not None else [PROMETHEUS_RULES])],
         "scrape_configs": [
@@ -38,6 +40,11 @@ def prometheus_config(
             {"job_name": RAY_JOB, "static_configs": [{"targets": ray_targets}]},
         ],
     }
+    if progress_targets:
+        config["scrape_configs"].append(
+            {"job_name": PROGRESS_JOB, "static_configs": [{"targets": progress_targets}]}
+        )
+    return config
 
 
 class LocalPrometheus:

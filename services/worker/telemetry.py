@@ -2,9 +2,10 @@
 
 - Project metrics: ``prometheus_client`` objects built from the definitions in
   ``services/metrics.py`` (names, labels, buckets defined there once).
-- ``BatchProgressPoller``: per-batch progress (records, shards, rate) of the BatchInference
-  workflows running on the worker's task queue, from Temporal visibility and the ``progress``
-  query: facts only the workflow knows, exported without putting metrics in workflow code.
+- ``BatchProgressPoller``: per-batch progress (records, shards, rate) of the running
+  BatchInference workflows, from one visibility list call: each batch publishes its progress in
+  search attributes (``progress_attributes``), so no metrics live in workflow code. One process
+  runs it (``batch-inference progress-exporter``), not every worker.
 
 The Temporal SDK's metrics are bridged in ``sdk_metrics``; ``metrics_server`` serves both on
 the worker's one ``/metrics`` port.

@@ -61,7 +61,7 @@ def test_probe_and_scrape_paths_are_the_worker_routes() -> None:
         "readinessProbe": c.WORKER_READY_ROUTE,
     }
     assert {probe["port"] for probe in probes.values()} == {"metrics"}
-    (endpoint,) = find(docs, "ServiceMonitor")["spec"]["endpoints"]
+    (endpoint,) = find(docs, "ServiceMonitor", "batch-inference-worker")["spec"]["endpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("metrics", c.WORKER_METRICS_ROUTE)
 
 

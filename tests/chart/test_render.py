@@ -120,6 +120,7 @@ def test_default_objects(rendered) -> None:
     assert kinds(rendered["defaults"]) == sorted(
         [
             f"ConfigMap/{RELEASE}-client",
+            f"Deployment/{RELEASE}-progress-exporter",
             f"Deployment/{RELEASE}-worker",
             f"NetworkPolicy/{RELEASE}-ray",
             f"NetworkPolicy/{RELEASE}-worker",

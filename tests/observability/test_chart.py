@@ -61,11 +61,11 @@ def test_objects_validate_against_real_schemas(docs: list[dict], crds: CrdValida
 
 
 def test_monitors_select_the_chart_pods_with_the_rule_job_names(docs: list[dict]) -> None:
-    worker_pod = find(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    worker_pod = find(docs, "Deployment", "batch-inference-worker")["spec"]["template"]["metadata"]["labels"]
     service = find(docs, "Service", "batch-inference-worker-metrics")
     assert service["spec"]["selector"].items() <= worker_pod.items()
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
-    monitor = find(docs, "ServiceMonitor")
+    monitor = find(docs, "ServiceMonitor", "batch-inference-worker")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     (endpoint,) = monitor["spec"]["endpoints"]
