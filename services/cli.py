@@ -352,6 +352,8 @@ async def _run_stack(args: argparse.Namespace) -> int:
         )
         os.environ[c.ENV_SERVE_TOKEN_FILE] = str(token)
         settings = WorkerSettings(address=temporal.address, serve_url=serve.url)
+        # The stack's one worker: it also exports per-batch progress (no progress exporter here).
+        settings.batch_progress_metrics = True
         if args.free_ports:
             from services.local.processes import free_port
 
