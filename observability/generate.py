@@ -253,7 +253,8 @@ def batch_dashboard() -> DashboardSpec:
             PanelSpec(
                 "Serve concurrency limit",
                 "Each worker's limit on requests in flight to Serve (all its shards together): adaptive, "
-                "it grows while Serve answers promptly and halves on 429/503/timeouts or rising latency "
+                "it grows while Serve answers promptly and is cut on 429/503/504/timeouts (to what Serve "
+                "held) or rising latency "
                 "(SERVE_ADAPTIVE_CONCURRENCY; off: SERVE_MAX_CONNECTIONS). Far below the cap: Serve is "
                 "pushing back; compare with Serve responses by status.",
                 "short",

@@ -174,7 +174,8 @@ SERVE_CONCURRENCY_LIMIT = Metric(
     "batch_inference_serve_concurrency_limit",
     "gauge",
     "This worker's current limit on requests in flight to Serve, all shards together: adaptive "
-    "(grows while Serve answers promptly, halves on 429/503/timeouts or rising latency), or "
+    "(grows while Serve answers promptly; cut on 429/503/504/timeouts to what Serve held, or on "
+    "rising latency), or "
     "SERVE_MAX_CONNECTIONS when SERVE_ADAPTIVE_CONCURRENCY is off.",
 )
 SHARDS_RUNNING = Metric(
