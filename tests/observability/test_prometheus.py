@@ -105,20 +105,48 @@ def worker(
 
 
 @pytest.fixture(scope="module")
-def prom(worker, serve_stack: LocalRayServe, tmp_path_factory) -> Prom:
+def exporter(temporal_server: TemporalDevServer, worker, tmp_path_factory):
+    """``batch-inference progress-exporter`` as in the chart: the one source of the per-batch
+    gauges (the worker exports none), from the progress batches publish."""
+    queue, _ = worker
+    port = free_port()
+    env = dict(os.environ)
+    env[c.ENV_TEMPORAL_ADDRESS] = temporal_server.address
+    log = tmp_path_factory.mktemp("exporter") / "exporter.log"
+    cmd = [sys.executable, "-m", "services.cli", "progress-exporter", "--task-queue", queue]
+    cmd += ["--interval", "1", "--host", "127.0.0.1", "--port", str(port), "--no-query-fallback"]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 60, proc)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def prom(worker, exporter, serve_stack: LocalRayServe, tmp_path_factory) -> Prom:
     if not shutil.which("prometheus"):
         if os.environ.get("CI"):
             pytest.fail("prometheus missing: .ci/run installs Debian's prometheus package")
         pytest.skip("prometheus not installed (apt-get install prometheus)")
     _, port = worker
     config = prometheus_config(
-        [f"127.0.0.1:{port}"], [f"127.0.0.1:{serve_stack.metrics_port}"], scrape_interval="1s"
+        [f"127.0.0.1:{port}"],
+        [f"127.0.0.1:{serve_stack.metrics_port}"],
+        scrape_interval="1s",
+        progress_targets=[f"127.0.0.1:{exporter}"],
     )
     server = LocalPrometheus(tmp_path_factory.mktemp("prometheus"), config, port=free_port()).start()
     try:
         p = Prom(server.url)
         p.wait(f'up{{job="{m.WORKER_JOB}"}} == 1', 60)
         p.wait(f'up{{job="{m.RAY_JOB}"}} == 1', 60)
+        p.wait(f'up{{job="{m.PROGRESS_JOB}"}} == 1', 60)
         yield p
     finally:
         server.stop()
@@ -158,11 +186,28 @@ async def test_every_dashboard_query_and_alert_on_a_real_prometheus(
         task_queue=queue,
         result_type=BatchInferenceOutput,
     )
-    # Per-batch progress is exported while the batch runs (from its progress query).
+    # Per-batch progress is exported while the batch runs: by the exporter only (no query: it
+    # runs with --no-query-fallback), from the progress the batch published.
     progress = await asyncio.to_thread(
         prom.wait, f'{m.BATCH_RECORDS.prom}{{{m.WORKFLOW_ID}="{handle.id}", {m.STATE}="total"}} == 6001', 60
     )
     assert float(progress[0]["value"][1]) == 6001
+    assert {s["metric"]["job"] for s in progress} == {m.PROGRESS_JOB}
+    running = await asyncio.to_thread(
+        prom.wait, f'{m.BATCHES_RUNNING.prom}{{job="{m.PROGRESS_JOB}"}} >= 1', 30
+    )
+    assert float(running[0]["value"][1]) >= 1
+    # Once a shard is done, every dashboard panel reading a per-batch gauge has data.
+    await asyncio.to_thread(
+        prom.wait, f'{m.BATCH_SHARDS.prom}{{{m.WORKFLOW_ID}="{handle.id}", {m.STATE}="done"}} >= 1', 90
+    )
+    per_batch = {
+        x.prom for x in (m.BATCH_RECORDS, m.BATCH_SHARDS, m.BATCH_RECORDS_PER_SECOND, m.BATCH_ELAPSED)
+    }
+    panels = [q for q in panel_queries() if per_batch & set(metric_names(q.evaluable))]
+    assert panels, "no dashboard panel reads the per-batch gauges"
+    for query in panels:
+        await asyncio.to_thread(prom.wait, query.evaluable, 30)
     result = await handle.result()
     assert result.status == "completed" and result.failed == 25 and result.succeeded == 5976
     # The same batch started again on its folder resumes every shard from its final files, and a
