@@ -1,0 +1,389 @@
+"""The Arrow path (issue 21), side by side in one run on the Parquet case's input (Iris rows as
+Parquet in, Parquet out; ``bench/parquet_case.py``):
+
+A-json:  the project with the worker forced to JSON (``SERVE_WIRE=json``): what A was before.
+A-arrow: the project as it is: the worker sends the four columns as Arrow IPC, the iris model's
+         columnar predict answers in Arrow, the results are written from the reply's arrays.
+B-arrow: a direct client reading the file with pyarrow, sending the same Arrow bodies as A-arrow
+         (2,000 rows each: A's part, which A sends in one request; 32 in flight) and writing the
+         same shard files from the replies.
+D:       Ray Data ``read_parquet`` -> ``map_batches`` -> ``write_parquet`` (parquet_case.run_ray_data).
+
+Beside records/s: the worker's (or B's client's) CPU-seconds and Serve's (every process of the
+local Ray cluster: replicas, proxy, controller, raylet, GCS; and the replicas + proxy alone) per
+batch. ``--profile`` records a py-spy profile of A's worker and of the iris replica per path.
+
+    python -m bench.arrow_case [--rows 1000000] [--rounds 2] [--profile] [--out docs/]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench import harness, parquet_case
+from bench.local_stack import local_stack, stop_on_sigterm
+from services import arrow_wire
+from services import constants as c
+from services.local.processes import marked_pids
+from services.local.ray_serve import CLUSTER_MARKER
+from services.worker import fs
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker.layout import OutputLayout
+from services.worker.plan import shard_sizes
+
+MODEL = parquet_case.MODEL
+FEATURES = parquet_case.FEATURES
+ID = parquet_case.ID
+
+
+# --- Serve's CPU -------------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def ray_cpu(marker: str | None) -> dict[int, tuple[str, float]]:
+    """CPU-seconds so far of every process of this Ray cluster: pid -> (command line, seconds)."""
+    out = {}
+    for pid in marked_pids(CLUSTER_MARKER, marker or ""):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            out[pid] = (_cmdline(pid), harness.cpu_seconds(pid))
+    return out
+
+
+def _role(cmdline: str) -> str:
+    if "ProxyActor" in cmdline:
+        return "proxy"
+    if "ServeReplica" in cmdline:
+        return "ingress" if ":Ingress" in cmdline else "model"
+    return "other"
+
+
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU-seconds between two ``ray_cpu`` snapshots: all of Ray's, Serve's (replicas and
+    proxy) and each role's."""
+    roles = {"proxy": 0.0, "ingress": 0.0, "model": 0.0, "other": 0.0}
+    for pid, (cmd, seconds) in after.items():
+        roles[_role(cmd)] += seconds - before.get(pid, (cmd, 0.0))[1]
+    serve = roles["proxy"] + roles["ingress"] + roles["model"]
+    return {
+        "ray_cpu_s": round(sum(roles.values()), 2),
+        "serve_cpu_s": round(serve, 2),
+        **{f"{role}_cpu_s": round(spent, 2) for role, spent in roles.items()},
+    }
+
+
+def replica_pid(marker: str | None, model: str) -> int | None:
+    for pid, (cmd, _) in ray_cpu(marker).items():
+        if "ServeReplica" in cmd and f":{model}" in cmd:
+            return pid
+    return None
+
+
+@contextlib.contextmanager
+def profiled(pid: int | None, path: Path | None):
+    """py-spy sampling ``pid`` into ``path`` (folded stacks, its "raw" format) while the block runs."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if pid is None or path is None or spy is None:
+        yield
+        return
+    proc = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "50",
+            "--output",
+            str(path),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        proc.send_signal(2)  # SIGINT: py-spy writes what it has
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def summarize(path: Path, top: int = 12) -> dict[str, list[tuple[str, float]]]:
+    """A py-spy folded-stack file's top frames by own samples ("self") and by samples anywhere
+    on the stack ("total"), as shares of all samples (idle included: an idle worker waits in
+    epoll/select, which shows as such)."""
+    own: dict[str, int] = {}
+    anywhere: dict[str, int] = {}
+    samples = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]  # per function
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            anywhere[frame] = anywhere.get(frame, 0) + n
+
+    def share(counts: dict[str, int]) -> list[tuple[str, float]]:
+        best = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [(frame, round(100 * k / max(samples, 1), 1)) for frame, k in best]
+
+    return {"samples": samples, "self": share(own), "total": share(anywhere)}  # type: ignore[dict-item]
+
+
+# --- A -----------------------------------------------------------------------------------------
+
+
+async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | None) -> dict[str, Any]:
+    source = parquet_case.dataset(env, n)
+    output = env.workdir / "out" / f"A-{wire}-{n}-{uuid.uuid4().hex[:6]}"
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    client = await harness.connect(env)
+    env.worker_metrics_port = harness.free_port()
+    worker = harness.start_worker_process(env, queue, {c.ENV_SERVE_WIRE: wire})
+    try:
+        idle_cpu = harness.cpu_seconds(worker.pid)
+        ray_before = ray_cpu(env.ray_marker)
+        worker_profile = profile_dir / f"A-{wire}-worker.txt" if profile_dir else None
+        serve_profile = profile_dir / f"A-{wire}-replica.txt" if profile_dir else None
+        started = time.perf_counter()
+        with (
+            profiled(worker.pid, worker_profile),
+            profiled(replica_pid(env.ray_marker, MODEL), serve_profile),
+        ):
+            result = await client.execute_workflow(
+                c.WORKFLOW_NAME,
+                BatchInferenceInput(
+                    input_uri=str(source), output_uri=str(output), model=MODEL, **parquet_case.batch_fields()
+                ),
+                id=f"bench-{uuid.uuid4().hex[:8]}",
+                task_queue=queue,
+                result_type=BatchInferenceOutput,
+            )
+        seconds = time.perf_counter() - started
+        cpu = harness.cpu_seconds(worker.pid) - idle_cpu
+        ray = cpu_spent(ray_before, ray_cpu(env.ray_marker))
+        rss = harness.peak_rss_mb(worker.pid)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    assert result.succeeded == n and parquet_case.count_outputs(output) == n, result
+    shutil.rmtree(output, ignore_errors=True)
+    return {
+        "run": f"A-{wire}",
+        "records": n,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(n / seconds),
+        "worker_cpu_s": round(cpu, 2),
+        **ray,
+        "worker_peak_rss_mb": round(rss, 1),
+    }
+
+
+# --- B-arrow -----------------------------------------------------------------------------------
+
+
+async def run_b_arrow(
+    env: harness.BenchEnv, n: int, micro_batch: int = 2000, concurrency: int = 32
+) -> dict[str, Any]:
+    """B on the Parquet file with Arrow bodies: read ahead in chunks of 2,000 rows while earlier
+    ones are in flight; the replies' prediction columns written in order into A's shard files."""
+    source = parquet_case.dataset(env, n)
+    output = env.workdir / "out" / f"B-arrow-{n}-{uuid.uuid4().hex[:6]}"
+    layout = OutputLayout(str(output), "parquet")
+    route = c.MODEL_INFERENCE_ROUTE.format(model=MODEL)
+    headers = {c.AUTH_HEADER: f"{c.AUTH_SCHEME} {env.token}", "Content-Type": c.ARROW_CONTENT_TYPE}
+    tuning = Tuning()
+    shards = shard_sizes(n, tuning.shard_size, tuning.max_concurrent_shards)
+    limit = asyncio.Semaphore(concurrency)
+    chunk_rows = 2000
+    pending = asyncio.Semaphore(max(4, 2 * concurrency * micro_batch // chunk_rows))
+    ready: deque[asyncio.Task[pa.Table]] = deque()
+    more = asyncio.Event()
+    reading = True
+    ray_before = ray_cpu(env.ray_marker)
+    gc.freeze()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    async with httpx.AsyncClient(
+        base_url=env.serve_url,
+        timeout=60,
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+    ) as http:
+
+        async def send(ids: pa.Array, inputs: pa.RecordBatch) -> pa.Table:
+            async with limit:
+                response = await http.post(route, content=arrow_wire.encode(inputs), headers=headers)
+                response.raise_for_status()
+            reply = arrow_wire.decode_results(response.content, inputs.num_rows)
+            return pa.table({"id": ids, "prediction": reply.column(arrow_wire.PREDICTION)})
+
+        async def chunk(batch: pa.RecordBatch) -> pa.Table:
+            inputs = batch.select(FEATURES)
+            steps = range(0, batch.num_rows, micro_batch)
+            parts = await asyncio.gather(
+                *(send(batch.column(ID).slice(i, micro_batch), inputs.slice(i, micro_batch)) for i in steps)
+            )
+            return pa.concat_tables(parts)
+
+        async def read() -> None:
+            nonlocal reading
+            file = pq.ParquetFile(source)
+            try:
+                for batch in file.iter_batches(batch_size=chunk_rows, columns=[ID, *FEATURES]):
+                    await pending.acquire()
+                    ready.append(asyncio.create_task(chunk(batch)))
+                    more.set()
+            finally:
+                file.close()
+                reading = False
+                more.set()
+
+        async def write() -> int:
+            written, shard, left = 0, 0, shards[0]
+            files = contextlib.ExitStack()
+            writer: pq.ParquetWriter | None = None
+            try:
+                while ready or reading:
+                    if not ready:
+                        more.clear()
+                        await more.wait()
+                        continue
+                    table = await ready.popleft()
+                    pending.release()
+                    while table.num_rows:
+                        piece, table = table.slice(0, left), table.slice(left)
+                        if writer is None:
+                            out = files.enter_context(fs.atomic_writer(layout.shard_uri(shard)))
+                            writer = pq.ParquetWriter(out, piece.schema)
+                        await asyncio.to_thread(writer.write_table, piece)
+                        written += piece.num_rows
+                        left -= piece.num_rows
+                        if not left:
+                            await asyncio.to_thread(_close, writer, files)
+                            writer, files = None, contextlib.ExitStack()
+                            shard += 1
+                            left = shards[shard] if shard < len(shards) else 0
+            finally:
+                files.close()
+            return written
+
+        reader = asyncio.create_task(read())
+        done = await write()
+        await reader
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    gc.unfreeze()
+    ray = cpu_spent(ray_before, ray_cpu(env.ray_marker))
+    assert done == n and parquet_case.count_outputs(output) == n, done
+    shutil.rmtree(output, ignore_errors=True)
+    return {
+        "run": "B-arrow",
+        "records": n,
+        "seconds": round(seconds, 2),
+        "records_per_s": round(n / seconds),
+        "client_cpu_s": round(cpu, 2),
+        **ray,
+    }
+
+
+def _close(writer: pq.ParquetWriter, files: contextlib.ExitStack) -> None:
+    writer.close()
+    files.close()
+
+
+def run_d(env: harness.BenchEnv, n: int) -> dict[str, Any]:
+    before = ray_cpu(env.ray_marker)
+    started = time.perf_counter()
+    figures = parquet_case.run_ray_data(env, n)
+    wall = time.perf_counter() - started
+    return {
+        "run": "D",
+        **figures,
+        "wall_with_driver_s": round(wall, 2),
+        **cpu_spent(before, ray_cpu(env.ray_marker)),
+    }
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+async def main_async(rows: int, rounds: int, profile: bool, out: Path) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-arrow-"))
+    results: list[dict[str, Any]] = []
+    try:
+        async with local_stack(work) as (temporal, serve):
+            env = harness.BenchEnv.for_stack(temporal.address, serve, serve.token_file, work)
+            parquet_case.dataset(env, rows)
+            # warm-up: Serve's replicas, the worker's imports, the page cache
+            await run_a(env, min(rows, 50_000), "json", None)
+            await run_a(env, min(rows, 50_000), "auto", None)
+            profile_dir = out / "profiles" if profile else None
+            if profile_dir:
+                profile_dir.mkdir(parents=True, exist_ok=True)
+            for round_ in range(rounds):
+                order = ["json", "auto"] if round_ % 2 == 0 else ["auto", "json"]
+                for wire in order:
+                    row = await run_a(env, rows, wire, profile_dir if round_ == 0 else None)
+                    results.append({**row, "round": round_})
+                    print(json.dumps(results[-1]), flush=True)
+                results.append({**await run_b_arrow(env, rows), "round": round_})
+                print(json.dumps(results[-1]), flush=True)
+                results.append({**await asyncio.to_thread(run_d, env, rows), "round": round_})
+                print(json.dumps(results[-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"machine": os.cpu_count(), "rows": rows, "results": results}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.arrow_case", description=__doc__)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--profile", action="store_true", help="py-spy profiles of round 0 (worker, iris replica)")
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    p.add_argument("--summarize", type=Path, nargs="*", help="only print the summary of these profiles")
+    args = p.parse_args()
+    if args.summarize:
+        for path in args.summarize:
+            print(path, json.dumps(summarize(path), indent=1))
+        return
+    stop_on_sigterm()
+    args.out.mkdir(parents=True, exist_ok=True)
+    figures = asyncio.run(main_async(args.rows, args.rounds, args.profile, args.out))
+    path = args.out / f"arrow-{time.strftime('%Y%m%d-%H%M')}.json"
+    path.write_text(json.dumps(figures, indent=1))
+    print(path)
+
+
+if __name__ == "__main__":
+    main()
