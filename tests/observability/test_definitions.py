@@ -190,8 +190,8 @@ def test_scrape_config_example_is_valid(tmp_path: Path) -> None:
     discovery, so the discovery block is swapped for a static one here)."""
     example = yaml.safe_load((OBS / "prometheus" / "scrape-config.example.yaml").read_text())
     jobs = example["scrape_configs"]
-    assert [j["job_name"] for j in jobs] == [m.WORKER_JOB, m.RAY_JOB]
-    ray_relabel = jobs[1]["relabel_configs"]
+    assert [j["job_name"] for j in jobs] == [m.WORKER_JOB, m.PROGRESS_JOB, m.RAY_JOB]
+    ray_relabel = jobs[2]["relabel_configs"]
     assert {
         "source_labels": ["__meta_kubernetes_pod_label_ray_io_cluster"],
         "target_label": "ray_io_cluster",
