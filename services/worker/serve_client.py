@@ -32,6 +32,7 @@ from services.constants import (
     AUTH_SCHEME,
     ENV_SERVE_TOKEN,
     ENV_SERVE_TOKEN_FILE,
+    ENV_SERVE_WIRE,
     INFERENCE_ROUTE,
     JSON_CONTENT_TYPE,
     MODEL_INFERENCE_ROUTE,
@@ -50,6 +51,9 @@ ADVICE = {
     404: "unknown model or route: check the batch's 'model' against the Serve config",
     413: "micro-batch too large for Serve: lower tuning.micro_batch_size or tuning.max_request_bytes "
     "(below Serve's max_request_bytes)",
+    # Serve listed the model as columnar when the shard started, and now refuses Arrow (redeployed).
+    415: f"the model no longer takes Arrow bodies: retry the batch (it asks Serve again) or set "
+    f"{ENV_SERVE_WIRE}=json on the worker",
 }
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 
 import httpx
+import pyarrow as pa
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from services.errors import Code, Stage
+from services import arrow_wire
+from services.constants import ARROW_CONTENT_TYPE, ENV_SERVE_WIRE
+from services.errors import Code, Failure, Stage
 from services.worker.serve_client import (
     RetrySettings,
     ServeClient,
@@ -108,3 +111,28 @@ def test_a_model_error_keeps_its_code_and_an_unknown_one_is_other():
     assert (known.stage, known.code, known.message) == (Stage.MODEL, Code.INVALID_INPUT, "expected 4 numbers")
     assert model_error({"code": "from_a_newer_serve", "message": "x"}).code == Code.OTHER
     assert model_error("a bare string").code == Code.OTHER
+
+
+async def test_arrow_bodies_go_with_their_content_type_and_a_bad_reply_is_a_protocol_error():
+    seen = []
+    good = arrow_wire.encode(
+        arrow_wire.results(pa.array([7]), pa.nulls(1, pa.string()), pa.nulls(1, pa.string()))
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["content-type"])
+        if len(seen) == 1:
+            return httpx.Response(200, content=good)
+        if len(seen) == 2:
+            return httpx.Response(200, content=b"not arrow")
+        return httpx.Response(415, json={"detail": "model 'iris' takes no Arrow body"})
+
+    body = arrow_wire.encode(pa.table({"x": [1.0]}))
+    reply = await client_with(handler).predict_arrow("iris", body, 1)
+    assert reply.column(arrow_wire.PREDICTION).to_pylist() == [7] and seen == [ARROW_CONTENT_TYPE]
+    with pytest.raises(ApplicationError) as err:
+        await client_with(handler).predict_arrow("iris", body, 1)
+    assert err.value.type == Failure.SERVE_PROTOCOL_ERROR
+    with pytest.raises(ApplicationError) as err:
+        await client_with(handler).predict_arrow("iris", body, 1)
+    assert err.value.non_retryable and err.value.type == "ServeHTTP415" and ENV_SERVE_WIRE in str(err.value)
