@@ -247,6 +247,9 @@ async def priority_jump(
             1 for s in background_spans if s.scheduled < head.scheduled and s.started > head.started
         ),
         "queued_when_scheduled": sum(1 for s in background_spans if s.scheduled < head.scheduled < s.started),
+        # Started while it waited: what took the slots that freed before it got one.
+        "started_ahead": sum(1 for s in background_spans if head.scheduled < s.started < head.started),
+        "longest_shard_s": round(max(s.duration_s for s in background_spans), 3),
         "urgent_priority_on_shards": sorted({s.priority_key for s in urgent_spans}),
         "succeeded": sum(r.succeeded for r in results),
         "head": head,

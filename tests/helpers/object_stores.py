@@ -170,6 +170,12 @@ class S3FaultProxy:
         return f"http://{LOOPBACK}:{self.port}"
 
     @property
+    def window_open(self) -> bool:
+        """Whether a fault window is still open (a window of ``requests`` closes at its last)."""
+        with self._lock:
+            return self._window is not None
+
+    @property
     def passed(self) -> int:
         """Requests forwarded upstream (answered or not)."""
         with self._lock:

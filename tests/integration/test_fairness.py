@@ -33,6 +33,10 @@ async def test_a_priority_1_batch_overtakes_a_backlog_of_priority_3(client, run_
     assert result["succeeded"] == 8 * 4000 + 2000
     # Started with no Priority on the workflow: the shards got it from the input.
     assert result["urgent_priority_on_shards"] == [1]
-    # It was scheduled behind a real backlog, and started within one shard's duration.
+    # It was scheduled behind a real backlog and took the first slot that freed: no more shards
+    # started while it waited than polls could have been out already (one per slot), so it
+    # started within one shard's duration (the longest: timing on shared cores varies).
     assert result["queued_when_scheduled"] >= 4 * SLOTS, result
-    assert result["first_shard_wait_s"] <= result["median_shard_s"], result
+    assert result["started_ahead"] <= SLOTS, result
+    assert result["overtook"] >= result["queued_when_scheduled"] - SLOTS, result
+    assert result["first_shard_wait_s"] <= result["longest_shard_s"], result

@@ -5,7 +5,6 @@ PUT. Each test counts every id afterwards."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import signal
@@ -203,9 +202,10 @@ async def test_s3_answering_503_slowdown_for_a_while_and_the_batch_completes(cli
                 result_type=BatchInferenceOutput,
             )  # fmt: skip
             await wait_until(lambda: proxy.requests >= 20, 60, "the batch under way on S3")
-            proxy.slow_down_for(6, fraction=0.5)
-            await asyncio.sleep(6)
-            proxy.slow_down_for(2)  # then everything refused for a moment
+            # Counted in requests, not seconds, so a slow machine sees the same faults.
+            proxy.slow_down(40, fraction=0.5)
+            await wait_until(lambda: not proxy.window_open, 120, "40 requests, half refused")
+            proxy.slow_down(10)  # then everything refused for a moment
             result = await handle.result()
     assert proxy.slowed >= 20, f"S3 refused {proxy.slowed} requests"
     assert (result.status, result.succeeded, result.failed) == ("completed", 3_000, 0)
