@@ -31,13 +31,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import deque
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bench import harness, parquet_case
 from bench.local_stack import local_stack, stop_on_sigterm
@@ -45,10 +43,7 @@ from services import arrow_wire
 from services import constants as c
 from services.local.processes import marked_pids
 from services.local.ray_serve import CLUSTER_MARKER
-from services.worker import fs
-from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
-from services.worker.layout import OutputLayout
-from services.worker.plan import shard_sizes
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput
 
 MODEL = parquet_case.MODEL
 FEATURES = parquet_case.FEATURES
@@ -217,21 +212,13 @@ async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | No
 async def run_b_arrow(
     env: harness.BenchEnv, n: int, micro_batch: int = 2000, concurrency: int = 32
 ) -> dict[str, Any]:
-    """B on the Parquet file with Arrow bodies: read ahead in chunks of 2,000 rows while earlier
-    ones are in flight; the replies' prediction columns written in order into A's shard files."""
+    """B on the Parquet file with Arrow bodies (``parquet_case.read_send_write``): the replies'
+    prediction columns written in order into A's shard files."""
     source = parquet_case.dataset(env, n)
     output = env.workdir / "out" / f"B-arrow-{n}-{uuid.uuid4().hex[:6]}"
-    layout = OutputLayout(str(output), "parquet")
     route = c.MODEL_INFERENCE_ROUTE.format(model=MODEL)
     headers = {c.AUTH_HEADER: f"{c.AUTH_SCHEME} {env.token}", "Content-Type": c.ARROW_CONTENT_TYPE}
-    tuning = Tuning()
-    shards = shard_sizes(n, tuning.shard_size, tuning.max_concurrent_shards)
     limit = asyncio.Semaphore(concurrency)
-    chunk_rows = 2000
-    pending = asyncio.Semaphore(max(4, 2 * concurrency * micro_batch // chunk_rows))
-    ready: deque[asyncio.Task[pa.Table]] = deque()
-    more = asyncio.Event()
-    reading = True
     ray_before = ray_cpu(env.ray_marker)
     gc.freeze()
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -256,51 +243,9 @@ async def run_b_arrow(
             )
             return pa.concat_tables(parts)
 
-        async def read() -> None:
-            nonlocal reading
-            file = pq.ParquetFile(source)
-            try:
-                for batch in file.iter_batches(batch_size=chunk_rows, columns=[ID, *FEATURES]):
-                    await pending.acquire()
-                    ready.append(asyncio.create_task(chunk(batch)))
-                    more.set()
-            finally:
-                file.close()
-                reading = False
-                more.set()
-
-        async def write() -> int:
-            written, shard, left = 0, 0, shards[0]
-            files = contextlib.ExitStack()
-            writer: pq.ParquetWriter | None = None
-            try:
-                while ready or reading:
-                    if not ready:
-                        more.clear()
-                        await more.wait()
-                        continue
-                    table = await ready.popleft()
-                    pending.release()
-                    while table.num_rows:
-                        piece, table = table.slice(0, left), table.slice(left)
-                        if writer is None:
-                            out = files.enter_context(fs.atomic_writer(layout.shard_uri(shard)))
-                            writer = pq.ParquetWriter(out, piece.schema)
-                        await asyncio.to_thread(writer.write_table, piece)
-                        written += piece.num_rows
-                        left -= piece.num_rows
-                        if not left:
-                            await asyncio.to_thread(_close, writer, files)
-                            writer, files = None, contextlib.ExitStack()
-                            shard += 1
-                            left = shards[shard] if shard < len(shards) else 0
-            finally:
-                files.close()
-            return written
-
-        reader = asyncio.create_task(read())
-        done = await write()
-        await reader
+        done = await parquet_case.read_send_write(
+            source, output, n, chunk, parquet_case.chunks_ahead(concurrency, micro_batch)
+        )
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     gc.unfreeze()
     ray = cpu_spent(ray_before, ray_cpu(env.ray_marker))
@@ -314,11 +259,6 @@ async def run_b_arrow(
         "client_cpu_s": round(cpu, 2),
         **ray,
     }
-
-
-def _close(writer: pq.ParquetWriter, files: contextlib.ExitStack) -> None:
-    writer.close()
-    files.close()
 
 
 def run_d(env: harness.BenchEnv, n: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,25 +109,90 @@ def model_inputs(batch: pa.RecordBatch | pa.Table) -> tuple[list[Any], list[dict
     return batch.column(ID).to_pylist(), [dict(zip(FEATURES, row, strict=True)) for row in values]
 
 
-async def run_direct(
-    env: harness.BenchEnv, n: int, micro_batch: int, concurrency: int, write: bool = True
-) -> dict[str, Any]:
-    """B on the Parquet file: read ahead in chunks of 2,000 rows while earlier ones are in
-    flight; results written in order into A's shard files."""
-    source = dataset(env, n)
-    output = env.workdir / "out" / f"B-pq-{MODEL}-{n}-{uuid.uuid4().hex[:6]}"
+CHUNK_ROWS = 2000  # rows B reads at a time (A's part size)
+Chunk = Callable[[pa.RecordBatch], Awaitable[pa.Table]]
+
+
+async def read_send_write(
+    source: Path, output: Path, n: int, chunk: Chunk, chunks_ahead: int, write: bool = True
+) -> int:
+    """B's loop on a Parquet file: read chunks of ``CHUNK_ROWS`` rows (the id and the four
+    measurements) while up to ``chunks_ahead`` earlier ones are in flight (``chunk``: a chunk's
+    rows to its results), and write the results in input order into A's shard files, each as A
+    writes its own (temp file, fsync, rename). Rows written."""
     layout = OutputLayout(str(output), "parquet")
-    route = c.MODEL_INFERENCE_ROUTE.format(model=MODEL)
-    headers = {c.AUTH_HEADER: f"{c.AUTH_SCHEME} {env.token}", "Content-Type": "application/json"}
     tuning = Tuning()
     shards = shard_sizes(n, tuning.shard_size, tuning.max_concurrent_shards)
-    latencies: list[float] = []
-    limit = asyncio.Semaphore(concurrency)
-    chunk_rows = 2000
-    pending = asyncio.Semaphore(max(4, 2 * concurrency * micro_batch // chunk_rows))
+    pending = asyncio.Semaphore(chunks_ahead)
     ready: deque[asyncio.Task[pa.Table]] = deque()
     more = asyncio.Event()  # a chunk was queued, or reading ended
     reading = True
+
+    async def read() -> None:
+        nonlocal reading
+        file = pq.ParquetFile(source)
+        try:
+            for batch in file.iter_batches(batch_size=CHUNK_ROWS, columns=[ID, *FEATURES]):
+                await pending.acquire()
+                ready.append(asyncio.create_task(chunk(batch)))
+                more.set()
+        finally:
+            file.close()
+            reading = False
+            more.set()
+
+    async def write_in_order() -> int:
+        written, shard, left = 0, 0, shards[0]
+        files = contextlib.ExitStack()
+        writer: pq.ParquetWriter | None = None
+        try:
+            while ready or reading:
+                if not ready:
+                    more.clear()
+                    await more.wait()
+                    continue
+                table = await ready.popleft()
+                pending.release()
+                while table.num_rows:
+                    piece, table = table.slice(0, left), table.slice(left)
+                    if write:
+                        if writer is None:
+                            out = files.enter_context(fs.atomic_writer(layout.shard_uri(shard)))
+                            writer = pq.ParquetWriter(out, piece.schema)
+                        await asyncio.to_thread(writer.write_table, piece)
+                    written += piece.num_rows
+                    left -= piece.num_rows
+                    if not left:
+                        if writer is not None:
+                            await asyncio.to_thread(_close, writer, files)
+                            writer, files = None, contextlib.ExitStack()
+                        shard += 1
+                        left = shards[shard] if shard < len(shards) else 0
+        finally:
+            files.close()
+        return written
+
+    reader = asyncio.create_task(read())
+    written = await write_in_order()
+    await reader
+    return written
+
+
+def chunks_ahead(concurrency: int, micro_batch: int) -> int:
+    """Chunks B keeps in flight: enough to fill ``concurrency`` requests twice over."""
+    return max(4, 2 * concurrency * micro_batch // CHUNK_ROWS)
+
+
+async def run_direct(
+    env: harness.BenchEnv, n: int, micro_batch: int, concurrency: int, write: bool = True
+) -> dict[str, Any]:
+    """B on the Parquet file (``read_send_write``) with A's JSON request bodies."""
+    source = dataset(env, n)
+    output = env.workdir / "out" / f"B-pq-{MODEL}-{n}-{uuid.uuid4().hex[:6]}"
+    route = c.MODEL_INFERENCE_ROUTE.format(model=MODEL)
+    headers = {c.AUTH_HEADER: f"{c.AUTH_SCHEME} {env.token}", "Content-Type": "application/json"}
+    latencies: list[float] = []
+    limit = asyncio.Semaphore(concurrency)
     gc.freeze()  # as the worker does at start (see harness.run_direct)
     started, cpu_started = time.perf_counter(), time.process_time()
     async with httpx.AsyncClient(
@@ -152,55 +218,7 @@ async def run_direct(
             )
             return pa.concat_tables(parts)
 
-        async def read() -> None:
-            nonlocal reading
-            file = pq.ParquetFile(source)
-            try:
-                for batch in file.iter_batches(batch_size=chunk_rows, columns=[ID, *FEATURES]):
-                    await pending.acquire()
-                    ready.append(asyncio.create_task(chunk(batch)))
-                    more.set()
-            finally:
-                file.close()
-                reading = False
-                more.set()
-
-        async def write() -> int:
-            """Chunks' results in input order into the shard files (a shard's file is written
-            as A's are: a temp file, fsync, rename)."""
-            written, shard, left = 0, 0, shards[0]
-            files = contextlib.ExitStack()
-            writer: pq.ParquetWriter | None = None
-            try:
-                while ready or reading:
-                    if not ready:
-                        more.clear()
-                        await more.wait()
-                        continue
-                    table = await ready.popleft()
-                    pending.release()
-                    while table.num_rows:
-                        piece, table = table.slice(0, left), table.slice(left)
-                        if write:
-                            if writer is None:
-                                out = files.enter_context(fs.atomic_writer(layout.shard_uri(shard)))
-                                writer = pq.ParquetWriter(out, piece.schema)
-                            await asyncio.to_thread(writer.write_table, piece)
-                        written += piece.num_rows
-                        left -= piece.num_rows
-                        if not left:
-                            if writer is not None:
-                                await asyncio.to_thread(_close, writer, files)
-                                writer, files = None, contextlib.ExitStack()
-                            shard += 1
-                            left = shards[shard] if shard < len(shards) else 0
-            finally:
-                files.close()
-            return written
-
-        reader = asyncio.create_task(read())
-        done = await write()
-        await reader
+        done = await read_send_write(source, output, n, chunk, chunks_ahead(concurrency, micro_batch), write)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     gc.unfreeze()
     assert done == n, (done, n)

@@ -22,7 +22,9 @@ async def test_arrow_case_smoke(bench_env):
         assert row["run"] == f"A-{wire}" and row["records"] == 300
         assert row["serve_cpu_s"] > 0, "Serve's processes were found and did the work"
     row = await arrow_case.run_b_arrow(bench_env, 300)
-    assert row["records"] == 300 and row["model_cpu_s"] > 0
+    # Serve's processes together (the model replica alone can spend under the 10 ms that
+    # /proc counts and the figures round to, on 300 rows in one request).
+    assert row["records"] == 300 and row["serve_cpu_s"] > 0
 
 
 def test_serve_cpu_is_split_by_role_and_new_processes_count_from_zero():
