@@ -70,6 +70,13 @@ class Tuning(_Strict):
     max_serve_outage_s: float = Field(
         4 * 3600, gt=0, description="the batch fails once Serve has been unavailable this long"
     )
+    progress_every_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="seconds of workflow time between publications of the batch's progress while "
+        "shards finish (each one history event; status changes publish at once)",
+    )
 
 
 class BatchState(_Strict):

@@ -60,7 +60,7 @@ class FileBatch:
         self.outage: Outage | None = None
         self.serve_check: asyncio.Task[None] | None = None
         self.priority = activity_priority(input)
-        self.publisher = ProgressPublisher(self.progress)
+        self.publisher = ProgressPublisher(self.progress, self.tuning.progress_every_s)
 
     # --- what the progress query reads ---------------------------------------------------------
 
@@ -166,7 +166,10 @@ class FileBatch:
             if not self.pending:
                 return  # rolling over with nothing in flight
             self.publisher.publish()  # the shards counted and those started in their place
-            done, _ = await workflow.wait(self.pending.values(), return_when=asyncio.FIRST_COMPLETED)
+            # What the interval held back is published when it ends, not when a shard next ends.
+            done, _ = await workflow.wait(
+                self.pending.values(), timeout=self.publisher.due_in(), return_when=asyncio.FIRST_COMPLETED
+            )
             for shard, task in list(self.pending.items()):
                 if task in done:
                     del self.pending[shard]

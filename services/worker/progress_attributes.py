@@ -3,7 +3,7 @@ visibility list call reads every running batch's progress without a query per ba
 
 - ``ProgressPublisher`` (workflow side): upserts ``BatchInferenceStatus`` and a compact snapshot
   ``BatchInferenceProgress`` (``PublishedProgress``) when the batch starts, when its status
-  changes, at most every ``PUBLISH_EVERY_S`` of workflow time as shards finish, and at the end.
+  changes, at most every ``tuning.progress_every_s`` of workflow time as shards finish, and at the end.
   An upsert of an attribute the namespace does not know fails the workflow task (and the batch
   would hang retrying it), so it publishes only when the plan activity (its result is in the
   history, and carried over continue-as-new) answered that both are registered with their types.
@@ -37,10 +37,6 @@ STATUS_KEY = SearchAttributeKey.for_keyword(c.PROGRESS_STATUS_ATTRIBUTE)
 SNAPSHOT_KEY = SearchAttributeKey.for_keyword(c.PROGRESS_SNAPSHOT_ATTRIBUTE)
 # New commands (upserts): old histories replay without them.
 PUBLISH_PROGRESS_PATCH = "publish-progress"
-# Workflow time between two publications while shards finish (status changes publish at once):
-# each is one history event and one visibility write. Shards finishing faster than this publish
-# together; what a burst leaves unpublished goes with the next shard to finish.
-PUBLISH_EVERY_S = 5.0
 # SQL visibility keeps a custom Keyword in a VARCHAR(255) column: the snapshot stays below it.
 SNAPSHOT_MAX_CHARS = 255
 _TYPES = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD}
@@ -115,11 +111,15 @@ def read(attributes: TypedSearchAttributes, now: datetime | None = None) -> Prog
 class ProgressPublisher:
     """Publishes ``progress()`` as search attributes, if the namespace has them (see module doc)."""
 
-    def __init__(self, progress: Callable[[], Progress]):
-        self._progress = progress
+    def __init__(self, progress: Callable[[], Progress], every_s: float):
+        # Each publication is one history event and one visibility write: shards finishing
+        # faster than ``every_s`` publish together, and what a burst leaves unpublished goes when
+        # the interval ends (a timer, only then).
+        self._progress, self.every_s = progress, every_s
         self.enabled = False
         self._last_at: datetime | None = None
         self._last_status: str | None = None
+        self._published: tuple[object, ...] | None = None  # the counts last published
 
     def enable(self, registered: bool) -> None:
         """Once the run's state is known: publish if the plan found the attributes registered
@@ -128,9 +128,17 @@ class ProgressPublisher:
         test server fails legacy queries that replay a history with a second patch marker)."""
         self.enabled = registered and workflow.patched(PUBLISH_PROGRESS_PATCH)
 
+    def due_in(self) -> float | None:
+        """Seconds of workflow time until progress held back by the interval may be published;
+        None if nothing is held back (the caller then waits without a timer)."""
+        if not self.enabled or self._last_at is None or _counts(self._progress()) == self._published:
+            return None
+        elapsed = (workflow.now() - self._last_at).total_seconds()
+        return max(self.every_s - elapsed, 0.001)
+
     def publish(self, force: bool = False) -> None:
         """Upsert the progress: always on ``force`` or a status change, else at most every
-        ``PUBLISH_EVERY_S`` of workflow time."""
+        ``every_s`` of workflow time."""
         if not self.enabled:
             return
         now, p = workflow.now(), self._progress()
@@ -138,13 +146,18 @@ class ProgressPublisher:
             not force
             and p.status == self._last_status
             and self._last_at is not None
-            and (now - self._last_at).total_seconds() < PUBLISH_EVERY_S
+            and (now - self._last_at).total_seconds() < self.every_s
         ):
             return
-        self._last_at, self._last_status = now, p.status
+        self._last_at, self._last_status, self._published = now, p.status, _counts(p)
         workflow.upsert_search_attributes(
             [STATUS_KEY.value_set(p.status), SNAPSHOT_KEY.value_set(PublishedProgress.of(p, now).encode())]
         )
+
+
+def _counts(p: Progress) -> tuple[object, ...]:
+    """What a published snapshot says, but the times (which change by themselves)."""
+    return (p.status, p.succeeded, p.failed, p.shards_done, p.shards_running, p.waiting_for_serve_since)
 
 
 # --- activity side ------------------------------------------------------------------------------

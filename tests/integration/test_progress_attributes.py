@@ -66,7 +66,7 @@ class HeldShards:
     @activity.defn(name="process_shard")
     async def process_shard(self, input: ShardInput) -> ShardOutput:
         if input.shard == 0:  # finishes past the publishing interval: published at once
-            await asyncio.sleep(progress_attributes.PUBLISH_EVERY_S + 1)
+            await asyncio.sleep(Tuning().progress_every_s + 1)
         else:
             await self.release.wait()
         n = min(SHARD, self.total - input.shard * SHARD)

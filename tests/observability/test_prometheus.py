@@ -177,6 +177,8 @@ async def test_every_dashboard_query_and_alert_on_a_real_prometheus(
             max_concurrent_shards=2,
             shard_size=1000,
             checkpoint_every=200,
+            # The batch runs for seconds: it publishes every change, as the exporter polls (1 s).
+            progress_every_s=0,
         ),
     )
     handle = await client.start_workflow(
