@@ -13,7 +13,7 @@ from temporalio.client import WorkflowFailureError
 
 from services import constants as c
 from services.cli import describe_failure
-from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
 from tests.helpers.batches import execute_batch
 from tests.helpers.records import iris_records, read_outputs, write_jsonl
 
@@ -45,7 +45,14 @@ async def test_file_batch_writes_every_id_exactly_once(client, run_worker, tmp_p
         tuning=Tuning(shard_size=500, checkpoint_every=200, micro_batch_size=16, max_concurrent_shards=3),
     )
     async with run_worker() as queue:
-        result = await execute(client, queue, batch)
+        handle = await client.start_workflow(
+            c.WORKFLOW_NAME, batch, id=f"it-{uuid.uuid4().hex[:8]}", task_queue=queue,
+            result_type=BatchInferenceOutput,
+        )  # fmt: skip
+        result = await handle.result()
+        # Asked after the end, the query replays the whole history (patch markers included).
+        final = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
+    assert (final.status, final.succeeded, final.shards_done) == ("completed", 2_345, 6)
     results, errors = read_outputs(output)
     assert Counter(r["id"] for r in results) == Counter(r["id"] for r in records)
     assert not errors

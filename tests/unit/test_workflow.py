@@ -154,9 +154,10 @@ async def test_progress_query_reports_counts_while_running(env):
         assert progress.shards_running == 2 and progress.succeeded == 0
         fake.release.set()
         result = await handle.result()
-        final = await handle.query(BatchInferenceWorkflow.progress)
+    # The query after the end replays the whole history, which the time-skipping test server
+    # fails now and then on a patch marker: tests/integration/test_batches.py asks it of the
+    # real dev server instead.
     assert result.succeeded == 3000
-    assert final.status == "completed"
 
 
 async def test_inline_records_fan_out_and_aggregate_in_order(env):
