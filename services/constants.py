@@ -6,6 +6,8 @@ else; the Helm chart and the Serve config are checked against this module by tes
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 # --- Temporal -------------------------------------------------------------------------------
 DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
 DEFAULT_NAMESPACE = "default"
@@ -63,6 +65,9 @@ ENV_SERVE_CONCURRENCY_MAX = "SERVE_CONCURRENCY_MAX"
 # "json" makes the worker send JSON even where it could send Arrow (input Parquet or CSV, a model
 # with a columnar predict); unset or "auto": Arrow there.
 ENV_SERVE_WIRE = "SERVE_WIRE"
+# Its values (WorkerSettings.serve_wire; the chart's worker.serveWire enum is checked against them).
+ServeWire = Literal["auto", "json"]
+SERVE_WIRES: tuple[ServeWire, ...] = get_args(ServeWire)
 ENV_WORKER_GRACEFUL_SHUTDOWN_S = "WORKER_GRACEFUL_SHUTDOWN_S"
 ENV_WORKER_MAX_CONCURRENT_ACTIVITIES = "WORKER_MAX_CONCURRENT_ACTIVITIES"
 ENV_WORKER_EAGER_ACTIVITIES = "WORKER_EAGER_ACTIVITIES"

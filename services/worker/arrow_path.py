@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,7 +24,6 @@ import pyarrow.compute as pc
 
 from services import arrow_wire
 from services import metrics as m
-from services.constants import ENV_SERVE_WIRE
 from services.worker import csv_records, jsonl_sink, parquet_sink, telemetry
 from services.worker.contracts import ShardInput
 from services.worker.fields import FieldReader
@@ -41,10 +39,6 @@ log = logging.getLogger(__name__)
 COLUMNAR_FORMATS = frozenset({"parquet", "csv"})
 
 
-def json_forced() -> bool:
-    return os.environ.get(ENV_SERVE_WIRE, "auto").strip().lower() == "json"
-
-
 def input_is_columnar(plan: Plan) -> bool:
     """Whether this plan's records can go as columns: Parquet or CSV files whose model input is
     an object of columns (not one field's value)."""
@@ -54,8 +48,9 @@ def input_is_columnar(plan: Plan) -> bool:
 async def use_arrow(serve: ServeClient, plan: Plan, model: str | None) -> int | None:
     """The rows per request a shard of ``plan`` sends as Arrow, or None for JSON: Arrow when its
     input is columnar and Serve lists its model as columnar. Serve not answering the listing (or
-    an older Serve) means JSON."""
-    if json_forced() or not input_is_columnar(plan):
+    an older Serve) means JSON; so does a client told to send JSON (``serve.wire``, the worker's
+    SERVE_WIRE)."""
+    if serve.wire == "json" or not input_is_columnar(plan):
         return None
     try:
         listing = await serve.list_models()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, PrivateAttr, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio.client import Client, TLSConfig
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
@@ -140,6 +140,11 @@ class WorkerSettings(TemporalSettings):
         None, ge=1, le=1024, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_MAX),
         description="the adaptive limit never goes above this (unset: serve_max_connections)",
     )  # fmt: skip
+    serve_wire: c.ServeWire = Field(
+        "auto",
+        validation_alias=_env(c.ENV_SERVE_WIRE),
+        description="auto: Parquet and CSV rows go to a columnar model as Arrow; json: always JSON",
+    )
     graceful_shutdown_s: float = Field(
         30.0,
         ge=0,
@@ -195,6 +200,15 @@ class WorkerSettings(TemporalSettings):
         description="this worker's version within the Worker Deployment (the chart: the image tag; "
         "the Worker Controller's pods: its TEMPORAL_WORKER_BUILD_ID)",
     )
+
+    @field_validator("serve_wire", mode="before")
+    @classmethod
+    def _wire_any_case(cls, value: Any) -> Any:
+        # As the variable was read before it was a setting: any case, blanks around it; empty
+        # (a variable set to nothing) is the default.
+        if isinstance(value, str):
+            return value.strip().lower() or "auto"
+        return value
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> WorkerSettings:

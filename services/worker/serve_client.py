@@ -37,6 +37,7 @@ from services.constants import (
     JSON_CONTENT_TYPE,
     MODEL_INFERENCE_ROUTE,
     MODELS_ROUTE,
+    ServeWire,
 )
 from services.errors import Code, Failure, RecordError, Stage
 from services.token_file import TokenFile
@@ -166,8 +167,11 @@ class ServeClient:
         on_attempt: Callable[[str, float, str | None], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: Limiter | None = None,
+        wire: ServeWire = "auto",
     ):
         self.base_url = base_url.rstrip("/")
+        # "json": shards send JSON even where Arrow would do (arrow_path.use_arrow).
+        self.wire = wire
         self._tokens = tokens
         self._retry = retry or RetrySettings()
         self._on_attempt = on_attempt  # (outcome, seconds, model) for metrics

@@ -165,6 +165,7 @@ async def _work(
         max_connections=settings.serve_max_connections,
         on_attempt=record_serve_attempt,
         limiter=settings.limiter(SERVE_CONCURRENCY_LIMIT.set),
+        wire=settings.serve_wire,
     )
     background: list[Awaitable[None]] = []
     if probes is not None:

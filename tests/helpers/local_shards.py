@@ -13,7 +13,7 @@ import httpx
 from temporalio.testing import ActivityEnvironment
 
 from services import arrow_wire
-from services.constants import ARROW_CONTENT_TYPE, MODELS_ROUTE
+from services.constants import ARROW_CONTENT_TYPE, MODELS_ROUTE, ServeWire
 from services.worker.activities import BatchActivities
 from services.worker.contracts import PlanInput, ShardInput, ShardOutput
 from services.worker.manifests import DataSpec, Plan
@@ -73,8 +73,10 @@ def iris_handler() -> tuple[Handler, list[str]]:
     return handler, seen
 
 
-def serve_client(handler: Handler) -> ServeClient:
-    return ServeClient("http://serve.test", TokenSource("t"), transport=httpx.MockTransport(handler))
+def serve_client(handler: Handler, wire: ServeWire = "auto") -> ServeClient:
+    return ServeClient(
+        "http://serve.test", TokenSource("t"), transport=httpx.MockTransport(handler), wire=wire
+    )
 
 
 def echo_serve(reject: Callable[[Any], bool] = lambda _: False) -> tuple[ServeClient, list[int]]:

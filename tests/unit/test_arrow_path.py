@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.constants import ARROW_CONTENT_TYPE, ENV_SERVE_WIRE, JSON_CONTENT_TYPE
+from services.constants import ARROW_CONTENT_TYPE, JSON_CONTENT_TYPE, ServeWire
 from services.serve.models import IrisClassifier
 from services.worker.arrow_path import bodies
 from services.worker.layout import OutputLayout
@@ -58,27 +58,22 @@ def read(output: Path, fmt: str) -> tuple[list[dict], list[dict]]:
     return results, errors
 
 
-async def run(tmp_path: Path, name: str, spec: DataSpec, source: Path, monkeypatch, wire: str):
-    monkeypatch.setenv(ENV_SERVE_WIRE, wire)
+async def run(tmp_path: Path, name: str, spec: DataSpec, source: Path, wire: ServeWire):
     output = tmp_path / name
     plan = plan_batch(str(source), str(output), spec, shard_size=70)
     handler, seen = iris_handler()
     await run_shards(
-        plan, str(output), serve_client(handler), checkpoint_every=30, model="iris", micro_batch_size=16
+        plan, str(output), serve_client(handler, wire), checkpoint_every=30, model="iris", micro_batch_size=16
     )
     return read(output, spec.output_format), seen
 
 
 @pytest.mark.parametrize("output_format", ["parquet", "jsonl"])
-async def test_parquet_through_arrow_gives_what_json_gives(tmp_path, monkeypatch, output_format):
+async def test_parquet_through_arrow_gives_what_json_gives(tmp_path, output_format):
     ids = iris_parquet(tmp_path / "in", bad=(7, 41))
     spec = DataSpec(input_columns=FEATURES, keep_columns=["customer", "date"], output_format=output_format)
-    (arrow_results, arrow_errors), arrow_seen = await run(
-        tmp_path, "arrow", spec, tmp_path / "in", monkeypatch, "auto"
-    )
-    (json_results, json_errors), json_seen = await run(
-        tmp_path, "json", spec, tmp_path / "in", monkeypatch, "json"
-    )
+    (arrow_results, arrow_errors), arrow_seen = await run(tmp_path, "arrow", spec, tmp_path / "in", "auto")
+    (json_results, json_errors), json_seen = await run(tmp_path, "json", spec, tmp_path / "in", "json")
     assert set(arrow_seen) == {ARROW_CONTENT_TYPE} and set(json_seen) == {JSON_CONTENT_TYPE}
     assert arrow_results == json_results, "same rows, predictions and kept values, in the same order"
     assert Counter([r["id"] for r in arrow_results] + [e["id"] for e in arrow_errors]) == Counter(ids)
@@ -94,7 +89,7 @@ async def test_parquet_through_arrow_gives_what_json_gives(tmp_path, monkeypatch
         assert schema.field("prediction").type == IrisClassifier.PREDICTION_TYPE
 
 
-async def test_a_part_with_a_row_needing_its_own_error_goes_the_json_way(tmp_path, monkeypatch):
+async def test_a_part_with_a_row_needing_its_own_error_goes_the_json_way(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     table = pa.table(
@@ -104,25 +99,25 @@ async def test_a_part_with_a_row_needing_its_own_error_goes_the_json_way(tmp_pat
     ids[33] = None  # no id: a parse error of its own
     pq.write_table(table.set_column(0, "id", pa.array(ids)), folder / "a.parquet")
     spec = DataSpec(input_columns=FEATURES, output_format="parquet")
-    (results, errors), seen = await run(tmp_path, "out", spec, folder, monkeypatch, "auto")
+    (results, errors), seen = await run(tmp_path, "out", spec, folder, "auto")
     assert ARROW_CONTENT_TYPE in seen and JSON_CONTENT_TYPE in seen, "the part holding row 34 went as JSON"
     assert len(results) == 39 and [(e["line"], e["code"]) for e in errors] == [(34, "missing_id")]
     assert sorted(r["id"] for r in results) == sorted(i for i in ids if i is not None)
 
 
-async def test_csv_goes_as_arrow_with_jsonl_results(tmp_path, monkeypatch):
+async def test_csv_goes_as_arrow_with_jsonl_results(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     rows = [f"c{i},{5.0 + i / 10},{3.0},{1.0 + i / 20},{0.2}" for i in range(50)]
     (folder / "a.csv").write_text("\n".join(["id," + ",".join(FEATURES), *rows]) + "\n")
     spec = DataSpec()  # the default input: every column but the id
-    (arrow_results, errors), seen = await run(tmp_path, "arrow", spec, folder, monkeypatch, "auto")
-    (json_results, _), _ = await run(tmp_path, "json", spec, folder, monkeypatch, "json")
+    (arrow_results, errors), seen = await run(tmp_path, "arrow", spec, folder, "auto")
+    (json_results, _), _ = await run(tmp_path, "json", spec, folder, "json")
     assert set(seen) == {ARROW_CONTENT_TYPE} and errors == []
     assert arrow_results == json_results and len(arrow_results) == 50
 
 
-async def test_a_model_serve_lists_as_not_columnar_gets_json(tmp_path, monkeypatch):
+async def test_a_model_serve_lists_as_not_columnar_gets_json(tmp_path):
     ids = iris_parquet(tmp_path / "in", files=1, rows=20)
     handler, seen = iris_handler()
 

@@ -82,3 +82,15 @@ def test_a_deployment_name_with_a_dot_is_refused(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(c.ENV_TEMPORAL_BUILD_ID, "v1")
     with pytest.raises(ValueError, match=c.ENV_TEMPORAL_DEPLOYMENT_NAME):
         WorkerSettings()
+
+
+def test_the_serve_wire_is_auto_or_json_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert WorkerSettings().serve_wire == "auto"
+    monkeypatch.setenv(c.ENV_SERVE_WIRE, " JSON ")
+    assert WorkerSettings().serve_wire == "json"
+    monkeypatch.setenv(c.ENV_SERVE_WIRE, "")  # set to nothing: the default
+    assert WorkerSettings().serve_wire == "auto"
+    monkeypatch.setenv(c.ENV_SERVE_WIRE, "arrow")
+    with pytest.raises(ValueError, match=rf"{c.ENV_SERVE_WIRE}\n.*'auto' or 'json'") as err:
+        WorkerSettings()
+    assert "arrow" not in str(err.value)  # hide_input_in_errors: what it was given is not echoed
