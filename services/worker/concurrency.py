@@ -3,18 +3,31 @@
 AIMD, as in Netflix's concurrency-limits, with TCP's slow start: from ``initial`` the limit
 doubles every round trip (one slot per prompt answer) until it is first cut; from then each
 prompt answer adds ``increase / limit`` (about one slot per round trip), only while the slots
-are in use. A refusal (429, 503, 504, a timeout) cuts the limit to ``backoff`` times itself, or
-to what Serve was holding when it refused (the requests still out) if that is fewer, at most
-once per round trip (answers to requests sent before the last cut do not cut again, but a
-refusal among them lowers the limit to what Serve held when it came, if fewer). What Serve
-held becomes a ceiling for ``probe_interval_s``: the limit climbs back to it and stays there
-instead of running into Serve's queue again every few round trips; past that it probes
-further, one slot per round trip. Without a ceiling, rising latency (the average of the last
-``short_samples`` answers above ``latency_tolerance`` times the long-run average: a Serve
-queueing without bound) cuts the limit too. Latency's level alone is no signal here: Serve
-batches what it is sent, so more in flight buys throughput at the cost of latency. A
-``Retry-After`` holds every sender of the worker until it has passed, not only the refused
-request's retry.
+are in use.
+
+A refusal (429, 503, 504, a timeout) cuts the limit at most once per round trip: answers to
+requests sent before the last cut say nothing about the new limit. Each request carries its
+*level*, the requests out with it when it was sent, and the limiter keeps the highest level
+Serve answered in the last ``window_s`` (the level that worked). A refusal at level ``r`` cuts
+the limit to just below it, to the highest level that worked and is below ``r`` (to ``backoff``
+times itself when nothing has worked lately), and that becomes a ceiling for
+``probe_interval_s``: the limit climbs back to it and stays there instead of running into
+Serve's queue again every few round trips; past that it probes further, one slot per round trip.
+Taking the requests still out at a refusal instead undercounts: those answered a moment
+earlier have already left, and the limit then sits well below what Serve holds.
+
+``Retry-After``: the refused request waits it before it is sent again (the Serve client does
+that). The whole worker waits it too only while refusals go on: a refusal of a request sent
+after the last cut, while an earlier refusal's Retry-After is still running, means the cut did
+not relieve Serve (its capacity dropped, or it is restarting); then every sender of the worker
+waits and the limit is cut to ``backoff`` times itself. An isolated refusal does not stop the
+others: Serve accepted them, and a worker-wide pause per refusal cost as much throughput as the
+refusals it saved (docs/performance.md, "Adaptive concurrency").
+
+Without a ceiling, rising latency (the average of the last ``short_samples`` answers above
+``latency_tolerance`` times the long-run average: a Serve queueing without bound) cuts the limit
+too. Latency's level alone is no signal here: Serve batches what it is sent, so more in flight
+buys throughput at the cost of latency.
 
 The fixed limits stay as caps: ``max_limit`` (the worker's ``SERVE_MAX_CONNECTIONS``), and each
 shard's ``max_in_flight`` in front of this limiter.
@@ -54,10 +67,11 @@ def signal_of(status: int) -> Signal:
 class LimitSettings:
     min_limit: int = 1
     max_limit: int = 32
-    initial: int = 16  # slow start from here: a first burst of max_limit could overrun Serve's queue
-    backoff: float = 0.7
+    initial: int = 8  # slow start from here: a first burst much above Serve's queue is refused
+    backoff: float = 0.7  # the cut when refusals go on, or when no level has worked lately
     increase: float = 1.0  # slots added per round trip of answers
-    probe_interval_s: float = 30.0  # how long the limit refused at (less one) caps it
+    probe_interval_s: float = 30.0  # how long the level below a refusal caps the limit
+    window_s: float = 5.0  # how far back the level that worked is looked for
     latency_tolerance: float = 2.0
     short_samples: int = 10  # window of the recent latency average (EMA)
     long_samples: int = 500  # window of the long-run latency average (EMA)
@@ -71,10 +85,12 @@ class LimitSettings:
 
 class Slot:
     """One request's place under the limit: say how it ended with ``answered`` or ``overloaded``
-    (neither: it tells the limiter nothing)."""
+    (neither: it tells the limiter nothing). ``level``: the requests out with it when it was sent,
+    itself included."""
 
-    def __init__(self, started: float) -> None:
+    def __init__(self, started: float, level: int = 1) -> None:
         self.started = started
+        self.level = level
         self.signal = Signal.IGNORE
         self.retry_after_s: float | None = None
 
@@ -101,21 +117,33 @@ class AdaptiveLimiter:
         self._clock, self._sleep, self._on_limit = clock, sleep, on_limit
         self._limit = float(min(s.max_limit, max(s.min_limit, s.initial)))
         self.slow_start = True  # until the first cut
-        self.in_flight = 0  # slots taken, also by requests waiting out a Retry-After
+        self.in_flight = 0  # slots taken, also by requests waiting out a worker-wide pause
         self.sent = 0  # requests out to Serve
-        self.paused_until = 0.0
+        self.paused_until = 0.0  # no request of the worker is sent before this
+        self._refused_until = float("-inf")  # the last refusal's Retry-After runs until then
         self._last_cut = float("-inf")
         self._short: float | None = None
         self._long: float | None = None
         self.ceiling: float | None = None
         self._ceiling_until = 0.0
         self._samples = 0
+        self._answered_at: dict[int, float] = {}  # level -> when Serve last answered one sent there
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._report()
 
     @property
     def limit(self) -> int:
         return int(self._limit)
+
+    def worked(self, now: float, below: int | None = None) -> int | None:
+        """The highest level Serve answered in the last ``window_s`` (below ``below``), if any."""
+        cutoff = now - self.settings.window_s
+        levels = [
+            level
+            for level, at in self._answered_at.items()
+            if at >= cutoff and (below is None or level < below)
+        ]
+        return max(levels, default=None)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:
@@ -125,8 +153,8 @@ class AdaptiveLimiter:
         except BaseException:
             self._release()
             raise
-        slot = Slot(self._clock())
         self.sent += 1
+        slot = Slot(self._clock(), self.sent)
         try:
             yield slot
         finally:
@@ -168,44 +196,54 @@ class AdaptiveLimiter:
 
     def update(self, slot: Slot, now: float) -> None:
         """Adjust the limit for one request that ended at ``now``."""
-        s = self.settings
-        if slot.retry_after_s:
-            self.paused_until = max(self.paused_until, now + slot.retry_after_s)
         if slot.signal is Signal.OVERLOAD:
-            # What Serve holds: the requests still out when it refused this one.
-            held = float(max(s.min_limit, self.sent))
-            if self._cut(slot, now, held):
-                self.ceiling, self._ceiling_until = held, now + s.probe_interval_s
-            elif self.ceiling is not None:
-                # More refusals of one burst: the last of them sees what Serve really holds.
-                self.ceiling = min(self.ceiling, held)
-                self._set(min(self._limit, held))
+            self._refused(slot, now)
         elif slot.signal is Signal.OK:
-            latency = max(0.0, now - slot.started)
-            self._samples += 1
-            self._short = self._ema(self._short, latency, s.short_samples)
-            self._long = self._ema(self._long, latency, s.long_samples)
-            # The long-run average needs a fifth of its window first: during slow start latency
-            # climbs with the limit (Serve batches more), which is no reason to cut.
-            warm = self._samples >= max(s.short_samples, s.long_samples // 5)
-            rising = warm and self._short > s.latency_tolerance * self._long
-            if rising and self.ceiling is None:  # (with a ceiling, Serve's refusals say where to be)
-                self._cut(slot, now)
-            elif self.in_flight + 1 >= self._limit / 2:  # the limit is in use: worth raising
-                step = 1.0 if self.slow_start else s.increase / max(self._limit, 1.0)
-                if self.ceiling is not None and now >= self._ceiling_until:
-                    self.ceiling = None  # probe past it
-                top = self._limit + step if self.ceiling is None else min(self._limit + step, self.ceiling)
-                self._set(max(self._limit, top))
+            self._answered(slot, now)
 
-    def _cut(self, slot: Slot, now: float, at_most: float | None = None) -> bool:
-        if slot.started < self._last_cut:  # sent under the old limit: already answered for
-            return False
+    def _refused(self, slot: Slot, now: float) -> None:
+        s = self.settings
+        # Sent before the last cut: that cut already answered for it.
+        fresh = slot.started >= self._last_cut
+        going_on = fresh and now < self._refused_until
+        if slot.retry_after_s:
+            self._refused_until = max(self._refused_until, now + slot.retry_after_s)
+            if going_on:
+                self.paused_until = max(self.paused_until, now + slot.retry_after_s)
+        if not fresh:
+            return
         self._last_cut = now
         self.slow_start = False
-        limit = self._limit * self.settings.backoff
-        self._set(limit if at_most is None else min(limit, at_most))
-        return True
+        worked = self.worked(now, below=slot.level)
+        if going_on or worked is None:
+            limit = self._limit * s.backoff
+        else:
+            limit = float(worked)  # just below the refusal: the highest level that worked there
+        self._set(min(self._limit, limit))
+        self.ceiling, self._ceiling_until = float(self.limit), now + s.probe_interval_s
+
+    def _answered(self, slot: Slot, now: float) -> None:
+        s = self.settings
+        self._answered_at[slot.level] = now
+        latency = max(0.0, now - slot.started)
+        self._samples += 1
+        self._short = self._ema(self._short, latency, s.short_samples)
+        self._long = self._ema(self._long, latency, s.long_samples)
+        # The long-run average needs a fifth of its window first: during slow start latency
+        # climbs with the limit (Serve batches more), which is no reason to cut.
+        warm = self._samples >= max(s.short_samples, s.long_samples // 5)
+        rising = warm and self._short > s.latency_tolerance * self._long
+        if rising and self.ceiling is None:  # (with a ceiling, Serve's refusals say where to be)
+            if slot.started >= self._last_cut:
+                self._last_cut = now
+                self.slow_start = False
+                self._set(self._limit * s.backoff)
+        elif self.in_flight + 1 >= self._limit / 2:  # the limit is in use: worth raising
+            step = 1.0 if self.slow_start else s.increase / max(self._limit, 1.0)
+            if self.ceiling is not None and now >= self._ceiling_until:
+                self.ceiling = None  # probe past it
+            top = self._limit + step if self.ceiling is None else min(self._limit + step, self.ceiling)
+            self._set(max(self._limit, top))
 
     @staticmethod
     def _ema(average: float | None, value: float, samples: int) -> float:

@@ -38,10 +38,16 @@ def limiter(clock: FakeClock, **settings: object) -> tuple[AdaptiveLimiter, list
 
 
 def answer(
-    lim: AdaptiveLimiter, clock: FakeClock, status: int, latency: float, retry_after: float | None = None
+    lim: AdaptiveLimiter,
+    clock: FakeClock,
+    status: int,
+    latency: float,
+    retry_after: float | None = None,
+    level: int | None = None,
 ):
-    """One request that started now and ended ``latency`` later with ``status``, the limit in use."""
-    slot = Slot(clock.now)
+    """One request that started now at ``level`` (default: the one that fills the limit) and
+    ended ``latency`` later with ``status``, the limit in use."""
+    slot = Slot(clock.now, lim.limit if level is None else level)
     clock.now += latency
     slot.answered(status, retry_after)
     lim.in_flight = lim.sent = lim.limit - 1  # the others in flight: the limit is in use
@@ -54,28 +60,43 @@ def test_statuses_map_to_signals():
     assert {signal_of(s) for s in (400, 401, 404, 413, 500)} == {Signal.IGNORE}
 
 
-def test_doubles_per_round_trip_until_pushed_back_then_holds_below_where_it_was_refused():
+def test_doubles_per_round_trip_until_refused_then_holds_at_the_level_that_worked_below_it():
     clock = FakeClock()
     lim, seen = limiter(clock, max_limit=24, probe_interval_s=30)
     assert lim.limit == 8 and lim.slow_start and seen == [8]
-    for _ in range(8):  # slow start: one slot per prompt answer
+    for _ in range(8):  # slow start: one slot per prompt answer, answered at levels 8..15
         answer(lim, clock, 200, 0.1)
-    assert lim.limit == 16
-    answer(lim, clock, 503, 0.1)  # refused at 16: Serve held 15
-    assert lim.limit == 8 and not lim.slow_start and lim.ceiling == 15
+    assert lim.limit == 16 and lim.worked(clock.now) == 15
+    answer(lim, clock, 503, 0.1)  # refused at level 16: 15 worked, so down to 15, not 0.7x
+    assert lim.limit == 15 == lim.ceiling and not lim.slow_start
+    assert lim.paused_until == 0, "one refusal does not hold the worker's other requests"
     refused_at = clock.now
-    for _ in range(8):  # one round trip's worth of answers at limit 8: just under one slot
-        answer(lim, clock, 200, 0.1)
-    assert lim.limit == 8
-    answer(lim, clock, 200, 0.1)
-    assert lim.limit == 9
-    while clock.now < refused_at + 29:  # about one slot per round trip, up to the ceiling
+    while clock.now < refused_at + 29:  # the ceiling holds
         answer(lim, clock, 200, 0.1)
     assert lim.limit == 15
-    for _ in range(400):  # the ceiling has expired: probing further, up to the cap
+    for _ in range(400):  # the ceiling has expired: probing further, one slot per round trip
         answer(lim, clock, 200, 0.1)
     assert lim.limit == 24, "capped at max_limit"
-    assert seen == [8, *range(9, 17), 8, *range(9, 25)]
+    assert seen == [8, *range(9, 17), 15, *range(16, 25)]
+
+
+def test_a_refusal_cuts_to_the_highest_level_that_worked_below_it_in_the_window():
+    clock = FakeClock()
+    lim, _ = limiter(clock, initial=20, max_limit=20, window_s=5)
+    for level in (12, 17, 9):
+        answer(lim, clock, 200, 0.1, level=level)
+    assert lim.worked(clock.now) == 17
+    answer(lim, clock, 503, 0.1, level=15)  # 17 worked, but not below the refused level 15
+    assert lim.limit == 12 == lim.ceiling
+    # Answers older than the window are forgotten: only 9 worked in the last 5 s.
+    clock.now += 4.75
+    answer(lim, clock, 200, 0.1, level=9)
+    clock.now += 1
+    assert lim.worked(clock.now) == 9
+    clock.now += 5
+    assert lim.worked(clock.now) is None
+    answer(lim, clock, 503, 0.1, level=10)  # nothing worked lately: backoff, 0.5 here
+    assert lim.limit == 6 == lim.ceiling
 
 
 def test_an_idle_limit_does_not_grow():
@@ -90,42 +111,30 @@ def test_an_idle_limit_does_not_grow():
     assert lim.limit == 8
 
 
-def test_refusals_halve_the_limit_once_per_round_trip_down_to_the_minimum():
+def test_refusals_with_nothing_answered_halve_the_limit_once_per_round_trip_down_to_the_minimum():
     clock = FakeClock()
     lim, seen = limiter(clock, initial=32, min_limit=2)
     assert lim.slow_start
-    # Three requests sent together, all refused while Serve held 20 others: one cut, not three.
-    sent = [Slot(clock.now) for _ in range(3)]
+    # Three requests sent together, all refused: one cut, not three.
+    sent = [Slot(clock.now, level) for level in (30, 31, 32)]
     clock.now += 0.05
-    lim.in_flight = lim.sent = 20
     for slot in sent:
         slot.answered(503)
         lim.update(slot, clock.now)
-    assert lim.limit == 16 and lim.ceiling == 20
-    # Another refusal of that burst, when only 12 were still out: Serve holds no more than that.
-    late = Slot(sent[0].started)
-    lim.in_flight = lim.sent = 12
-    late.answered(503)
-    lim.update(late, clock.now)
-    assert lim.limit == 12 and lim.ceiling == 12
+    assert lim.limit == 16 == lim.ceiling
     # A request sent after the cut and refused: it answers for the new limit.
     answer(lim, clock, 503, 0.05)
-    assert lim.limit == 6
-    timeout = Slot(clock.now)
+    assert lim.limit == 8
+    timeout = Slot(clock.now, 8)
     clock.now += 1
     timeout.overloaded()
-    lim.in_flight = lim.sent = 7
     lim.update(timeout, clock.now)
-    assert lim.limit == 3 and lim.ceiling == 7
+    assert lim.limit == 4 == lim.ceiling
     for status in (429, 504, 503, 503):
         answer(lim, clock, status, 0.05)
     assert lim.limit == 2, "never below min_limit"
-    lim.in_flight = lim.sent = 0
-    slot = Slot(clock.now)
-    slot.answered(503)
-    lim.update(slot, clock.now + 1)
-    assert lim.ceiling == 2, "min_limit, however few Serve held"
-    assert seen == [32, 16, 12, 6, 3, 2]
+    assert seen == [32, 16, 8, 4, 2]
+    assert lim.paused_until == 0, "no Retry-After: nothing to wait for"
 
 
 def test_other_errors_leave_the_limit_alone():
@@ -157,7 +166,7 @@ def test_rising_latency_cuts_the_limit_before_any_refusal():
 
 def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_double():
     settings = LimitSettings()
-    assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 16)
+    assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 8)
     clock = FakeClock()
     lim = AdaptiveLimiter(LimitSettings(initial=20, max_limit=20), clock=clock, sleep=clock.sleep)
     for _ in range(50):
@@ -212,22 +221,33 @@ async def test_a_cancelled_waiter_gives_its_place_back():
     assert lim.in_flight == 1
 
 
-async def test_no_request_is_sent_before_retry_after_has_passed():
+async def test_an_isolated_refusal_holds_no_one_but_refusals_that_go_on_hold_every_sender():
     clock = FakeClock()
-    lim, _ = limiter(clock)
-    async with lim.slot() as slot:
-        clock.now += 0.1
-        slot.answered(503, 2.0)  # at t=0.1: not before t=2.1
-    started = []
+    lim, _ = limiter(clock, initial=8)
+    started: list[float] = []
 
-    async def request() -> None:
+    async def request(status: int = 200, retry_after: float | None = None) -> None:
         async with lim.slot() as slot:
             started.append(clock.now)
-            slot.answered(200)
+            clock.now += 0.1
+            slot.answered(status, retry_after)
 
+    await request()  # level 1 worked
+    await request(503, 2.0)  # refused at t=0.2 (level 1: nothing below it worked): 8 -> 4
+    assert (lim.limit, lim.paused_until) == (4, 0)
     await asyncio.gather(*(request() for _ in range(3)))
-    assert started and min(started) >= 2.1
-    assert lim.limit == 1 == lim.ceiling, "the refusal also cut the limit to what Serve held: none but it"
+    assert started[2:] == pytest.approx([0.2, 0.3, 0.4]), "the others go on at once"
+    # Refused again, sent after the cut and within the first refusal's Retry-After (until 2.2):
+    # the cut did not relieve Serve, so every sender waits this Retry-After and the limit halves.
+    await request(503, 2.0)
+    assert lim.paused_until == pytest.approx(2.6) and lim.limit == 2
+    await asyncio.gather(*(request() for _ in range(3)))
+    assert min(started[-3:]) >= lim.paused_until
+    # Once it has passed, a single refusal holds no one again.
+    clock.now += 3
+    paused_until = lim.paused_until
+    await request(503, 2.0)
+    assert lim.paused_until == paused_until
 
 
 async def test_serve_client_reports_each_answer_to_its_limiter(monkeypatch: pytest.MonkeyPatch):
@@ -253,7 +273,9 @@ async def test_serve_client_reports_each_answer_to_its_limiter(monkeypatch: pyte
     finally:
         monkeypatch.undo()
         await serve.aclose()
-    assert lim.limit == 1 and lim.paused_until == 3.0 and lim.in_flight == 0
+    # The refused request waited its Retry-After; nothing else was held, and with nothing
+    # answered yet the limit was cut by the backoff (0.5 here).
+    assert lim.limit == 4 and lim.paused_until == 0 and lim.in_flight == 0
     assert clock.now >= 3.0
 
 
@@ -268,11 +290,11 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     seen: list[int] = []
     lim = WorkerSettings(serve_max_connections=40, serve_concurrency_min=2).limiter(seen.append)
     assert isinstance(lim, AdaptiveLimiter)
-    assert (lim.settings.min_limit, lim.settings.max_limit, lim.limit) == (2, 40, 16) and seen == [16]
+    assert (lim.settings.min_limit, lim.settings.max_limit, lim.limit) == (2, 40, 8) and seen == [8]
     capped = WorkerSettings(serve_max_connections=40, serve_concurrency_max=16).limiter()
     assert isinstance(capped, AdaptiveLimiter) and capped.settings.max_limit == 16
     off = WorkerSettings(serve_max_connections=40, serve_adaptive_concurrency=False).limiter(seen.append)
-    assert isinstance(off, NoLimit) and seen == [16, 40]
+    assert isinstance(off, NoLimit) and seen == [8, 40]
     with pytest.raises(ValidationError):
         WorkerSettings(serve_max_connections=8, serve_concurrency_max=16)
     with pytest.raises(ValidationError):
