@@ -17,24 +17,17 @@ from temporalio.worker import Worker
 
 from services.worker.contracts import (
     BatchInferenceInput,
-    PlanInput,
-    PlanOutput,
     ShardInput,
     ShardOutput,
-    SummaryInput,
     Tuning,
 )
 from services.worker.workflows import BatchInferenceWorkflow
+from tests.helpers.fake_activities import FakeBatchActivities
 from tests.helpers.temporal import time_skipping_env
 
 
-@activity.defn(name="plan_batch")
-async def plan_batch(input: PlanInput) -> PlanOutput:
-    return PlanOutput(total_records=300, num_shards=3)
-
-
 async def test_a_shard_finishing_during_the_cancellation_is_counted():
-    started, summaries = asyncio.Event(), []
+    started, fake = asyncio.Event(), FakeBatchActivities(total=300)
 
     @activity.defn(name="process_shard")
     async def process_shard(input: ShardInput) -> ShardOutput:
@@ -46,16 +39,11 @@ async def test_a_shard_finishing_during_the_cancellation_is_counted():
             activity.heartbeat()
             await asyncio.sleep(0.05)
 
-    @activity.defn(name="write_summary")
-    async def write_summary(input: SummaryInput) -> str:
-        summaries.append(input.summary)
-        return "/out/_summary.json"
-
     async with await time_skipping_env() as env:
         queue = f"race-{uuid.uuid4().hex[:8]}"
         async with Worker(
             env.client, task_queue=queue, workflows=[BatchInferenceWorkflow],
-            activities=[plan_batch, process_shard, write_summary],
+            activities=[fake.plan_batch, process_shard, fake.write_summary],
         ):  # fmt: skip
             batch = BatchInferenceInput(
                 input_uri="/in.jsonl",
@@ -69,8 +57,8 @@ async def test_a_shard_finishing_during_the_cancellation_is_counted():
             await handle.cancel()
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
-    assert summaries[-1].status == "cancelled"
-    assert (summaries[-1].succeeded, summaries[-1].failed) == (99, 1)
+    assert fake.summaries[-1].status == "cancelled"
+    assert (fake.summaries[-1].succeeded, fake.summaries[-1].failed) == (99, 1)
 
 
 async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
@@ -78,7 +66,7 @@ async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
     workflow worker runs between them): the SDK then ends the shard's task cancelled, its result
     unseen. The workflow hands such shards to the summary activity, which counts their final
     files (``OutputLayout.count_final``), so what the shard committed is still counted."""
-    started, finish, summaries = asyncio.Event(), asyncio.Event(), []
+    started, finish, fake = asyncio.Event(), asyncio.Event(), FakeBatchActivities(total=300)
 
     @activity.defn(name="process_shard")
     async def process_shard(input: ShardInput) -> ShardOutput:
@@ -90,11 +78,6 @@ async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
             activity.heartbeat()
             await asyncio.sleep(0.05)
 
-    @activity.defn(name="write_summary")
-    async def write_summary(input: SummaryInput) -> str:
-        summaries.append(input)
-        return "/out/_summary.json"
-
     async with await time_skipping_env() as env:
         queue = f"race-{uuid.uuid4().hex[:8]}"
 
@@ -104,7 +87,7 @@ async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
                 env.client,
                 task_queue=queue,
                 workflows=[BatchInferenceWorkflow],
-                activities=[plan_batch, write_summary],
+                activities=[fake.plan_batch, fake.write_summary],
                 no_remote_activities=True,
                 max_cached_workflows=0,
             )
@@ -131,7 +114,7 @@ async def test_a_shard_result_arriving_with_the_cancellation_is_not_lost():
             async with workflow_worker():
                 with pytest.raises(WorkflowFailureError):
                     await handle.result()
-    summary = summaries[-1]
+    summary = fake.summary_inputs[-1]
     assert summary.summary.status == "cancelled"
     counted = (summary.summary.succeeded, summary.summary.failed) == (99, 1)
     assert counted or 0 in summary.unsettled_shards, summary

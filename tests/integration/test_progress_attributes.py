@@ -31,37 +31,26 @@ from services.local.temporal_dev import TemporalDevServer
 from services.worker import progress_attributes
 from services.worker.contracts import (
     BatchInferenceInput,
-    PlanInput,
-    PlanOutput,
     ShardInput,
     ShardOutput,
-    SummaryInput,
     Tuning,
 )
 from services.worker.progress_attributes import ProgressAttributesCheck
 from services.worker.telemetry import BatchProgressPoller
 from services.worker.workflows import BatchInferenceWorkflow
+from tests.helpers.fake_activities import FakeBatchActivities
 
 pytestmark = pytest.mark.integration
 
 SHARD = 100  # records per shard
 
 
-class HeldShards:
+class HeldShards(FakeBatchActivities):
     """plan_batch with the real attribute check; shards that finish only once released."""
 
     def __init__(self, client: Client, namespace: str, total: int):
-        self.check = ProgressAttributesCheck(client, namespace)
-        self.total = total
+        super().__init__(total, ProgressAttributesCheck(client, namespace))
         self.release = asyncio.Event()
-
-    @activity.defn(name="plan_batch")
-    async def plan_batch(self, input: PlanInput) -> PlanOutput:
-        return PlanOutput(
-            total_records=self.total,
-            num_shards=-(-self.total // input.shard_size),
-            progress_attributes=await self.check(),
-        )
 
     @activity.defn(name="process_shard")
     async def process_shard(self, input: ShardInput) -> ShardOutput:
@@ -69,12 +58,8 @@ class HeldShards:
             await asyncio.sleep(Tuning().progress_every_s + 1)
         else:
             await self.release.wait()
-        n = min(SHARD, self.total - input.shard * SHARD)
+        n = self.records_of(input.shard)
         return ShardOutput(shard=input.shard, records=n, succeeded=n - 1, failed=1)
-
-    @activity.defn(name="write_summary")
-    async def write_summary(self, input: SummaryInput) -> str:
-        return input.summary.output_uri + "/_summary.json"
 
 
 @contextlib.asynccontextmanager

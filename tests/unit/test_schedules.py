@@ -18,17 +18,14 @@ from services import schedules as s
 from services.errors import CommandError, Failure
 from services.worker.contracts import (
     BatchInferenceInput,
-    PlanInput,
-    PlanOutput,
     ScheduleContext,
     ShardInput,
     ShardOutput,
-    SummaryInput,
     Tuning,
 )
-from services.worker.manifests import BatchSummary
 from services.worker.uri_templates import PLACEHOLDERS, TemplateError, fill, fill_uris, placeholders
 from services.worker.workflows import BatchInferenceWorkflow
+from tests.helpers.fake_activities import FakeBatchActivities
 from tests.helpers.temporal import time_skipping_env
 
 # 01:30 UTC on 1 Dec 2026 is 02:30 in Berlin, 10:30 in Tokyo and 20:30 on 30 Nov in New York.
@@ -192,26 +189,15 @@ def test_differences_name_what_changed() -> None:
 # --- the workflow fills the templates once -----------------------------------------------------------
 
 
-class Recorder:
+class Recorder(FakeBatchActivities):
     """Activities that record what the workflow asked for: 4 shards of 10 records."""
 
     def __init__(self) -> None:
-        self.plans: list[PlanInput] = []
-        self.summaries: list[BatchSummary] = []
-
-    @activity.defn(name="plan_batch")
-    async def plan_batch(self, input: PlanInput) -> PlanOutput:
-        self.plans.append(input)
-        return PlanOutput(total_records=40, num_shards=4)
+        super().__init__(total=40)
 
     @activity.defn(name="process_shard")
     async def process_shard(self, input: ShardInput) -> ShardOutput:
         return ShardOutput(shard=input.shard, records=10, succeeded=10, failed=0)
-
-    @activity.defn(name="write_summary")
-    async def write_summary(self, input: SummaryInput) -> str:
-        self.summaries.append(input.summary)
-        return input.summary.output_uri + "/_summary.json"
 
 
 async def test_the_workflow_fills_templates_from_the_given_time_once_across_runs() -> None:

@@ -16,13 +16,10 @@ from temporalio.worker import Worker
 from services.errors import Failure
 from services.worker.contracts import (
     BatchInferenceInput,
-    PlanInput,
-    PlanOutput,
     Progress,
     ServeCheck,
     ShardInput,
     ShardOutput,
-    SummaryInput,
     Tuning,
 )
 from services.worker.outages import (
@@ -33,6 +30,7 @@ from services.worker.outages import (
     wait_before_check,
 )
 from services.worker.workflows import BatchInferenceWorkflow
+from tests.helpers.fake_activities import FakeBatchActivities
 from tests.helpers.temporal import time_skipping_env
 
 # --- the wait schedule -----------------------------------------------------------------------
@@ -103,19 +101,15 @@ async def env():
     await env.shutdown()
 
 
-class OutageActivities:
+class OutageActivities(FakeBatchActivities):
     """Shards of 100 records; Serve "down" for the first ``down_shard_attempts`` shard attempts
     and the first ``down_checks`` checks (``None``: for ever)."""
 
     def __init__(self, total: int, down_shard_attempts: int, down_checks: int | None):
-        self.total, self.down_shard_attempts, self.down_checks = total, down_shard_attempts, down_checks
+        super().__init__(total)
+        self.down_shard_attempts, self.down_checks = down_shard_attempts, down_checks
         self.shard_calls: list[tuple[int, int]] = []  # (shard, Temporal attempt)
         self.checks = 0
-        self.summaries: list[str] = []
-
-    @activity.defn(name="plan_batch")
-    async def plan_batch(self, input: PlanInput) -> PlanOutput:
-        return PlanOutput(total_records=self.total, num_shards=-(-self.total // 100))
 
     @activity.defn(name="process_shard")
     async def process_shard(self, input: ShardInput) -> ShardOutput:
@@ -125,7 +119,7 @@ class OutageActivities:
                 "cannot reach Serve at http://serve (ConnectError); gave up after 6 attempts",
                 type=Failure.SERVE_UNAVAILABLE,
             )
-        n = min(100, self.total - input.shard * 100)
+        n = self.records_of(input.shard)
         return ShardOutput(shard=input.shard, records=n, succeeded=n, failed=0)
 
     @activity.defn(name="check_serve")
@@ -134,11 +128,6 @@ class OutageActivities:
         if self.down_checks is None or self.checks <= self.down_checks:
             return ServeCheck(ok=False, reason="cannot reach Serve at http://serve (ConnectError)")
         return ServeCheck(ok=True)
-
-    @activity.defn(name="write_summary")
-    async def write_summary(self, input: SummaryInput) -> str:
-        self.summaries.append(input.summary.status)
-        return input.summary.output_uri + "/_summary.json"
 
     def all(self):
         return [self.plan_batch, self.process_shard, self.check_serve, self.write_summary]
@@ -163,7 +152,7 @@ async def test_an_outage_longer_than_the_shard_attempts_pauses_the_batch_and_it_
     assert (result.status, result.succeeded, result.failed) == ("completed", 300, 0)
     assert {attempt for _, attempt in fake.shard_calls} == {1}, "an outage spends no activity attempt"
     assert sorted({shard for shard, _ in fake.shard_calls}) == [0, 1, 2]
-    assert fake.checks >= 5 and fake.summaries == ["completed"]
+    assert fake.checks >= 5 and [s.status for s in fake.summaries] == ["completed"]
 
 
 async def test_an_outage_past_its_cap_fails_the_batch_with_the_outage_failure(env):
@@ -179,7 +168,7 @@ async def test_an_outage_past_its_cap_fails_the_batch_with_the_outage_failure(en
     # shard tried again only after a check found Serve answering (never here).
     assert 12 <= fake.checks <= 20
     assert len(fake.shard_calls) == 2
-    assert fake.summaries == ["failed"]
+    assert [s.status for s in fake.summaries] == ["failed"]
 
 
 def test_the_wait_metric_counts_seconds_while_waiting_and_zero_after():

@@ -16,16 +16,13 @@ from services.worker.contracts import (
     InlineInput,
     InlineOutput,
     InlinePrediction,
-    PlanInput,
-    PlanOutput,
     Progress,
     ShardInput,
     ShardOutput,
-    SummaryInput,
     Tuning,
 )
-from services.worker.manifests import BatchSummary
 from services.worker.workflows import BatchInferenceWorkflow
+from tests.helpers.fake_activities import FakeBatchActivities
 from tests.helpers.temporal import time_skipping_env
 
 
@@ -36,25 +33,18 @@ async def env():
     await env.shutdown()
 
 
-class FakeActivities:
+class FakeActivities(FakeBatchActivities):
     """Shards of ``shard_size`` records; ``failing`` records fail per shard."""
 
     def __init__(self, total: int, failing_per_shard: int = 0, delay: float = 0.01):
-        self.total = total
+        super().__init__(total)
         self.failing = failing_per_shard
         self.delay = delay
-        self.shard_size = 0
         self.calls: list[int] = []
         self.running = 0
         self.max_running = 0
-        self.summaries: list[BatchSummary] = []
         self.release = asyncio.Event()
         self.release.set()
-
-    @activity.defn(name="plan_batch")
-    async def plan_batch(self, input: PlanInput) -> PlanOutput:
-        self.shard_size = input.shard_size
-        return PlanOutput(total_records=self.total, num_shards=-(-self.total // input.shard_size))
 
     @activity.defn(name="process_shard")
     async def process_shard(self, input: ShardInput) -> ShardOutput:
@@ -66,7 +56,7 @@ class FakeActivities:
             await self.release.wait()
         finally:
             self.running -= 1
-        n = min(self.shard_size, self.total - input.shard * self.shard_size)
+        n = self.records_of(input.shard)
         failed = min(self.failing, n)
         return ShardOutput(shard=input.shard, records=n, succeeded=n - failed, failed=failed)
 
@@ -75,11 +65,6 @@ class FakeActivities:
         return InlineOutput(
             predictions=[InlinePrediction(id=i, prediction=r) for i, r in enumerate(input.records)]
         )
-
-    @activity.defn(name="write_summary")
-    async def write_summary(self, input: SummaryInput) -> str:
-        self.summaries.append(input.summary)
-        return input.summary.output_uri + "/_summary.json"
 
     def all(self):
         return [self.plan_batch, self.process_shard, self.predict_inline, self.write_summary]
