@@ -1,5 +1,6 @@
-"""serve.maxRequestBytes: the Serve ingress's body limit from the chart, one default (the Serve
-config's, which is services/constants.py's) and the workers' default below it."""
+"""serve.maxRequestBytes and serve.maxArrowRowsPerRequest: the Serve ingress's body and Arrow
+row limits from the chart, one default each (the Serve config's; the byte limit's is
+services/constants.py's) and the workers' byte default below it."""
 
 from __future__ import annotations
 
@@ -38,3 +39,20 @@ def test_the_chart_renders_the_file_value_or_its_own() -> None:
 def test_values_schema_refuses_what_is_not_a_byte_count(bad) -> None:
     with pytest.raises(Exception, match="maxRequestBytes"):
         render({"serve": {"maxRequestBytes": bad}})
+
+
+def test_the_arrow_row_limit_is_rendered_from_the_file_or_the_value() -> None:
+    (app,) = yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
+    default = AppArgs.model_fields["max_arrow_rows_per_request"].default
+    assert app["args"]["max_arrow_rows_per_request"] == default
+    assert chart_values()["serve"]["maxArrowRowsPerRequest"] is None, "null: the Serve config's value"
+    assert app_args()["max_arrow_rows_per_request"] == default
+    args = app_args({"serve": {"maxArrowRowsPerRequest": 4096}})
+    assert args["max_arrow_rows_per_request"] == 4096 and isinstance(args["max_arrow_rows_per_request"], int)
+    assert AppArgs.model_validate(args).max_arrow_rows_per_request == 4096
+
+
+@pytest.mark.parametrize("bad", [0, "16k", 1.5])
+def test_values_schema_refuses_what_is_not_a_row_count(bad) -> None:
+    with pytest.raises(Exception, match="maxArrowRowsPerRequest"):
+        render({"serve": {"maxArrowRowsPerRequest": bad}})

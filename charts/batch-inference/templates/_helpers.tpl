@@ -261,6 +261,9 @@ Unknown deployment names fail. Auth tokens never enter this config.
 {{- if $.Values.serve.maxRequestBytes -}}
 {{- $_ := set $args "max_request_bytes" ($.Values.serve.maxRequestBytes | int64) -}}
 {{- end -}}
+{{- if $.Values.serve.maxArrowRowsPerRequest -}}
+{{- $_ := set $args "max_arrow_rows_per_request" ($.Values.serve.maxArrowRowsPerRequest | int64) -}}
+{{- end -}}
 {{- $_ := set $app "args" $args -}}
 {{- range $d := $app.deployments -}}
 {{- $known = append $known $d.name -}}
@@ -399,6 +402,27 @@ spec:
           value: {{ printf "%s/%s" $authPath .Values.auth.tokenKey }}
         - name: SERVE_TIMEOUT_S
           value: {{ .Values.worker.serveTimeoutSeconds | quote }}
+        - name: SERVE_MAX_CONNECTIONS
+          value: {{ .Values.worker.serveMaxConnections | quote }}
+        {{- with .Values.worker.adaptiveConcurrency }}
+        {{- /* The worker refuses other bounds at start: say so at render time instead. */}}
+        {{- if and .max (or (lt (int .max) (int .min)) (gt (int .max) (int $.Values.worker.serveMaxConnections))) }}
+        {{- fail (printf "worker.adaptiveConcurrency needs min <= max <= worker.serveMaxConnections, got %v, %v, %v" .min .max $.Values.worker.serveMaxConnections) }}
+        {{- end }}
+        {{- if gt (int .min) (int $.Values.worker.serveMaxConnections) }}
+        {{- fail (printf "worker.adaptiveConcurrency.min (%v) is above worker.serveMaxConnections (%v)" .min $.Values.worker.serveMaxConnections) }}
+        {{- end }}
+        - name: SERVE_ADAPTIVE_CONCURRENCY
+          value: {{ .enabled | quote }}
+        - name: SERVE_CONCURRENCY_MIN
+          value: {{ .min | quote }}
+        {{- if .max }}
+        - name: SERVE_CONCURRENCY_MAX
+          value: {{ .max | quote }}
+        {{- end }}
+        {{- end }}
+        - name: SERVE_WIRE
+          value: {{ .Values.worker.serveWire | quote }}
         - name: WORKER_GRACEFUL_SHUTDOWN_S
           value: {{ .Values.worker.gracefulShutdownSeconds | quote }}
         - name: WORKER_MAX_CONCURRENT_ACTIVITIES
