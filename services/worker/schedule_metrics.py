@@ -9,7 +9,6 @@ recent runs and each run's status.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
@@ -24,7 +23,7 @@ from temporalio.service import RPCError
 
 from services import metrics as m
 from services.schedules import batch_schedule_ids
-from services.worker.telemetry import SCHEDULE_LAST_RUN_FAILED, SCHEDULE_PAUSED, SCHEDULE_RUNS
+from services.worker.telemetry import SCHEDULE_LAST_RUN_FAILED, SCHEDULE_PAUSED, SCHEDULE_RUNS, poll_every
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +42,7 @@ class SchedulePoller:
         self._known: set[str] = set()
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Temporal unreachable for a moment: keep the last values
-                log.warning("schedule metrics poll failed: %s", exc)
-            await asyncio.sleep(self.interval_s)
+        await poll_every(self.interval_s, self.poll_once, "schedule metrics", log)
 
     async def poll_once(self) -> None:
         seen: set[str] = set()

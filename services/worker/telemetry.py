@@ -177,6 +177,21 @@ class PollCounts:
     queried: int = 0
 
 
+async def poll_every(
+    interval_s: float, poll: Callable[[], Awaitable[object]], what: str, logger: logging.Logger
+) -> None:
+    """``poll()`` every ``interval_s`` until cancelled (the /metrics pollers' loop). A failed poll
+    (Temporal unreachable for a moment) is logged and the gauges keep their last values."""
+    while True:
+        try:
+            await poll()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("%s poll failed: %s", what, exc)
+        await asyncio.sleep(interval_s)
+
+
 class BatchProgressPoller:
     """Every ``interval_s``: ONE visibility list call for the running BatchInference workflows
     (on ``task_queue``, or all with None); each batch's gauges come from the progress it
@@ -206,14 +221,7 @@ class BatchProgressPoller:
         return f"{query} AND TaskQueue = '{self.task_queue}'" if self.task_queue else query
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Temporal unreachable for a moment: keep the last values
-                log.warning("batch progress poll failed: %s", exc)
-            await asyncio.sleep(self.interval_s)
+        await poll_every(self.interval_s, self.poll_once, "batch progress", log)
 
     async def poll_once(self) -> PollCounts:
         from services.worker import progress_attributes

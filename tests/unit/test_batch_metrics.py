@@ -40,3 +40,32 @@ def test_a_retry_counts_its_records_by_outcome_and_a_resume_its_resumed_records(
     assert _value(m.RETRIED_RECORDS, model=model, outcome=m.RETRY_FAILED) == 3
     assert _value(m.RESUMED_RECORDS, model=model) == 4
     assert _value(m.BATCHES_FINISHED, model=model, status="failed") == 1
+
+
+async def test_a_failed_poll_is_logged_and_polling_goes_on(caplog) -> None:
+    """The /metrics pollers' loop (telemetry.poll_every): an error (Temporal away for a moment)
+    is a warning, the next poll comes all the same; only a cancellation ends it."""
+    import asyncio
+    import logging
+
+    calls: list[int] = []
+    done = asyncio.Event()
+
+    async def poll() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("Temporal unreachable")
+        if len(calls) == 3:
+            done.set()
+
+    logger = logging.getLogger("test-poll-every")
+    loop = asyncio.create_task(telemetry.poll_every(0, poll, "test gauges", logger))
+    with caplog.at_level(logging.WARNING, logger="test-poll-every"):
+        await asyncio.wait_for(done.wait(), 10)
+    loop.cancel()
+    try:
+        await loop
+    except asyncio.CancelledError:
+        pass
+    assert loop.cancelled() and len(calls) >= 3
+    assert [r.getMessage() for r in caplog.records] == ["test gauges poll failed: Temporal unreachable"]
