@@ -28,31 +28,26 @@ def test_one_default_and_the_workers_stay_below_it() -> None:
     assert Tuning().max_request_bytes < c.SERVE_MAX_REQUEST_BYTES
 
 
-def test_the_chart_renders_the_file_value_or_its_own() -> None:
-    assert app_args()["max_request_bytes"] == c.SERVE_MAX_REQUEST_BYTES
-    args = app_args({"serve": {"maxRequestBytes": 33554432}})
-    assert args["max_request_bytes"] == 33554432 and isinstance(args["max_request_bytes"], int)
-    assert AppArgs.model_validate(args).max_request_bytes == 33554432
+# (chart value, the application's arg, a value to set, values the schema refuses)
+LIMITS = [
+    ("maxRequestBytes", "max_request_bytes", 33554432, [100, "8MiB", 1.5]),
+    ("maxArrowRowsPerRequest", "max_arrow_rows_per_request", 4096, [0, "16k", 1.5]),
+]
 
 
-@pytest.mark.parametrize("bad", [100, "8MiB", 1.5])
-def test_values_schema_refuses_what_is_not_a_byte_count(bad) -> None:
-    with pytest.raises(Exception, match="maxRequestBytes"):
-        render({"serve": {"maxRequestBytes": bad}})
-
-
-def test_the_arrow_row_limit_is_rendered_from_the_file_or_the_value() -> None:
+@pytest.mark.parametrize(("value", "arg", "override", "_"), LIMITS, ids=[limit[0] for limit in LIMITS])
+def test_the_chart_renders_the_file_value_or_its_own(value: str, arg: str, override: int, _) -> None:
     (app,) = yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
-    default = AppArgs.model_fields["max_arrow_rows_per_request"].default
-    assert app["args"]["max_arrow_rows_per_request"] == default
-    assert chart_values()["serve"]["maxArrowRowsPerRequest"] is None, "null: the Serve config's value"
-    assert app_args()["max_arrow_rows_per_request"] == default
-    args = app_args({"serve": {"maxArrowRowsPerRequest": 4096}})
-    assert args["max_arrow_rows_per_request"] == 4096 and isinstance(args["max_arrow_rows_per_request"], int)
-    assert AppArgs.model_validate(args).max_arrow_rows_per_request == 4096
+    default = AppArgs.model_fields[arg].default
+    assert app["args"][arg] == default, "the Serve config says what the app would take anyway"
+    assert chart_values()["serve"][value] is None, "null: the Serve config's value"
+    assert app_args()[arg] == default
+    args = app_args({"serve": {value: override}})
+    assert args[arg] == override and isinstance(args[arg], int)
+    assert getattr(AppArgs.model_validate(args), arg) == override
 
 
-@pytest.mark.parametrize("bad", [0, "16k", 1.5])
-def test_values_schema_refuses_what_is_not_a_row_count(bad) -> None:
-    with pytest.raises(Exception, match="maxArrowRowsPerRequest"):
-        render({"serve": {"maxArrowRowsPerRequest": bad}})
+@pytest.mark.parametrize(("value", "bad"), [(limit[0], bad) for limit in LIMITS for bad in limit[3]], ids=str)
+def test_values_schema_refuses_what_is_not_a_count(value: str, bad) -> None:
+    with pytest.raises(Exception, match=value):
+        render({"serve": {value: bad}})
