@@ -33,10 +33,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench import harness
 from bench.__main__ import RESULTS, machine
 from bench.local_stack import local_stack, stop_on_sigterm
 from services import constants as c
+from services import metrics as m
 from services.local.ray_serve import LocalRayServe, load_serve_config
 
 MODEL = "echo"
@@ -55,6 +58,55 @@ def overloaded_config(stack: LocalRayServe, ongoing: int, queued: int, retry_aft
             deployment["max_queued_requests"] = queued
             deployment["backpressure_config"] = {"status_code": 503, "retry_after_s": retry_after_s}
     return config
+
+
+def gauges(metrics_text: str) -> tuple[float | None, float | None]:
+    """The worker's concurrency limit and its requests in flight (summed over models)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    limit, in_flight = None, None
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == m.SERVE_CONCURRENCY_LIMIT.prom:
+                limit = sample.value
+            elif sample.name == m.SERVE_IN_FLIGHT.prom:
+                in_flight = (in_flight or 0.0) + sample.value
+    return limit, in_flight
+
+
+async def sample_gauges(env: harness.BenchEnv, every_s: float, into: list[tuple[float, float]]) -> None:
+    """The worker's (limit, in flight) every ``every_s`` until cancelled: what the limit did over
+    the batch. ``run_project`` picks the worker's metrics port as it starts it; until that worker
+    answers (or after the previous one left) a scrape fails and is skipped."""
+    async with httpx.AsyncClient(timeout=1) as http:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                text = (await http.get(f"http://{harness.LOOPBACK}:{env.worker_metrics_port}/metrics")).text
+            except httpx.HTTPError:
+                continue
+            limit, in_flight = gauges(text)
+            if limit is not None and in_flight is not None:
+                into.append((limit, in_flight))
+
+
+async def run_sampled(env: harness.BenchEnv, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``harness.run_project`` with the worker's limit and in-flight gauges sampled meanwhile."""
+    samples: list[tuple[float, float]] = []
+    env.worker_metrics_port = 0  # no scrape of the previous run's worker
+    sampler = asyncio.create_task(sample_gauges(env, 0.25, samples))
+    try:
+        figures = await harness.run_project(env, *args, **kwargs)
+    finally:
+        sampler.cancel()
+    if samples:
+        limits, in_flight = [x for x, _ in samples], [y for _, y in samples]
+        figures["limit_median"] = statistics.median(limits)
+        figures["limit_range"] = [min(limits), max(limits)]
+        figures["in_flight_median"] = statistics.median(in_flight)
+        # every 4th sample (one a second): the limit's course over the batch
+        figures["limit_per_s"] = limits[::4]
+    return figures
 
 
 def refusals(figures: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +135,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     figures = await harness.run_direct(env, args.records, MODEL, micro_batch, concurrency)
                 else:
                     worker_env = ADAPTIVE if kind == "adaptive" else FIXED
-                    figures = await harness.run_project(env, args.records, MODEL, worker_env=worker_env)
+                    figures = await run_sampled(env, args.records, MODEL, worker_env=worker_env)
                     figures.update(refusals(figures))
                 add(normal, {"load": "normal", "kind": kind, "pair": pair, **figures})
 
@@ -98,7 +150,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     "max_in_flight": max_in_flight,
                     "max_concurrent_shards": args.shards,
                 }
-                figures = await harness.run_project(
+                figures = await run_sampled(
                     env,
                     n,
                     MODEL,

@@ -17,12 +17,14 @@ Taking the requests still out at a refusal instead undercounts: those answered a
 earlier have already left, and the limit then sits well below what Serve holds.
 
 ``Retry-After``: the refused request waits it before it is sent again (the Serve client does
-that). The whole worker waits it too only while refusals go on: a refusal of a request sent
-after the last cut, while an earlier refusal's Retry-After is still running, means the cut did
-not relieve Serve (its capacity dropped, or it is restarting); then every sender of the worker
-waits and the limit is cut to ``backoff`` times itself. An isolated refusal does not stop the
-others: Serve accepted them, and a worker-wide pause per refusal cost as much throughput as the
-refusals it saved (docs/performance.md, "Adaptive concurrency").
+that). The whole worker waits it too only while refusals go on: ``pause_after`` refusals in a
+row, each of a request sent after the cut the one before caused and each while the one before's
+Retry-After was still running, mean the cuts did not relieve Serve (its capacity dropped, or it
+is restarting); then every sender of the worker waits and the limit is cut to ``backoff`` times
+itself. A refusal now and then does not stop the others: Serve accepted them, and near its
+limit Serve refuses a request now and then whatever the level (its queue length is counted
+with a lag); a worker-wide pause per refusal cost more throughput than the refusals it saved
+(docs/performance.md, "Adaptive concurrency").
 
 Without a ceiling, rising latency (the average of the last ``short_samples`` answers above
 ``latency_tolerance`` times the long-run average: a Serve queueing without bound) cuts the limit
@@ -70,7 +72,8 @@ class LimitSettings:
     initial: int = 8  # slow start from here: a first burst much above Serve's queue is refused
     backoff: float = 0.7  # the cut when refusals go on, or when no level has worked lately
     increase: float = 1.0  # slots added per round trip of answers
-    probe_interval_s: float = 30.0  # how long the level below a refusal caps the limit
+    probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
+    pause_after: int = 3  # refusals in a row (within Retry-After) that hold the whole worker
     window_s: float = 5.0  # how far back the level that worked is looked for
     latency_tolerance: float = 2.0
     short_samples: int = 10  # window of the recent latency average (EMA)
@@ -121,6 +124,7 @@ class AdaptiveLimiter:
         self.sent = 0  # requests out to Serve
         self.paused_until = 0.0  # no request of the worker is sent before this
         self._refused_until = float("-inf")  # the last refusal's Retry-After runs until then
+        self._streak = 0  # refusals in a row, each within the one before's Retry-After
         self._last_cut = float("-inf")
         self._short: float | None = None
         self._long: float | None = None
@@ -203,15 +207,18 @@ class AdaptiveLimiter:
 
     def _refused(self, slot: Slot, now: float) -> None:
         s = self.settings
-        # Sent before the last cut: that cut already answered for it.
-        fresh = slot.started >= self._last_cut
-        going_on = fresh and now < self._refused_until
+        if slot.started < self._last_cut:  # sent before the last cut: that cut answered for it
+            if slot.retry_after_s:
+                self._refused_until = max(self._refused_until, now + slot.retry_after_s)
+            return
+        # Refusals that go on: each of these came while an earlier one's Retry-After was running,
+        # though sent after the cut that answered it.
+        self._streak = self._streak + 1 if now < self._refused_until else 1
+        going_on = self._streak >= s.pause_after
         if slot.retry_after_s:
             self._refused_until = max(self._refused_until, now + slot.retry_after_s)
             if going_on:
                 self.paused_until = max(self.paused_until, now + slot.retry_after_s)
-        if not fresh:
-            return
         self._last_cut = now
         self.slow_start = False
         worked = self.worked(now, below=slot.level)

@@ -67,9 +67,13 @@ def test_doubles_per_round_trip_until_refused_then_holds_at_the_level_that_worke
     for _ in range(8):  # slow start: one slot per prompt answer, answered at levels 8..15
         answer(lim, clock, 200, 0.1)
     assert lim.limit == 16 and lim.worked(clock.now) == 15
-    answer(lim, clock, 503, 0.1)  # refused at level 16: 15 worked, so down to 15, not 0.7x
+    burst = [Slot(clock.now, level) for level in (17, 18, 19)]  # sent with it, before any answer
+    answer(lim, clock, 503, 0.1, retry_after=1)  # refused at level 16: 15 worked, so 15, not 0.7x
     assert lim.limit == 15 == lim.ceiling and not lim.slow_start
-    assert lim.paused_until == 0, "one refusal does not hold the worker's other requests"
+    for slot in burst:  # refusals of the same burst: that cut answered for them
+        slot.answered(503, 1)
+        lim.update(slot, clock.now)
+    assert lim.limit == 15 and lim.paused_until == 0, "a burst's refusals hold no other request"
     refused_at = clock.now
     while clock.now < refused_at + 29:  # the ceiling holds
         answer(lim, clock, 200, 0.1)
@@ -167,6 +171,7 @@ def test_rising_latency_cuts_the_limit_before_any_refusal():
 def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_double():
     settings = LimitSettings()
     assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 8)
+    assert (settings.probe_interval_s, settings.window_s, settings.pause_after) == (10.0, 5.0, 3)
     clock = FakeClock()
     lim = AdaptiveLimiter(LimitSettings(initial=20, max_limit=20), clock=clock, sleep=clock.sleep)
     for _ in range(50):
@@ -221,29 +226,31 @@ async def test_a_cancelled_waiter_gives_its_place_back():
     assert lim.in_flight == 1
 
 
-async def test_an_isolated_refusal_holds_no_one_but_refusals_that_go_on_hold_every_sender():
+async def test_a_refusal_now_and_then_holds_no_one_but_refusals_that_go_on_hold_every_sender():
     clock = FakeClock()
-    lim, _ = limiter(clock, initial=8)
+    lim, _ = limiter(clock, initial=8, pause_after=3)
     started: list[float] = []
 
     async def request(status: int = 200, retry_after: float | None = None) -> None:
-        async with lim.slot() as slot:
+        async with lim.slot() as slot:  # one at a time: each at level 1, so no level below worked
             started.append(clock.now)
             clock.now += 0.1
             slot.answered(status, retry_after)
 
-    await request()  # level 1 worked
-    await request(503, 2.0)  # refused at t=0.2 (level 1: nothing below it worked): 8 -> 4
+    await request(503, 2.0)  # refused at t=0.1: 8 -> 4, its Retry-After runs until 2.1
     assert (lim.limit, lim.paused_until) == (4, 0)
     await asyncio.gather(*(request() for _ in range(3)))
-    assert started[2:] == pytest.approx([0.2, 0.3, 0.4]), "the others go on at once"
-    # Refused again, sent after the cut and within the first refusal's Retry-After (until 2.2):
-    # the cut did not relieve Serve, so every sender waits this Retry-After and the limit halves.
+    assert started[1:] == pytest.approx([0.1, 0.2, 0.3]), "the others go on at once"
+    # Refused again within that Retry-After though sent after the cut: a second in a row, 4 -> 2;
+    # still no one else waits.
     await request(503, 2.0)
-    assert lim.paused_until == pytest.approx(2.6) and lim.limit == 2
+    assert (lim.limit, lim.paused_until) == (2, 0)
+    # A third in a row: the cuts did not relieve Serve, so every sender waits this Retry-After.
+    await request(503, 2.0)
+    assert lim.paused_until == pytest.approx(2.6) and lim.limit == 1
     await asyncio.gather(*(request() for _ in range(3)))
     assert min(started[-3:]) >= lim.paused_until
-    # Once it has passed, a single refusal holds no one again.
+    # Once the Retry-After has passed, a refusal holds no one again.
     clock.now += 3
     paused_until = lim.paused_until
     await request(503, 2.0)
