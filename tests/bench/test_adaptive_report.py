@@ -1,0 +1,65 @@
+"""``bench/adaptive_concurrency.py``'s arithmetic on runs made up here: each overload batch size
+summed up apart, the best fixed setting by its faster run and by its median, and the worker's
+gauges read from the text its own metrics registry writes (the runs themselves need the local
+stack: ``python -m bench.adaptive_concurrency``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from bench.adaptive_concurrency import gauges, markdown, summary
+from services import metrics as m
+
+
+def run(kind: str, mif: int, records: int, rate: int, refused_pct: float, rnd: int = 0) -> dict:
+    return {
+        "load": "overload", "kind": kind, "max_in_flight": mif, "round": rnd, "records": records,
+        "records_per_s": rate, "seconds": round(records / rate, 2), "refused_pct": refused_pct,
+    }  # fmt: skip
+
+
+def test_each_size_is_judged_apart_by_faster_run_and_by_median():
+    overload = [
+        # 50k: fixed 4 has the single fastest run, fixed 2 the best median
+        run("fixed", 2, 50_000, 7_000, 0.0),
+        run("fixed", 2, 50_000, 7_200, 0.4, 1),
+        run("fixed", 2, 50_000, 7_100, 0.0, 2),
+        run("fixed", 4, 50_000, 8_000, 3.0),
+        run("fixed", 4, 50_000, 5_000, 2.0, 1),
+        run("fixed", 4, 50_000, 5_500, 2.5, 2),
+        run("adaptive", 4, 50_000, 6_800, 1.0),
+        run("adaptive", 4, 50_000, 7_100, 1.5, 1),
+        run("adaptive", 4, 50_000, 6_900, 0.5, 2),
+        # 200k: one setting each way
+        run("fixed", 4, 200_000, 6_000, 5.0),
+        run("adaptive", 4, 200_000, 6_600, 0.7),
+    ]
+    normal = [
+        {"load": "normal", "kind": kind, "pair": 0, "records": 100_000, "records_per_s": rate, "seconds": 2.0}
+        for kind, rate in (("adaptive", 50_000), ("fixed", 40_000), ("B", 50_000))
+    ]
+    for row in normal[:2]:
+        row["refused_pct"] = 0.0
+    out = summary(normal, overload)
+    assert out["normal adaptive/fixed"] == 1.25
+    short, long = out["overload"]
+    assert short["records"] == 50_000 and long["records"] == 200_000
+    assert short["best fixed"] == {"max_in_flight": 4, "records_per_s": 8_000}
+    assert short["adaptive/best fixed records/s"] == round(7_100 / 8_000, 3)
+    assert short["best fixed by median"] == {"max_in_flight": 2, "records_per_s": 7_100}
+    assert short["adaptive/best fixed records/s (medians)"] == round(6_900 / 7_100, 3)
+    assert (short["refused % adaptive (max)"], short["refused % fixed at the same cap (max)"]) == (1.5, 3.0)
+    assert long["adaptive/best fixed records/s"] == 1.1
+    text = markdown({"normal": normal, "overload": overload, "summary": out})
+    assert "overload 200,000 records, adaptive/best fixed records/s: 1.1" in text
+
+
+def test_gauges_read_the_limit_and_the_requests_in_flight_of_every_model():
+    registry = CollectorRegistry()
+    limit = Gauge(m.SERVE_CONCURRENCY_LIMIT.name, "limit", registry=registry)
+    in_flight = Gauge(m.SERVE_IN_FLIGHT.name, "in flight", m.SERVE_IN_FLIGHT.labels, registry=registry)
+    assert gauges(generate_latest(registry).decode()) == (0.0, None)
+    limit.set(12)
+    in_flight.labels("echo").set(7)
+    in_flight.labels("iris").set(2)
+    assert gauges(generate_latest(registry).decode()) == (12.0, 9.0)
