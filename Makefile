@@ -40,8 +40,8 @@ bench-large: install  ## the same plus 1,000,000 echo records and 1,000,000 Parq
 bench-high-throughput: install  ## bench-large against Serve in Ray's high-throughput mode (HAProxy)
 	$(BIN)/python -m bench --large --high-throughput
 
-record-histories: install  ## re-record the workflow histories the replay test replays (real batches, ~1 min)
-	$(BIN)/python -m tests.replay.record
+record-histories: install  ## record replay histories: the scenarios without one, or SCENARIOS='a b' / SCENARIOS=--all
+	$(BIN)/python -m tests.replay.record $(SCENARIOS)
 
 format: install
 	$(BIN)/ruff format .

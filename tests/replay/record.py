@@ -4,14 +4,15 @@ Runs representative batches on a real Temporal dev server, with workers built by
 (in-process, and as processes for the one that is killed) against a real local Ray Serve, and
 writes every run's history as JSON (``WorkflowHistory.to_json()``, what ``temporal workflow show
 --output json`` prints) to ``tests/replay/histories/<scenario>.json``, a continue-as-new chain
-as ``<scenario>.run<N>.json``. Copies tagged ``<scenario>.<tag>.json`` (an older code's histories
-kept beside the new ones) are left alone.
+as ``<scenario>.run<N>.json``.
 
-A history records what the activities returned; the workflow code is what replays. Re-record
-when the workflow changed on purpose (behind ``workflow.patched``, or a new scenario worth
-covering): see the README's "Changing the workflow safely". About a minute.
+It writes only the scenarios asked for, replacing their files: by default those that have no
+history yet; named ones (``record SCENARIO ...``); or all (``--all``). A history kept from older
+workflow code is evidence that batches started on that code still replay, so re-record an
+existing scenario on purpose only, after keeping its files as ``<scenario>.<tag>.json`` (``git
+mv``: tagged files are never touched). See the README's "Changing the workflow safely".
 
-    .venv/bin/python -m tests.replay.record [--keep-state]
+    .venv/bin/python -m tests.replay.record [SCENARIO ...] [--all] [--list] [--keep-state]
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,16 +49,15 @@ from services.worker.contracts import (
     ScheduleContext,
     Tuning,
 )
-from services.worker.serve_client import ServeClient, TokenSource
+from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.worker import build_worker
 from tests.helpers.processes import WorkerProcesses
 from tests.helpers.records import echo_records, iris_records, write_jsonl
-from tests.helpers.replay import HISTORIES
+from tests.helpers.replay import HISTORIES, PRIORITY_INPUT, evidence_missing
 from tests.helpers.temporal import connect_when_ready
 from tests.helpers.waiting import wait_until
+from tests.helpers.workers import Attempts, worker_on
 
-# What this script writes, and replaces: <scenario>.json, <scenario>.run<N>.json.
-RECORDED = re.compile(r"[a-z-]+(\.run\d+)?\.json")
 STATE = REPO_ROOT / ".state" / "record-histories"
 QUEUE = "replay"
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -65,6 +66,10 @@ SLOW = dict(
     shard_size=500, max_concurrent_shards=2, checkpoint_every=100, micro_batch_size=10,
     max_in_flight=1, parts_in_flight=1, heartbeat_timeout_s=2,
 )  # fmt: skip
+# A shard gives up on an unavailable Serve within about a second (3 in-activity attempts), and
+# the batch asks Serve again after 1 s, then at most every 4 s: tests/faults' outage settings.
+OUTAGE_RETRIES = RetrySettings(max_attempts=3, initial_s=0.2, max_s=0.5)
+OUTAGE_TUNING = dict(shard_max_attempts=2, serve_wait_initial_s=1, serve_wait_max_s=4)
 
 log = logging.getLogger("record-histories")
 
@@ -72,9 +77,18 @@ log = logging.getLogger("record-histories")
 class Recorder:
     """Runs the scenarios on one dev server and one Serve; writes their histories."""
 
-    def __init__(self, client: Client, address: str, serve: LocalRayServe, token_file: Path, data: Path):
+    def __init__(
+        self,
+        client: Client,
+        address: str,
+        serve: LocalRayServe,
+        token_file: Path,
+        data: Path,
+        wanted: set[str],
+    ):
         self.client, self.address, self.serve = client, address, serve
         self.token_file, self.data = token_file, data
+        self.wanted = wanted  # the scenarios whose files are written
         self.written: list[Path] = []
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -84,7 +98,11 @@ class Recorder:
 
     async def save(self, name: str, handle: WorkflowHandle) -> None:
         """Every run of ``handle``'s execution, from the one it started with to the last one it
-        continued as, each to its own file."""
+        continued as, each to its own file, in place of the scenario's previous ones; nothing if
+        the scenario was not asked for (recorded only as the way to another one)."""
+        if name not in self.wanted:
+            log.info("%s: not asked for, not written", name)
+            return
         runs: list[WorkflowHistory] = []
         run_id: str | None = handle.first_execution_run_id or handle.run_id
         while run_id:
@@ -94,6 +112,16 @@ class Recorder:
             continued = last.HasField("workflow_execution_continued_as_new_event_attributes")
             run_id = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id or None
             run_id = run_id if continued else None
+        for history in runs:  # a recording that missed what it is for is not kept
+            missing = evidence_missing(name, list(history.events))
+            if missing:
+                rejected = STATE / f"rejected-{name}.json"  # to see what it holds instead
+                rejected.write_text(history.to_json() + "\n")
+                raise RuntimeError(
+                    f"{name}: the recorded history lacks {'; '.join(missing)} (see {rejected})"
+                )
+        for old in own_files(name):
+            old.unlink()
         for n, history in enumerate(runs, 1):
             path = HISTORIES / (f"{name}.run{n}.json" if len(runs) > 1 else f"{name}.json")
             path.write_text(history.to_json() + "\n")
@@ -275,20 +303,115 @@ class Recorder:
             processes.kill_leftovers()
         await self.save("worker-killed", handle)
 
-    async def run_all(self) -> None:
-        scenarios: list[Callable[[], Awaitable[None]]] = [
-            self.file_continue_as_new, self.inline, self.cancelled_then_resumed, self.error_budget,
-            self.parquet_options, self.retried_records, self.scheduled,
-        ]  # fmt: skip
-        async with self.worker():
-            for scenario in scenarios:
-                log.info("recording %s", scenario.__name__)
-                await scenario()
-        log.info("recording worker_killed")
-        await self.worker_killed()
+    async def progress_published(self) -> None:
+        """A batch publishing its progress (the dev server has the search attributes): upserts
+        at its start, as shards finish and at its end, and a timer for what the 1 s interval held
+        back (``publish-progress``)."""
+        source = write_jsonl(self.folder("progress") / "in.jsonl", echo_records(1200, "pub"))
+        batch = BatchInferenceInput(
+            input_uri=str(source), output_uri=str(self.folder("progress") / "out"), model="echo",
+            tuning=Tuning(shard_size=100, max_concurrent_shards=2, checkpoint_every=50,
+                          micro_batch_size=10, max_in_flight=1, progress_every_s=1),
+        )  # fmt: skip
+        handle = await self.start("progress-published", batch)
+        assert (await handle.result()).succeeded == 1200
+        await self.save("progress-published", handle)
+
+    async def priority(self) -> None:
+        """A batch whose input sets a priority and a fairness key, started without them on the
+        workflow (as ``temporal workflow start --input`` does): its shards get them only from
+        the workflow's scheduling (``activity-priority``)."""
+        source = write_jsonl(self.folder("priority") / "in.jsonl", echo_records(200, "pri"))
+        batch = BatchInferenceInput(
+            input_uri=str(source), output_uri=str(self.folder("priority") / "out"), model="echo",
+            tuning=Tuning(shard_size=50, max_concurrent_shards=2), **PRIORITY_INPUT,
+        )  # fmt: skip
+        handle = await self.client.start_workflow(
+            c.WORKFLOW_NAME, batch, id="replay-priority", task_queue=QUEUE, result_type=BatchInferenceOutput
+        )
+        assert (await handle.result()).succeeded == 200
+        await self.save("priority", handle)
+
+    async def serve_outage(self) -> None:
+        """Serve stopped mid-batch until the shards give up on it (ServeUnavailable) and a check
+        of Serve finds it still down, then started again: the batch waits for it (timers,
+        ``check_serve``), re-runs the shards from their checkpoints and completes
+        (``wait-out-serve-outages``). A worker of its own, with the short retry budget."""
+        total = 3000
+        source = write_jsonl(self.folder("outage") / "in.jsonl", echo_records(total, "out"))
+        batch = BatchInferenceInput(
+            input_uri=str(source), output_uri=str(self.folder("outage") / "out"), model="echo",
+            tuning=Tuning(**{**SLOW, "heartbeat_timeout_s": 5}, **OUTAGE_TUNING),
+        )  # fmt: skip
+        attempts = Attempts()
+        async with worker_on(self.client, self.serve.url, self.token_file, attempts, OUTAGE_RETRIES) as queue:
+            handle = await self.start("serve-outage", batch, queue)
+            await wait_until(lambda: attempts.count("200") >= 20, 120, "Serve answering the shards")
+            log.info("stopping Serve")
+            await asyncio.to_thread(self.serve.stop)
+            # Each running shard gives up once, then waits: an attempt more means a failed check.
+            window = batch.tuning.max_concurrent_shards
+            await self.until(
+                handle,
+                lambda p: p.status == "waiting_for_serve" and p.serve_attempts > window,
+                "the batch waiting for Serve, a check of it failed",
+            )
+            log.info("starting Serve again")
+            await asyncio.to_thread(self.serve.start)
+            result = await handle.result()
+        assert result.succeeded == total and result.failed == 0 and result.resumed_records > 0, result
+        await self.save("serve-outage", handle)
+
+    async def run(self) -> None:
+        """The recordings of the scenarios asked for: on one shared in-process worker, then
+        those that bring their own workers."""
+        todo = [r for r in RECORDINGS if self.wanted & set(r.scenarios)]
+        shared = [r for r in todo if r.shared_worker]
+        if shared:
+            async with self.worker():
+                for recording in shared:
+                    log.info("recording %s", recording.method)
+                    await getattr(self, recording.method)()
+        for recording in todo:
+            if not recording.shared_worker:
+                log.info("recording %s", recording.method)
+                await getattr(self, recording.method)()
 
 
-async def record(keep_state: bool) -> list[Path]:
+@dataclass(frozen=True)
+class Recording:
+    """A ``Recorder`` method and the scenarios it writes; ``shared_worker``: it runs on the
+    shared in-process worker (else it brings its own)."""
+
+    method: str
+    scenarios: tuple[str, ...]
+    shared_worker: bool = True
+
+
+RECORDINGS = (
+    Recording("file_continue_as_new", ("file-continue-as-new",)),
+    Recording("inline", ("inline",)),
+    Recording("cancelled_then_resumed", ("cancelled", "resumed")),
+    Recording("error_budget", ("error-budget",)),
+    Recording("parquet_options", ("parquet-options",)),
+    Recording("retried_records", ("with-failures", "retry")),
+    Recording("scheduled", ("scheduled",)),
+    Recording("progress_published", ("progress-published",)),
+    Recording("priority", ("priority",)),
+    Recording("worker_killed", ("worker-killed",), shared_worker=False),
+    Recording("serve_outage", ("serve-outage",), shared_worker=False),  # last: it stops Serve
+)
+SCENARIOS = [name for recording in RECORDINGS for name in recording.scenarios]
+
+
+def own_files(name: str) -> list[Path]:
+    """The files the recorder writes for scenario ``name`` (``<name>.json``, ``<name>.run<N>.json``),
+    not its tagged copies (``<name>.<tag>.json``: an older code's histories)."""
+    own = re.compile(rf"{re.escape(name)}(\.run\d+)?\.json")
+    return sorted(path for path in HISTORIES.glob(f"{name}.*json") if own.fullmatch(path.name))
+
+
+async def record(wanted: set[str], keep_state: bool) -> list[Path]:
     shutil.rmtree(STATE, ignore_errors=True)
     STATE.mkdir(parents=True)
     temporal = TemporalDevServer.on_free_ports(STATE / "temporal").start()
@@ -298,12 +421,9 @@ async def record(keep_state: bool) -> list[Path]:
         log.info("starting Ray Serve")
         await asyncio.to_thread(serve.start)
         client = await connect_when_ready(temporal.address)
-        recorder = Recorder(client, temporal.address, serve, token_file, STATE / "data")
+        recorder = Recorder(client, temporal.address, serve, token_file, STATE / "data", wanted)
         HISTORIES.mkdir(exist_ok=True)
-        for old in HISTORIES.glob("*.json"):
-            if RECORDED.fullmatch(old.name):  # tagged copies (<scenario>.<tag>.json) stay
-                old.unlink()
-        await recorder.run_all()
+        await recorder.run()
         return recorder.written
     finally:
         await asyncio.to_thread(serve.stop)
@@ -314,11 +434,32 @@ async def record(keep_state: bool) -> list[Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "scenarios", nargs="*", metavar="SCENARIO",
+        help="record these, replacing their files (default: the scenarios with no history yet)",
+    )  # fmt: skip
+    parser.add_argument("--all", action="store_true", help="record every scenario, replacing their files")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and their files")
     parser.add_argument("--keep-state", action="store_true", help=f"keep {STATE} (servers' logs, data)")
     args = parser.parse_args()
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    if args.list:
+        for name in SCENARIOS:
+            print(f"{name:22} {' '.join(p.name for p in own_files(name)) or '(not recorded)'}")
+        return 0
+    if args.all:
+        wanted = set(SCENARIOS)
+    else:
+        wanted = set(args.scenarios) or {name for name in SCENARIOS if not own_files(name)}
+    if not wanted:
+        print("every scenario has its histories; name those to re-record (see --help)", file=sys.stderr)
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    written = asyncio.run(record(args.keep_state))
+    log.info("recording %s", ", ".join(name for name in SCENARIOS if name in wanted))
+    written = asyncio.run(record(wanted, args.keep_state))
     print(f"{len(written)} histories in {HISTORIES.relative_to(REPO_ROOT)}", file=sys.stderr)
     return 0
 

@@ -16,8 +16,20 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.workflow import NondeterminismError
 
+from services.worker.file_batch import SERVE_OUTAGE_PATCH
+from services.worker.progress_attributes import PUBLISH_PROGRESS_PATCH
+from services.worker.queue_priority import PRIORITY_PATCH
 from services.worker.workflows import BatchInferenceWorkflow
-from tests.helpers.replay import HISTORIES, history_files, load_history, reason, replay, scenario
+from tests.helpers.replay import (
+    HISTORIES,
+    evidence_missing,
+    history_files,
+    load_history,
+    patches,
+    reason,
+    replay,
+    scenario,
+)
 from tests.replay.changed_workflow import PatchedChange, UnpatchedChange
 
 FILES = history_files()
@@ -33,7 +45,13 @@ SCENARIOS = {
     "with-failures",  # completed with failed records ...
     "retry",  # ... and the retry_of batch re-running them
     "scheduled",  # a recurring batch's run for a given scheduled_time
+    # Recorded on the code of the patches below (the ones above predate them):
+    "progress-published",  # search-attribute upserts and the publish timer (publish-progress)
+    "priority",  # the input's priority and fairness on every shard (activity-priority)
+    "serve-outage",  # shards giving up on a stopped Serve, timers, check_serve (wait-out-serve-outages)
 }
+# The patches whose commands the histories cover: each both ways, old path and new.
+PATCHES = {SERVE_OUTAGE_PATCH, PRIORITY_PATCH, PUBLISH_PROGRESS_PATCH}
 
 
 def test_the_histories_cover_every_scenario() -> None:
@@ -63,6 +81,17 @@ def test_the_histories_cover_every_scenario() -> None:
         if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
     ]
     assert max(attempts) >= 2, "a shard retried after its worker was killed"
+    for name in ("progress-published", "priority", "serve-outage"):
+        assert evidence_missing(name, events(name)) == [], f"{name}.json lacks what it was recorded for"
+
+
+def test_every_patch_is_replayed_both_ways() -> None:
+    """A history recorded before each patch (its old path: no marker) and one after (its new
+    commands), so a change to either path is caught."""
+    markers = {path.name: patches(load_history(path).events) for path in FILES}
+    for patch in sorted(PATCHES):
+        assert any(patch in found for found in markers.values()), f"no history takes {patch!r}"
+        assert any(patch not in found for found in markers.values()), f"no history predates {patch!r}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=[path.stem for path in FILES])
@@ -99,6 +128,9 @@ async def test_an_unpatched_change_is_caught_and_a_patched_one_replays(path: Pat
     first = first_command(history)
     if first.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
         assert f"HistoryEvent(id: {first.event_id}, ActivityTaskScheduled)" in why, why
+    elif patches([first]):  # a workflow.patched() asked before planning (activity-priority)
+        (patch,) = patches([first])
+        assert f"patch marker encountered for change {patch}, but there is no corresponding" in why, why
     else:  # the plan, a local activity: its marker is recorded once it has run
         assert first.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
         assert "Missing associated machine for LocalActivity(1)" in why, why
