@@ -32,7 +32,7 @@ from services.worker.contracts import (
     Tuning,
 )
 from services.worker.layout import OutputLayout
-from tests.helpers.batches import execute_batch
+from tests.helpers.batches import execute_batch, run_and_read
 from tests.helpers.records import read_outputs
 
 IRIS = {"features": [5.1, 3.5, 1.4, 0.2]}
@@ -74,9 +74,7 @@ async def test_every_bad_record_kind_lands_in_the_errors_file_with_its_line(clie
         max_error_ratio=0.7,
         tuning=Tuning(shard_size=4, checkpoint_every=2),
     )
-    async with run_worker() as queue:
-        result = await execute(client, queue, batch)
-    results, errors = read_outputs(output)
+    result, results, errors = await run_and_read(client, run_worker, batch, prefix="bad")
     assert Counter(r["id"] for r in results) == Counter(["a", "b", 1, "1", "c"])
     by_line = {e["line"]: e for e in errors}
     assert sorted(by_line) == [3, 7, 8, 9, 10, 11]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 
 from services import constants as c
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
 from services.worker.lineage import report, verify
-from tests.helpers.records import echo_records, write_jsonl
+from tests.helpers.records import echo_records, read_outputs, write_jsonl
 
 
 async def execute_batch(client: Client, queue: str, batch, prefix: str = "it"):
@@ -25,18 +28,39 @@ async def execute_batch(client: Client, queue: str, batch, prefix: str = "it"):
     )
 
 
+def jsonl_batch(
+    tmp_path: Path, records: list, model: str | None, tuning: Tuning | None = None, **fields: Any
+) -> tuple[Path, Path, BatchInferenceInput]:
+    """``records`` (objects, or lines as text) in ``tmp_path/in.jsonl`` and a batch of ``model``
+    writing to ``tmp_path/out``: (input file, output folder, batch input). ``fields``: the
+    input's other fields (``max_error_ratio``, ...)."""
+    source = write_jsonl(tmp_path / "in.jsonl", records)
+    output = tmp_path / "out"
+    batch = BatchInferenceInput(
+        input_uri=str(source), output_uri=str(output), model=model, tuning=tuning or Tuning(), **fields
+    )
+    return source, output, batch
+
+
 def echo_batch(
     tmp_path: Path, total: int, prefix: str = "e", **tuning
 ) -> tuple[list[dict], Path, BatchInferenceInput]:
     """``total`` echo records in ``tmp_path/in.jsonl`` and a batch writing to ``tmp_path/out``:
     (records, output folder, batch input)."""
     records = echo_records(total, prefix)
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    batch = BatchInferenceInput(
-        input_uri=str(source), output_uri=str(output), model="echo", tuning=Tuning(**tuning)
-    )
+    _, output, batch = jsonl_batch(tmp_path, records, "echo", Tuning(**tuning))
     return records, output, batch
+
+
+async def run_and_read(
+    client: Client, run_worker: Callable[[], AbstractAsyncContextManager[str]], batch, prefix: str = "it"
+) -> tuple[BatchInferenceOutput, list[dict], list[dict]]:
+    """Run ``batch`` to its end on a fresh worker (the ``run_worker`` fixture) and read its JSONL
+    output folder: (workflow result, results, errors)."""
+    async with run_worker() as queue:
+        result = await execute_batch(client, queue, batch, prefix=prefix)
+    results, errors = read_outputs(Path(batch.output_uri))
+    return result, results, errors
 
 
 def assert_exactly_once(output: Path, ids: list, result: BatchInferenceOutput | None = None) -> None:

@@ -14,7 +14,7 @@ from temporalio.client import WorkflowFailureError
 from services import constants as c
 from services.cli import describe_failure
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
-from tests.helpers.batches import execute_batch
+from tests.helpers.batches import execute_batch, jsonl_batch, run_and_read
 from tests.helpers.records import iris_records, read_outputs, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -36,13 +36,11 @@ async def test_original_two_request_example(client, run_worker):
 
 async def test_file_batch_writes_every_id_exactly_once(client, run_worker, tmp_path):
     records = iris_records(2_345)
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    batch = BatchInferenceInput(
-        input_uri=str(source),
-        output_uri=str(output),
-        model="iris",
-        tuning=Tuning(shard_size=500, checkpoint_every=200, micro_batch_size=16, max_concurrent_shards=3),
+    _, output, batch = jsonl_batch(
+        tmp_path,
+        records,
+        "iris",
+        Tuning(shard_size=500, checkpoint_every=200, micro_batch_size=16, max_concurrent_shards=3),
     )
     async with run_worker() as queue:
         handle = await client.start_workflow(
@@ -73,14 +71,8 @@ async def test_bad_records_land_in_the_errors_file(client, run_worker, tmp_path)
         json.dumps({"id": "bad-model", "features": [1, 2]}),
         json.dumps({"id": "ok-2", "features": [6.7, 3.0, 5.2, 2.3]}),
     ]
-    source = write_jsonl(tmp_path / "in.jsonl", lines)
-    output = tmp_path / "out"
-    batch = BatchInferenceInput(
-        input_uri=str(source), output_uri=str(output), model="iris", max_error_ratio=0.8
-    )
-    async with run_worker() as queue:
-        result = await execute(client, queue, batch)
-    results, errors = read_outputs(output)
+    _, _, batch = jsonl_batch(tmp_path, lines, "iris", max_error_ratio=0.8)
+    result, results, errors = await run_and_read(client, run_worker, batch)
     assert sorted(r["id"] for r in results) == ["ok-1", "ok-2"]
     by_line = {e["line"]: e for e in errors}
     assert set(by_line) == {2, 3, 5}
@@ -92,8 +84,7 @@ async def test_bad_records_land_in_the_errors_file(client, run_worker, tmp_path)
 
 
 async def test_error_budget_exceeded_says_so(client, run_worker, tmp_path):
-    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "features": [1]} for i in range(10)])
-    batch = BatchInferenceInput(input_uri=str(source), output_uri=str(tmp_path / "out"), model="iris")
+    _, _, batch = jsonl_batch(tmp_path, [{"id": i, "features": [1]} for i in range(10)], "iris")
     async with run_worker() as queue:
         with pytest.raises(WorkflowFailureError) as err:
             await execute(client, queue, batch)
@@ -107,8 +98,7 @@ async def test_error_budget_exceeded_says_so(client, run_worker, tmp_path):
 async def test_auth_failures_fail_fast_and_say_why(
     client, run_worker, tmp_path, token, status, advice, serve_token
 ):
-    source = write_jsonl(tmp_path / "in.jsonl", iris_records(10))
-    batch = BatchInferenceInput(input_uri=str(source), output_uri=str(tmp_path / "out"), model="iris")
+    _, _, batch = jsonl_batch(tmp_path, iris_records(10), "iris")
     started = time.monotonic()
     async with run_worker(token=token) as queue:
         with pytest.raises(WorkflowFailureError) as err:
@@ -122,19 +112,11 @@ async def test_auth_failures_fail_fast_and_say_why(
 
 async def test_continue_as_new_through_several_runs(client, run_worker, tmp_path):
     records = [{"id": f"e{i}", "input": {"n": i}} for i in range(1_000)]
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    batch = BatchInferenceInput(
-        input_uri=str(source),
-        output_uri=str(output),
-        model="echo",
-        tuning=Tuning(
-            shard_size=50, checkpoint_every=25, max_concurrent_shards=4, continue_as_new_after_shards=6
-        ),
+    tuning = Tuning(
+        shard_size=50, checkpoint_every=25, max_concurrent_shards=4, continue_as_new_after_shards=6
     )
-    async with run_worker() as queue:
-        result = await execute(client, queue, batch)
-    results, errors = read_outputs(output)
+    _, _, batch = jsonl_batch(tmp_path, records, "echo", tuning)
+    result, results, errors = await run_and_read(client, run_worker, batch)
     assert result.runs == 4 and result.shards == 20
     assert sorted(r["id"] for r in results) == sorted(r["id"] for r in records)
     assert all(r["prediction"] == {"n": int(r["id"][1:])} for r in results)
@@ -195,21 +177,15 @@ async def test_cancel_stops_shards_and_marks_the_summary(client, run_worker, tmp
     from temporalio.exceptions import CancelledError
 
     ids = list(range(3_000))
-    source = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "input": i} for i in ids])
-    output = tmp_path / "out"
-    batch = BatchInferenceInput(
-        input_uri=str(source),
-        output_uri=str(output),
-        model="echo",
-        tuning=Tuning(
-            shard_size=500,
-            checkpoint_every=50,
-            micro_batch_size=1,
-            max_in_flight=1,
-            max_concurrent_shards=2,
-            heartbeat_timeout_s=2,  # heartbeats (which deliver the cancellation) every ~0.7 s
-        ),
+    tuning = Tuning(
+        shard_size=500,
+        checkpoint_every=50,
+        micro_batch_size=1,
+        max_in_flight=1,
+        max_concurrent_shards=2,
+        heartbeat_timeout_s=2,  # heartbeats (which deliver the cancellation) every ~0.7 s
     )
+    _, output, batch = jsonl_batch(tmp_path, [{"id": i, "input": i} for i in ids], "echo", tuning)
     async with run_worker() as queue:
         handle = await client.start_workflow(
             c.WORKFLOW_NAME, batch, id=f"cancel-{uuid.uuid4().hex[:8]}", task_queue=queue,

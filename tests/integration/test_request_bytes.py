@@ -8,9 +8,9 @@ from collections import Counter
 import pytest
 
 from services.errors import Code, Stage
-from services.worker.contracts import BatchInferenceInput, Tuning
-from tests.helpers.batches import execute_batch
-from tests.helpers.records import echo_records, read_outputs, write_jsonl
+from services.worker.contracts import Tuning
+from tests.helpers.batches import jsonl_batch, run_and_read
+from tests.helpers.records import echo_records
 from tests.helpers.serve_config import serve_app_args
 
 pytestmark = pytest.mark.integration
@@ -22,13 +22,9 @@ async def test_a_part_larger_than_serves_limit_goes_in_several_requests(client, 
     the default tuning every record goes through."""
     records = [{"id": i, "input": {"text": f"{i:05d}" + "x" * 10_000}} for i in range(1000)]
     assert len(records) * 10_000 > SERVE_LIMIT
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    batch = BatchInferenceInput(input_uri=str(source), output_uri=str(output), model="echo")
+    _, _, batch = jsonl_batch(tmp_path, records, "echo")
     assert batch.tuning.micro_batch_size >= len(records) and batch.tuning.max_request_bytes < SERVE_LIMIT
-    async with run_worker() as queue:
-        result = await execute_batch(client, queue, batch, prefix="bytes")
-    results, errors = read_outputs(output)
+    result, results, errors = await run_and_read(client, run_worker, batch, prefix="bytes")
     assert (result.succeeded, result.failed, errors) == (1000, 0, [])
     assert sorted(r["id"] for r in results) == list(range(1000))
     assert all(r["prediction"] == records[r["id"]]["input"] for r in results)
@@ -38,18 +34,14 @@ async def test_a_record_too_large_for_one_request_is_its_own_error(client, run_w
     small = [{"id": f"s{i}", "input": {"text": "y" * (i % 7) * 300}} for i in range(60)]
     huge = {"id": "huge", "input": {"text": "z" * 20_000}}
     records = [*small[:30], huge, *small[30:]]
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    batch = BatchInferenceInput(
-        input_uri=str(source),
-        output_uri=str(output),
-        model="echo",
+    _, _, batch = jsonl_batch(
+        tmp_path,
+        records,
+        "echo",
+        Tuning(max_request_bytes=8192, micro_batch_size=1000, checkpoint_every=25),
         max_error_ratio=0.1,
-        tuning=Tuning(max_request_bytes=8192, micro_batch_size=1000, checkpoint_every=25),
     )
-    async with run_worker() as queue:
-        result = await execute_batch(client, queue, batch, prefix="bytes")
-    results, errors = read_outputs(output)
+    result, results, errors = await run_and_read(client, run_worker, batch, prefix="bytes")
     assert (result.succeeded, result.failed) == (60, 1)
     assert Counter(r["id"] for r in results) == Counter(r["id"] for r in small)
     (error,) = errors
@@ -69,14 +61,8 @@ async def test_a_record_nested_too_deep_for_serve_is_its_own_error(client, run_w
     for _ in range(300):
         deep = [deep]
     records = [*echo_records(20), {"id": "deep", "input": deep}, *echo_records(20, prefix="f")]
-    source = write_jsonl(tmp_path / "in.jsonl", records)
-    output = tmp_path / "out"
-    batch = BatchInferenceInput(
-        input_uri=str(source), output_uri=str(output), model="echo", max_error_ratio=0.1
-    )
-    async with run_worker() as queue:
-        result = await execute_batch(client, queue, batch, prefix="deep")
-    results, errors = read_outputs(output)
+    _, _, batch = jsonl_batch(tmp_path, records, "echo", max_error_ratio=0.1)
+    result, results, errors = await run_and_read(client, run_worker, batch, prefix="deep")
     assert (result.succeeded, result.failed) == (40, 1)
     assert sorted(r["id"] for r in results) == sorted(r["id"] for r in records if r["id"] != "deep")
     (error,) = errors
