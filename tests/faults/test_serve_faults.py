@@ -35,8 +35,7 @@ from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.telemetry import BatchProgressPoller
 from tests.helpers.batches import assert_exactly_once, echo_batch
 from tests.helpers.proxy import CountingProxy
-from tests.helpers.waiting import wait_until
-from tests.helpers.workers import Attempts, worker_on
+from tests.helpers.workers import Attempts, outage_batch, start_until_a_quarter_done, worker_on
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -145,26 +144,12 @@ async def test_overloaded_serve_answers_503_and_the_batch_completes_without_erro
 async def test_serve_killed_mid_batch_then_back_no_retry_storm(
     client, private_serve: LocalRayServe, tmp_path: Path
 ):
-    total = 6_000
-    records, output, batch = echo_batch(
-        tmp_path,
-        total,
-        "d",
-        shard_size=1_500,
-        checkpoint_every=100,
-        micro_batch_size=8,
-        max_in_flight=2,
-        max_concurrent_shards=2,
-        heartbeat_timeout_s=5,
-    )
+    records, output, batch = outage_batch(tmp_path, "d")
     senders = batch.tuning.max_in_flight * batch.tuning.max_concurrent_shards
     attempts = Attempts()
     async with worker_on(client, private_serve.url, private_serve.token_file, attempts) as queue:
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=f"serve-down-{uuid.uuid4().hex[:8]}", task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )  # fmt: skip
-        await wait_until(lambda: attempts.count("200") * 8 >= 0.25 * total, 60, "a quarter of the batch")
+        workflow_id = f"serve-down-{uuid.uuid4().hex[:8]}"
+        handle = await start_until_a_quarter_done(client, batch, queue, attempts, workflow_id)
         stopping = time.monotonic()
         await asyncio.to_thread(crash, private_serve)
         stopped = time.monotonic()
@@ -232,28 +217,13 @@ async def _progress(handle) -> Progress:
 async def test_serve_down_past_the_retry_budget_pauses_the_batch_which_resumes_when_serve_is_back(
     client, private_serve: LocalRayServe, tmp_path: Path
 ):
-    total = 6_000
-    records, output, batch = echo_batch(
-        tmp_path,
-        total,
-        "p",
-        shard_size=1_500,
-        checkpoint_every=100,
-        micro_batch_size=8,
-        max_in_flight=2,
-        max_concurrent_shards=2,
-        heartbeat_timeout_s=5,
-        **SHORT_OUTAGE_TUNING,
-    )
+    records, output, batch = outage_batch(tmp_path, "p", **SHORT_OUTAGE_TUNING)
     attempts = Attempts()
     workflow_id = f"serve-outage-{uuid.uuid4().hex[:8]}"
     async with worker_on(
         client, private_serve.url, private_serve.token_file, attempts, SHORT_RETRIES
     ) as queue:
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=workflow_id, task_queue=queue, result_type=BatchInferenceOutput
-        )
-        await wait_until(lambda: attempts.count("200") * 8 >= 0.25 * total, 60, "a quarter of the batch")
+        handle = await start_until_a_quarter_done(client, batch, queue, attempts, workflow_id)
         crashed = time.monotonic()
         await asyncio.to_thread(crash, private_serve)
         # Waiting, not failing: the progress query says since when and how many attempts.

@@ -9,10 +9,16 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from temporalio.client import WorkflowHandle
+
+from services import constants as c
 from services.worker.concurrency import Limiter
 from services.worker.config import WorkerSettings
+from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.worker import build_worker
+from tests.helpers.batches import echo_batch
+from tests.helpers.waiting import wait_until
 
 
 class Attempts:
@@ -51,3 +57,37 @@ async def worker_on(
             yield queue
     finally:
         await serve.aclose()
+
+
+# A batch Serve can be taken away from mid-shard and given back: 4 shards of 1,500 echo records
+# in parts of 100, 8 records a request, 2 requests of a shard and 2 shards at once, heartbeats
+# within 5 s (so a shard whose attempt dies is retried soon).
+OUTAGE_RECORDS = 6_000
+OUTAGE_TUNING = dict(
+    shard_size=1_500,
+    checkpoint_every=100,
+    micro_batch_size=8,
+    max_in_flight=2,
+    max_concurrent_shards=2,
+    heartbeat_timeout_s=5,
+)
+
+
+def outage_batch(tmp_path: Path, prefix: str, **tuning) -> tuple[list[dict], Path, BatchInferenceInput]:
+    """The batch above (``tuning``: more or other settings): (records, output folder, input)."""
+    return echo_batch(tmp_path, OUTAGE_RECORDS, prefix, **{**OUTAGE_TUNING, **tuning})
+
+
+async def start_until_a_quarter_done(
+    client, batch: BatchInferenceInput, queue: str, attempts: Attempts, workflow_id: str
+) -> WorkflowHandle:
+    """Start ``batch`` of ``OUTAGE_RECORDS`` on ``queue`` and return once Serve has answered for
+    a quarter of its records (counted by the worker's ``attempts``)."""
+    handle = await client.start_workflow(
+        c.WORKFLOW_NAME, batch, id=workflow_id, task_queue=queue, result_type=BatchInferenceOutput
+    )
+    per_request = batch.tuning.micro_batch_size
+    await wait_until(
+        lambda: attempts.count("200") * per_request >= 0.25 * OUTAGE_RECORDS, 60, "a quarter of the batch"
+    )
+    return handle
