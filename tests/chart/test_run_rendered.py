@@ -328,6 +328,22 @@ def job_command(job_file: str, env_overrides: dict[str, str]) -> tuple[list[str]
     return argv, env, job
 
 
+def batch_job(
+    job_file: str, address: str, queue: str, source: Path, output: Path
+) -> tuple[list[str], dict[str, str], dict]:
+    """``job_command`` for a batch of ``source`` into ``output`` (what a user edits in the Job)
+    on this Temporal and task queue."""
+    return job_command(
+        job_file,
+        {
+            c.ENV_TEMPORAL_ADDRESS: address,
+            c.ENV_TEMPORAL_TASK_QUEUE: queue,
+            "INPUT_URI": str(source),
+            "OUTPUT_URI": str(output),
+        },
+    )
+
+
 async def run_process(
     argv: list[str], env: dict[str, str], cwd: Path, timeout_s: float = 180
 ) -> tuple[int, str, str]:
@@ -347,15 +363,7 @@ async def test_submit_cli_job_runs_a_batch_to_the_end(tmp_path, client, temporal
     source = write_jsonl(tmp_path / "in.jsonl", records)
     output = tmp_path / "out"
     async with run_worker() as queue:
-        argv, env, job = job_command(
-            "job-submit-cli.yaml",
-            {
-                c.ENV_TEMPORAL_ADDRESS: temporal_server.address,
-                c.ENV_TEMPORAL_TASK_QUEUE: queue,
-                "INPUT_URI": str(source),  # what a user edits in the Job
-                "OUTPUT_URI": str(output),
-            },
-        )
+        argv, env, job = batch_job("job-submit-cli.yaml", temporal_server.address, queue, source, output)
         assert argv[1:3] == ["submit", "--input"] and "--wait" in argv
         code, out, err = await run_process(argv, env, tmp_path)
     assert code == 0, f"exit code {code}\nstdout:\n{out[-2000:]}\nstderr:\n{err[-3000:]}"
@@ -373,15 +381,7 @@ async def test_temporal_cli_job_starts_a_batch_the_worker_completes(
     source = write_jsonl(tmp_path / "in.jsonl", records)
     output = tmp_path / "out"
     async with run_worker() as queue:
-        argv, env, job = job_command(
-            "job-temporal-cli.yaml",
-            {
-                c.ENV_TEMPORAL_ADDRESS: temporal_server.address,
-                c.ENV_TEMPORAL_TASK_QUEUE: queue,
-                "INPUT_URI": str(source),
-                "OUTPUT_URI": str(output),
-            },
-        )
+        argv, env, job = batch_job("job-temporal-cli.yaml", temporal_server.address, queue, source, output)
         assert argv[1:3] == ["workflow", "start"]
         assert argv[argv.index("--address") + 1] == temporal_server.address
         code, out, err = await run_process(argv, env, tmp_path, timeout_s=60)
