@@ -10,11 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from services import constants as c
 from services.local.paths import REPO_ROOT
+from services.local.processes import wait_for_port
 
 
 @dataclass
@@ -96,3 +98,23 @@ class WorkerProcesses:
             if worker.proc.poll() is None:
                 worker.signal(signal.SIGKILL)
                 worker.proc.wait(10)
+
+
+@contextlib.contextmanager
+def serving_process(
+    cmd: list[str], env: dict[str, str], log: Path, port: int, stop_timeout_s: float
+) -> Iterator[subprocess.Popen]:
+    """``cmd`` running with its output in ``log``, yielded once it listens on ``port``; at the
+    end SIGTERM, as Kubernetes stops a pod, and SIGKILL if it has not exited within
+    ``stop_timeout_s``."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 60, proc)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -10,8 +10,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -23,11 +21,12 @@ from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, Work
 
 from services import constants as c
 from services import metrics as m
-from services.local.processes import free_port, wait_for_port
+from services.local.processes import free_port
 from services.local.prometheus import LocalPrometheus, prometheus_config
 from services.local.ray_serve import LocalRayServe
 from services.local.temporal_dev import TemporalDevServer
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from tests.helpers.processes import serving_process
 from tests.helpers.promql import metric_names, must_have_panels, panel_queries, rules
 from tests.helpers.records import corrupt_parquet_page, iris_records, write_jsonl
 
@@ -89,19 +88,8 @@ def worker(
     )
     env.pop(c.ENV_SERVE_TOKEN, None)
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.worker"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    try:
-        wait_for_port(port, 60, proc)
+    with serving_process([sys.executable, "-m", "services.worker"], env, log, port, stop_timeout_s=40):
         yield queue, port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -115,17 +103,8 @@ def exporter(temporal_server: TemporalDevServer, worker, tmp_path_factory):
     log = tmp_path_factory.mktemp("exporter") / "exporter.log"
     cmd = [sys.executable, "-m", "services.cli", "progress-exporter", "--task-queue", queue]
     cmd += ["--interval", "1", "--host", "127.0.0.1", "--port", str(port), "--no-query-fallback"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, 60, proc)
+    with serving_process(cmd, env, log, port, stop_timeout_s=20):
         yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
