@@ -17,14 +17,14 @@ Taking the requests still out at a refusal instead undercounts: those answered a
 earlier have already left, and the limit then sits well below what Serve holds.
 
 ``Retry-After``: the refused request waits it before it is sent again (the Serve client does
-that). The whole worker waits it too only while refusals go on: ``pause_after`` refusals in a
-row, each of a request sent after the cut the one before caused and each while the one before's
-Retry-After was still running, mean the cuts did not relieve Serve (its capacity dropped, or it
-is restarting); then every sender of the worker waits and the limit is cut to ``backoff`` times
-itself. A refusal now and then does not stop the others: Serve accepted them, and near its
-limit Serve refuses a request now and then whatever the level (its queue length is counted
-with a lag); a worker-wide pause per refusal cost more throughput than the refusals it saved
-(docs/performance.md, "Adaptive concurrency").
+that), and its slot stays taken until it has passed. So while Serve refuses everything (it is
+restarting, or its capacity dropped) the slots fill with refused requests and the worker sends
+at most ``limit`` requests per Retry-After, as if it paused; while Serve refuses a request now
+and then, as it does near its limit whatever the level (its queue length is counted with a
+lag), only that slot waits and the others keep Serve's queue full. A worker-wide pause on every
+refusal, tried first, cost more throughput than the refusals it saved, and one after refusals
+in a row stopped the worker while it was still finding the level (docs/performance.md,
+"Adaptive concurrency").
 
 Without a ceiling, rising latency (the average of the last ``short_samples`` answers above
 ``latency_tolerance`` times the long-run average: a Serve queueing without bound) cuts the limit
@@ -70,10 +70,9 @@ class LimitSettings:
     min_limit: int = 1
     max_limit: int = 32
     initial: int = 8  # slow start from here: a first burst much above Serve's queue is refused
-    backoff: float = 0.7  # the cut when refusals go on, or when no level has worked lately
+    backoff: float = 0.7  # the cut when no level below the refused one has worked lately
     increase: float = 1.0  # slots added per round trip of answers
     probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
-    pause_after: int = 3  # refusals in a row (within Retry-After) that hold the whole worker
     window_s: float = 5.0  # how far back the level that worked is looked for
     latency_tolerance: float = 2.0
     short_samples: int = 10  # window of the recent latency average (EMA)
@@ -120,11 +119,9 @@ class AdaptiveLimiter:
         self._clock, self._sleep, self._on_limit = clock, sleep, on_limit
         self._limit = float(min(s.max_limit, max(s.min_limit, s.initial)))
         self.slow_start = True  # until the first cut
-        self.in_flight = 0  # slots taken, also by requests waiting out a worker-wide pause
+        self.in_flight = 0  # slots taken, also by refused requests waiting out Retry-After
         self.sent = 0  # requests out to Serve
-        self.paused_until = 0.0  # no request of the worker is sent before this
-        self._refused_until = float("-inf")  # the last refusal's Retry-After runs until then
-        self._streak = 0  # refusals in a row, each within the one before's Retry-After
+        self._holds: set[asyncio.Task[None]] = set()  # slots held for a Retry-After
         self._last_cut = float("-inf")
         self._short: float | None = None
         self._long: float | None = None
@@ -152,19 +149,19 @@ class AdaptiveLimiter:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:
         await self.acquire()
-        try:
-            await self._after_pause()
-        except BaseException:
-            self._release()
-            raise
         self.sent += 1
         slot = Slot(self._clock(), self.sent)
         try:
             yield slot
         finally:
             self.sent -= 1
-            self._release()
             self.update(slot, self._clock())
+            if slot.signal is Signal.OVERLOAD and slot.retry_after_s:
+                hold = asyncio.get_running_loop().create_task(self._release_after(slot.retry_after_s))
+                self._holds.add(hold)
+                hold.add_done_callback(self._holds.discard)
+            else:
+                self._release()
 
     async def acquire(self) -> None:
         """A slot under the limit, first come first served."""
@@ -182,10 +179,11 @@ class AdaptiveLimiter:
                 self._waiters.remove(waiter)
             raise
 
-    async def _after_pause(self) -> None:
-        # A later refusal may extend the pause while we sleep: check again.
-        while (left := self.paused_until - self._clock()) > 0:
-            await self._sleep(left)
+    async def _release_after(self, seconds: float) -> None:
+        try:
+            await self._sleep(seconds)
+        finally:
+            self._release()
 
     def _release(self) -> None:
         self.in_flight -= 1
@@ -208,24 +206,12 @@ class AdaptiveLimiter:
     def _refused(self, slot: Slot, now: float) -> None:
         s = self.settings
         if slot.started < self._last_cut:  # sent before the last cut: that cut answered for it
-            if slot.retry_after_s:
-                self._refused_until = max(self._refused_until, now + slot.retry_after_s)
             return
-        # Refusals that go on: each of these came while an earlier one's Retry-After was running,
-        # though sent after the cut that answered it.
-        self._streak = self._streak + 1 if now < self._refused_until else 1
-        going_on = self._streak >= s.pause_after
-        if slot.retry_after_s:
-            self._refused_until = max(self._refused_until, now + slot.retry_after_s)
-            if going_on:
-                self.paused_until = max(self.paused_until, now + slot.retry_after_s)
         self._last_cut = now
         self.slow_start = False
         worked = self.worked(now, below=slot.level)
-        if going_on or worked is None:
-            limit = self._limit * s.backoff
-        else:
-            limit = float(worked)  # just below the refusal: the highest level that worked there
+        # Just below the refusal: the highest level that worked there.
+        limit = self._limit * s.backoff if worked is None else float(worked)
         self._set(min(self._limit, limit))
         self.ceiling, self._ceiling_until = float(self.limit), now + s.probe_interval_s
 

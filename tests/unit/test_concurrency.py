@@ -73,7 +73,7 @@ def test_doubles_per_round_trip_until_refused_then_holds_at_the_level_that_worke
     for slot in burst:  # refusals of the same burst: that cut answered for them
         slot.answered(503, 1)
         lim.update(slot, clock.now)
-    assert lim.limit == 15 and lim.paused_until == 0, "a burst's refusals hold no other request"
+    assert lim.limit == 15, "a burst's refusals do not cut again"
     refused_at = clock.now
     while clock.now < refused_at + 29:  # the ceiling holds
         answer(lim, clock, 200, 0.1)
@@ -138,7 +138,6 @@ def test_refusals_with_nothing_answered_halve_the_limit_once_per_round_trip_down
         answer(lim, clock, status, 0.05)
     assert lim.limit == 2, "never below min_limit"
     assert seen == [32, 16, 8, 4, 2]
-    assert lim.paused_until == 0, "no Retry-After: nothing to wait for"
 
 
 def test_other_errors_leave_the_limit_alone():
@@ -171,7 +170,7 @@ def test_rising_latency_cuts_the_limit_before_any_refusal():
 def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_double():
     settings = LimitSettings()
     assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 8)
-    assert (settings.probe_interval_s, settings.window_s, settings.pause_after) == (10.0, 5.0, 3)
+    assert (settings.probe_interval_s, settings.window_s) == (10.0, 5.0)
     clock = FakeClock()
     lim = AdaptiveLimiter(LimitSettings(initial=20, max_limit=20), clock=clock, sleep=clock.sleep)
     for _ in range(50):
@@ -226,35 +225,55 @@ async def test_a_cancelled_waiter_gives_its_place_back():
     assert lim.in_flight == 1
 
 
-async def test_a_refusal_now_and_then_holds_no_one_but_refusals_that_go_on_hold_every_sender():
-    clock = FakeClock()
-    lim, _ = limiter(clock, initial=8, pause_after=3)
-    started: list[float] = []
+class ManualClock(FakeClock):
+    """A clock that moves only when told: sleepers wake as ``advance`` passes their time."""
 
-    async def request(status: int = 200, retry_after: float | None = None) -> None:
-        async with lim.slot() as slot:  # one at a time: each at level 1, so no level below worked
-            started.append(clock.now)
-            clock.now += 0.1
+    def __init__(self) -> None:
+        super().__init__()
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    async def sleep(self, seconds: float) -> None:
+        wake = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, wake))
+        await wake
+
+    async def advance(self, seconds: float) -> None:
+        for _ in range(5):  # sleepers about to start sleep from now, not from after the move
+            await _real_sleep(0)
+        self.now += seconds
+        for at, wake in list(self._sleepers):
+            if at <= self.now:
+                self._sleepers.remove((at, wake))
+                wake.set_result(None)
+        for _ in range(5):  # let the woken run
+            await _real_sleep(0)
+
+
+async def test_a_refused_request_keeps_its_slot_for_its_retry_after_and_holds_no_one_else():
+    clock = ManualClock()
+    lim, _ = limiter(clock, initial=4, max_limit=4)
+    started: list[tuple[str, float]] = []
+
+    async def request(name: str, status: int = 200, retry_after: float | None = None) -> None:
+        async with lim.slot() as slot:
+            started.append((name, clock.now))
             slot.answered(status, retry_after)
 
-    await request(503, 2.0)  # refused at t=0.1: 8 -> 4, its Retry-After runs until 2.1
-    assert (lim.limit, lim.paused_until) == (4, 0)
-    await asyncio.gather(*(request() for _ in range(3)))
-    assert started[1:] == pytest.approx([0.1, 0.2, 0.3]), "the others go on at once"
-    # Refused again within that Retry-After though sent after the cut: a second in a row, 4 -> 2;
-    # still no one else waits.
-    await request(503, 2.0)
-    assert (lim.limit, lim.paused_until) == (2, 0)
-    # A third in a row: the cuts did not relieve Serve, so every sender waits this Retry-After.
-    await request(503, 2.0)
-    assert lim.paused_until == pytest.approx(2.6) and lim.limit == 1
-    await asyncio.gather(*(request() for _ in range(3)))
-    assert min(started[-3:]) >= lim.paused_until
-    # Once the Retry-After has passed, a refusal holds no one again.
-    clock.now += 3
-    paused_until = lim.paused_until
-    await request(503, 2.0)
-    assert lim.paused_until == paused_until
+    await request("ok")  # level 1 worked
+    await request("refused", 503, 2.0)  # at level 1: nothing below worked, so 4 -> 2 (0.5x here)
+    assert lim.limit == 2 and lim.in_flight == 1, "the refused request's slot is still taken"
+    await asyncio.wait_for(request("other"), 1)  # the other slot goes on at once
+    # Refused again (Serve restarting): that slot waits out its Retry-After too, and nothing
+    # more is sent until one has passed: at most the limit's requests per Retry-After.
+    await request("refused again", 503, 2.0)
+    assert lim.in_flight == 2
+    blocked = asyncio.create_task(request("blocked"))
+    await clock.advance(1.0)
+    assert not blocked.done()
+    await clock.advance(1.0)  # t=2: the Retry-Afters have passed, their slots are free again
+    await asyncio.wait_for(blocked, 1)
+    assert started == [("ok", 0), ("refused", 0), ("other", 0), ("refused again", 0), ("blocked", 2.0)]
+    assert lim.in_flight == 0
 
 
 async def test_serve_client_reports_each_answer_to_its_limiter(monkeypatch: pytest.MonkeyPatch):
@@ -280,9 +299,10 @@ async def test_serve_client_reports_each_answer_to_its_limiter(monkeypatch: pyte
     finally:
         monkeypatch.undo()
         await serve.aclose()
-    # The refused request waited its Retry-After; nothing else was held, and with nothing
-    # answered yet the limit was cut by the backoff (0.5 here).
-    assert lim.limit == 4 and lim.paused_until == 0 and lim.in_flight == 0
+    # The refused request waited its Retry-After, its slot held as long; with nothing answered
+    # yet the limit was cut by the backoff (0.5 here).
+    await _real_sleep(0)
+    assert lim.limit == 4 and lim.in_flight == 0
     assert clock.now >= 3.0
 
 
