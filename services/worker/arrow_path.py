@@ -27,7 +27,7 @@ from services import metrics as m
 from services.worker import csv_records, jsonl_sink, parquet_sink, telemetry
 from services.worker.contracts import ShardInput
 from services.worker.fields import FieldReader
-from services.worker.manifests import Plan, RecordFailure
+from services.worker.manifests import COLUMNAR_FORMATS, Plan, RecordFailure
 from services.worker.serve_client import ServeClient, model_error
 from services.worker.source import PartParser, RawPart
 
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     from services.worker.pipeline import PartResult
 
 log = logging.getLogger(__name__)
-
-COLUMNAR_FORMATS = frozenset({"parquet", "csv"})
 
 
 def input_is_columnar(plan: Plan) -> bool:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from temporalio.common import Priority
 
-from services.constants import RETRIES_DIR, SERVE_MAX_REQUEST_BYTES
+from services.constants import RETRIES_DIR, SERVE_MAX_ARROW_ROWS, SERVE_MAX_REQUEST_BYTES
 from services.errors import Code, Stage
 from services.worker import uri_templates
 from services.worker.manifests import BatchStatus, BatchSummary, DataSpec
@@ -23,6 +23,12 @@ INLINE_LIMIT_BYTES = 256 * 1024
 # A request body's default most bytes: half Serve's default limit, so a worker whose tuning
 # was never touched stays under it with room to spare.
 DEFAULT_REQUEST_BYTES = SERVE_MAX_REQUEST_BYTES // 2
+# Records per shard when tuning.shard_size is not set. Parquet and CSV rows cost less each (the
+# Arrow way, about five times less) and a Parquet shard decodes its row group from the group's
+# start, so their shards are larger; each is then a few seconds of work, either way.
+SHARD_SIZE, COLUMNAR_SHARD_SIZE = 50_000, 250_000
+# A part on the Arrow way: one request of Serve's most rows (Serve's cost is per request).
+COLUMNAR_PART_ROWS = SERVE_MAX_ARROW_ROWS
 # What ``retry_only`` may name: a stage, or a record error code.
 RETRYABLE_NAMES = frozenset([*Stage, *Code])
 FAIRNESS_KEY_MAX_BYTES = 64  # Temporal's limit on a fairness key
@@ -49,10 +55,20 @@ class Tuning(_Strict):
     )
     max_in_flight: int = Field(32, ge=1, le=256, description="concurrent requests per shard")
     max_concurrent_shards: int = Field(4, ge=1, le=500, description="sliding window width")
-    shard_size: int = Field(
-        50_000, ge=1, description="most records per shard (shards are cut equal, filling the window)"
+    shard_size: int | None = Field(
+        None,
+        ge=1,
+        description="most records per shard (shards are cut equal, filling the window); default: "
+        f"{COLUMNAR_SHARD_SIZE:,} for Parquet or CSV input, {SHARD_SIZE:,} otherwise",
     )
     checkpoint_every: int = Field(2000, ge=1, description="records per committed part")
+    columnar_part_rows: int = Field(
+        COLUMNAR_PART_ROWS,
+        ge=1,
+        le=1_048_576,
+        description="rows per committed part when a shard sends Arrow (checkpoint_every is the JSON "
+        "way's), fewer where rows are wide: a part stays about max_request_bytes",
+    )
     parts_in_flight: int = Field(
         4, ge=1, le=64, description="parts a shard has read and sent ahead of its next commit"
     )
@@ -276,7 +292,7 @@ class PlanInput(_Strict):
     start_over: bool = False
     retry_of: str | None = None
     retry_only: list[str] = []
-    shard_size: int
+    shard_size: int | None = None  # None: by the input's format (plan.py)
     max_concurrent_shards: int = 1  # shards are cut in a multiple of this
 
 
@@ -298,6 +314,7 @@ class ShardInput(_Strict):
     checkpoint_every: int
     parts_in_flight: int = 2  # what shards scheduled before this field existed did
     max_request_bytes: int = DEFAULT_REQUEST_BYTES
+    columnar_part_rows: int = COLUMNAR_PART_ROWS
 
 
 class ShardOutput(BaseModel):

@@ -259,6 +259,7 @@ class FileBatch:
                 max_in_flight=tuning.max_in_flight,
                 checkpoint_every=tuning.checkpoint_every,
                 parts_in_flight=tuning.parts_in_flight,
+                columnar_part_rows=tuning.columnar_part_rows,
             ),
             start_to_close_timeout=timedelta(hours=6),
             heartbeat_timeout=timedelta(seconds=tuning.heartbeat_timeout_s),

@@ -15,6 +15,8 @@ from services.errors import Code, RecordError, Stage
 
 InputFormat = Literal["jsonl", "csv", "parquet"]
 OutputFormat = Literal["jsonl", "parquet"]
+# Formats read as tables: a shard of them can go to Serve as Arrow columns (arrow_path.py).
+COLUMNAR_FORMATS: frozenset[InputFormat] = frozenset({"parquet", "csv"})
 Compression = Literal["gzip", "bz2", "zstd"]
 ColumnType = Literal["string", "int64", "float64", "bool"]
 

@@ -24,6 +24,7 @@ from services.worker.contracts import ShardInput
 from services.worker.layout import OutputLayout
 from services.worker.malloc import release_free_memory
 from services.worker.manifests import Checkpoint, Plan, RecordFailure, ShardProgress
+from services.worker.part_rows import PartRows
 from services.worker.serve_client import ServeClient, model_error
 from services.worker.source import PartParser, RawPart, ShardFailed, ShardReader
 
@@ -98,12 +99,13 @@ class ShardPipeline:
         ahead: collections.deque[tuple[asyncio.Task[PartResult], int, ShardProgress]] = collections.deque()
         limit = asyncio.Semaphore(self.input.max_in_flight)
         total = self.entry.records
+        part_rows = PartRows(self.input, columnar=self._arrow_rows is not None)
         try:
             read_done = self.progress.done
             while self.progress.done < total:
                 while len(ahead) < self.input.parts_in_flight and read_done < total:
-                    want = min(self.input.checkpoint_every, total - read_done)
-                    raw = await asyncio.to_thread(reader.read, want)
+                    raw = await asyncio.to_thread(reader.read, min(part_rows.rows, total - read_done))
+                    part_rows.saw(raw)
                     if not raw.count:  # the reader is past the shard's end: its checkpoint disagrees
                         raise ShardFailed(
                             Failure.INPUT_CHANGED,

@@ -51,6 +51,14 @@ class RawPart:
     count: int
     end: ShardProgress  # where the records after this part are (its counters unset)
 
+    @property
+    def nbytes(self) -> int:
+        """About the bytes its records take as read (a table's buffers, or the lines)."""
+        return sum(
+            c.table.nbytes if c.table is not None else sum(len(r) for r in c.raws or () if r)
+            for c in self.chunks
+        )
+
 
 @dataclass
 class ParsedPart:

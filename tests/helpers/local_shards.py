@@ -85,11 +85,17 @@ def echo_serve(reject: Callable[[Any], bool] = lambda _: False) -> tuple[ServeCl
 
 
 def shard_input(
-    output: str, shard: int, checkpoint_every: int = 3, model: str = "echo", micro_batch_size: int = 2
+    output: str,
+    shard: int,
+    checkpoint_every: int = 3,
+    model: str = "echo",
+    micro_batch_size: int = 2,
+    **more: Any,
 ) -> ShardInput:
+    """``more``: other ``ShardInput`` fields."""
     return ShardInput(
         output_uri=output, shard=shard, model=model, micro_batch_size=micro_batch_size, max_in_flight=4,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, **more,
     )  # fmt: skip
 
 

@@ -15,12 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from services import arrow_wire
 from services.constants import ARROW_CONTENT_TYPE, JSON_CONTENT_TYPE, ServeWire
 from services.serve.models import IrisClassifier
 from services.worker.arrow_path import bodies
 from services.worker.layout import OutputLayout
-from services.worker.manifests import DataSpec
-from tests.helpers.local_shards import iris_handler, plan_batch, run_shards, serve_client
+from services.worker.manifests import DataSpec, ShardProgress
+from services.worker.part_rows import PartRows
+from services.worker.source import RawChunk, RawPart
+from tests.helpers.local_shards import iris_handler, plan_batch, run_shards, serve_client, shard_input
 
 FEATURES = list(IrisClassifier.FEATURES)
 
@@ -144,3 +147,52 @@ def test_bodies_are_halved_under_the_byte_limit_and_a_row_alone_over_it_goes_jso
     assert [(start, count) for start, count, _ in cut] == [(0, 4), (4, 4), (8, 4), (12, 4), (16, 4)]
     assert all(len(body) <= 5_000 for *_, body in cut)
     assert bodies(pa.table({"text": ["y" * 50_000, "z"]}), 16, 40_000) is None
+
+
+async def test_arrow_parts_grow_to_columnar_part_rows_after_a_first_part_of_checkpoint_every(tmp_path):
+    ids = iris_parquet(tmp_path / "in", files=1, rows=140)
+    spec = DataSpec(input_columns=FEATURES, output_format="parquet")
+    output = tmp_path / "out"
+    plan = plan_batch(str(tmp_path / "in"), str(output), spec, shard_size=140)
+    iris, _ = iris_handler()
+    rows: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("content-type") == ARROW_CONTENT_TYPE:
+            rows.append(arrow_wire.decode(request.content).num_rows)
+        return iris(request)
+
+    await run_shards(
+        plan, str(output), serve_client(handler), checkpoint_every=10, model="iris", columnar_part_rows=50
+    )
+    # parts of 10 (the JSON way's size tells how wide rows are), 50, 50, 30; each in requests of
+    # Serve's listed 16 rows at most
+    assert Counter(rows) == Counter([10] + [16, 16, 16, 2] * 2 + [16, 14])
+    results, errors = read(output, "parquet")
+    assert [r["id"] for r in results] == ids and not errors
+
+
+def part_of(table: pa.Table) -> RawPart:
+    return RawPart([RawChunk(0, range(1, table.num_rows + 1), table=table)], table.num_rows, ShardProgress())
+
+
+def test_part_rows_stay_checkpoint_every_the_json_way_and_fit_a_request_the_arrow_way():
+    shard = shard_input(
+        "/out", 0, checkpoint_every=2_000, columnar_part_rows=16_384, max_request_bytes=1_000_000
+    )
+    narrow = part_of(pa.table({"x": pa.array(range(2_000), pa.float64())}))  # 8 bytes a row
+    wide = part_of(
+        pa.table({"x": pa.array([b"x" * 996] * 2_000, pa.binary())})
+    )  # 1,000 bytes a row, offset included
+    json_way = PartRows(shard, columnar=False)
+    json_way.saw(narrow)
+    assert json_way.rows == 2_000
+    arrow_way = PartRows(shard, columnar=True)
+    assert arrow_way.rows == 2_000, "the first part: the JSON way's size"
+    arrow_way.saw(narrow)
+    assert arrow_way.rows == 16_384, "narrow rows: columnar_part_rows"
+    arrow_way.saw(wide)
+    assert arrow_way.rows == 2_000, "wide rows: about a request's bytes, never under the JSON way's part"
+    roomy = PartRows(shard.model_copy(update={"max_request_bytes": 4_000_000}), columnar=True)
+    roomy.saw(wide)
+    assert roomy.rows == 4_000
