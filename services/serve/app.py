@@ -28,6 +28,7 @@ from services.constants import (
     INFERENCE_ROUTE,
     MODEL_INFERENCE_ROUTE,
     MODELS_ROUTE,
+    SERVE_MAX_ARROW_ROWS,
     SERVE_MAX_REQUEST_BYTES,
 )
 from services.errors import Code, RequestCode
@@ -53,7 +54,7 @@ class AppArgs(BaseModel):
     max_records_per_request: int = Field(1024, ge=1)
     # Rows of one Arrow request: more than JSON's records, since a row costs Serve almost nothing
     # there and each request a fixed share (the byte limit still holds). The listing says it.
-    max_arrow_rows_per_request: int = Field(16_384, ge=1)
+    max_arrow_rows_per_request: int = Field(SERVE_MAX_ARROW_ROWS, ge=1)
     # Larger JSON bodies are refused (413) before they are read whole.
     max_request_bytes: int = Field(SERVE_MAX_REQUEST_BYTES, ge=1024)
 
@@ -256,7 +257,7 @@ class Ingress:
         max_records: int,
         max_request_bytes: int = SERVE_MAX_REQUEST_BYTES,
         columnar: list[str] | None = None,
-        max_arrow_rows: int = 16_384,
+        max_arrow_rows: int = SERVE_MAX_ARROW_ROWS,
     ):
         self._models = models
         self._default = default_model
