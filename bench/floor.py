@@ -22,7 +22,7 @@ from temporalio.worker import Worker
 
 with workflow.unsafe.imports_passed_through():
     from services.worker.config import WorkerSettings
-    from services.worker.contracts import Tuning
+    from services.worker.contracts import SHARD_SIZE, Tuning
     from services.worker.plan import shard_sizes
     from services.worker.worker import eager_options, until_running
 
@@ -66,7 +66,7 @@ async def measure(temporal_address: str, records: int, runs: int) -> dict:
     tuning = Tuning()
     if records:
         shape = FloorInput(
-            shards=len(shard_sizes(records, tuning.shard_size, tuning.max_concurrent_shards)),
+            shards=len(shard_sizes(records, SHARD_SIZE, tuning.max_concurrent_shards)),  # JSON Lines'
             window=tuning.max_concurrent_shards,
         )
     else:

@@ -37,7 +37,7 @@ from services import json_codec
 from services.local.paths import SAMPLE_DATASET
 from services.serve.models import BUILTIN_MODELS, IrisClassifier
 from services.worker import fs, parquet_sink
-from services.worker.contracts import Tuning
+from services.worker.contracts import COLUMNAR_SHARD_SIZE, Tuning
 from services.worker.layout import OutputLayout
 from services.worker.plan import shard_sizes
 from services.worker.serve_client import ServeClient
@@ -114,15 +114,20 @@ Chunk = Callable[[pa.RecordBatch], Awaitable[pa.Table]]
 
 
 async def read_send_write(
-    source: Path, output: Path, n: int, chunk: Chunk, chunks_ahead: int, write: bool = True
+    source: Path,
+    output: Path,
+    n: int,
+    chunk: Chunk,
+    chunks_ahead: int,
+    write: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> int:
-    """B's loop on a Parquet file: read chunks of ``CHUNK_ROWS`` rows (the id and the four
+    """B's loop on a Parquet file: read chunks of ``chunk_rows`` rows (the id and the four
     measurements) while up to ``chunks_ahead`` earlier ones are in flight (``chunk``: a chunk's
     rows to its results), and write the results in input order into A's shard files, each as A
     writes its own (temp file, fsync, rename). Rows written."""
     layout = OutputLayout(str(output), "parquet")
-    tuning = Tuning()
-    shards = shard_sizes(n, tuning.shard_size, tuning.max_concurrent_shards)
+    shards = shard_sizes(n, COLUMNAR_SHARD_SIZE, Tuning().max_concurrent_shards)  # A's, for Parquet
     pending = asyncio.Semaphore(chunks_ahead)
     ready: deque[asyncio.Task[pa.Table]] = deque()
     more = asyncio.Event()  # a chunk was queued, or reading ended
@@ -132,7 +137,7 @@ async def read_send_write(
         nonlocal reading
         file = pq.ParquetFile(source)
         try:
-            for batch in file.iter_batches(batch_size=CHUNK_ROWS, columns=[ID, *FEATURES]):
+            for batch in file.iter_batches(batch_size=chunk_rows, columns=[ID, *FEATURES]):
                 await pending.acquire()
                 ready.append(asyncio.create_task(chunk(batch)))
                 more.set()
@@ -178,9 +183,9 @@ async def read_send_write(
     return written
 
 
-def chunks_ahead(concurrency: int, micro_batch: int) -> int:
+def chunks_ahead(concurrency: int, micro_batch: int, chunk_rows: int = CHUNK_ROWS) -> int:
     """Chunks B keeps in flight: enough to fill ``concurrency`` requests twice over."""
-    return max(4, 2 * concurrency * micro_batch // CHUNK_ROWS)
+    return max(4, 2 * concurrency * micro_batch // chunk_rows)
 
 
 async def run_direct(

@@ -27,7 +27,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from bench.local_stack import local_stack, stop_on_sigterm
 from services import constants as c
 from services.worker.config import WorkerSettings
-from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
+from services.worker.contracts import SHARD_SIZE, BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
 
@@ -58,7 +58,7 @@ class SentRecords:
 
 async def run(records: int, stop_at: float) -> dict:
     tuning = Tuning()
-    assert records % tuning.micro_batch_size == 0 and tuning.shard_size % tuning.checkpoint_every == 0
+    assert records % tuning.micro_batch_size == 0 and SHARD_SIZE % tuning.checkpoint_every == 0
     with tempfile.TemporaryDirectory(prefix="bi-resume-", dir="/tmp") as tmp:
         work = Path(tmp)
         async with local_stack(work) as (temporal, serve):
