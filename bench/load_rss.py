@@ -141,6 +141,7 @@ async def one_batch(
     fmt: str,
     row_group_rows: int = parquet_case.ROW_GROUP_ROWS,
     profile: Path | None = None,
+    wire: str = "auto",
 ) -> dict:
     fields: dict[str, Any] = {}
     if fmt == "parquet":
@@ -158,6 +159,7 @@ async def one_batch(
             c.ENV_SERVE_URL: serve.url,
             c.ENV_SERVE_TOKEN_FILE: str(serve.token_file),
             c.ENV_WORKER_METRICS_PORT: "0",
+            c.ENV_SERVE_WIRE: wire,
         }
     )
     log = work / f"worker-{size}.log"
@@ -198,6 +200,7 @@ async def one_batch(
         assert result.succeeded == size and result.failed == 0, result
         return {
             "format": fmt,
+            "wire": wire,
             "records": size,
             "shards": result.shards,
             "wall_s": round(wall, 2),
@@ -224,13 +227,14 @@ async def main_async(
     fmt: str = "jsonl",
     row_group_rows: int = parquet_case.ROW_GROUP_ROWS,
     profile: Path | None = None,
+    wire: str = "auto",
 ) -> None:
     with tempfile.TemporaryDirectory(prefix="bi-rss-", dir="/tmp") as tmp:
         work = Path(tmp)
         async with local_stack(work) as (temporal, serve):
             rows = []
             for size in sizes:
-                row = await one_batch(temporal, serve, size, work, tuning, fmt, row_group_rows, profile)
+                row = await one_batch(temporal, serve, size, work, tuning, fmt, row_group_rows, profile, wire)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(
@@ -251,6 +255,7 @@ async def main_async(
             "format": fmt,
             "row_group_rows": row_group_rows if fmt == "parquet" else None,
             "arrow_memory_pool": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "default"),
+            "wire": wire,
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "tuning": Tuning(**tuning).model_dump(),
             "runs": rows,
@@ -275,6 +280,12 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="tuning, e.g. shard_size=2500"
     )
+    parser.add_argument(
+        "--wire",
+        choices=("auto", "json"),
+        default="auto",
+        help="the worker's SERVE_WIRE (json: no Arrow path)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the worker over each batch")
     args = parser.parse_args()
@@ -282,7 +293,9 @@ def main() -> None:
     sizes = args.sizes or ([100_000, 1_000_000] if args.format == "parquet" else [10_000, 100_000])
     if args.ten_million and 10_000_000 not in sizes:
         sizes.append(10_000_000)
-    asyncio.run(main_async(sizes, tuning, args.json, args.format, args.row_group_rows, args.profile))
+    asyncio.run(
+        main_async(sizes, tuning, args.json, args.format, args.row_group_rows, args.profile, args.wire)
+    )
 
 
 if __name__ == "__main__":
