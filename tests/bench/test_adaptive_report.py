@@ -48,6 +48,9 @@ def test_each_size_is_judged_apart_by_faster_run_and_by_median():
     assert short["adaptive/best fixed records/s"] == round(7_100 / 8_000, 3)
     assert short["best fixed by median"] == {"max_in_flight": 2, "records_per_s": 7_100}
     assert short["adaptive/best fixed records/s (medians)"] == round(6_900 / 7_100, 3)
+    # round by round against the best fixed setting by median (fixed 2): 6800/7000, 7100/7200, 6900/7100
+    assert short["adaptive/best fixed records/s (rounds)"] == [0.971, 0.972, 0.986]
+    assert short["adaptive/best fixed records/s (median of rounds)"] == 0.972
     assert (short["refused % adaptive (max)"], short["refused % fixed at the same cap (max)"]) == (1.5, 3.0)
     assert long["adaptive/best fixed records/s"] == 1.1
     text = markdown({"normal": normal, "overload": overload, "summary": out})
