@@ -34,6 +34,7 @@ import yaml
 from services import constants as c
 from services.local.processes import free_port, venv_bin
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
+from tests.helpers.batches import start_batch
 from tests.helpers.k8s import (
     REPO_ROOT,
     dockerfile_entrypoint,
@@ -278,10 +279,7 @@ async def test_rendered_worker_completes_a_batch_and_stops_on_sigterm(
         batch, records, output = _batch(
             tmp_path, 6_000, "b", shard_size=500, micro_batch_size=8, max_in_flight=1, max_concurrent_shards=2
         )
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=f"k8s-b-{uuid.uuid4().hex[:6]}", task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )  # fmt: skip
+        handle = await start_batch(client, queue, batch, "k8s-b")
         for _ in range(300):
             progress: Progress = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
             if progress.shards_running and progress.succeeded:

@@ -30,10 +30,10 @@ from services import metrics as m
 from services.errors import Failure
 from services.local.processes import free_port, marked_pids
 from services.local.ray_serve import CLUSTER_MARKER, LocalRayServe, ensure_token, load_serve_config
-from services.worker.contracts import BatchInferenceOutput, Progress
+from services.worker.contracts import Progress
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.telemetry import BatchProgressPoller
-from tests.helpers.batches import assert_exactly_once, echo_batch
+from tests.helpers.batches import assert_exactly_once, echo_batch, execute_batch, start_batch
 from tests.helpers.proxy import CountingProxy
 from tests.helpers.workers import Attempts, outage_batch, start_until_a_quarter_done, worker_on
 
@@ -113,10 +113,7 @@ async def test_overloaded_serve_answers_503_and_the_batch_completes_without_erro
         started = time.monotonic()
         with CountingProxy(private_serve.url) as proxy:
             async with worker_on(client, proxy.url, private_serve.token_file, attempts) as queue:
-                result = await client.execute_workflow(
-                    c.WORKFLOW_NAME, batch, id=f"overload-{uuid.uuid4().hex[:8]}", task_queue=queue,
-                    result_type=BatchInferenceOutput,
-                )  # fmt: skip
+                result = await execute_batch(client, queue, batch, "overload")
         took = time.monotonic() - started
         statuses = Counter(status for _, _, status, _ in proxy.log)
         # Gaps between a 503 and the next attempt of the same micro-batch.
@@ -278,10 +275,7 @@ async def test_serve_down_past_max_serve_outage_fails_the_batch_saying_so(client
     token_file = tmp_path / "serve-token"
     ensure_token(token_file)
     async with worker_on(client, nowhere, token_file, Attempts(), SHORT_RETRIES) as queue:
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=f"serve-gone-{uuid.uuid4().hex[:8]}", task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )  # fmt: skip
+        handle = await start_batch(client, queue, batch, "serve-gone")
         with pytest.raises(WorkflowFailureError) as err:
             await handle.result()
     cause = err.value.cause

@@ -13,17 +13,14 @@ import asyncio
 import copy
 import itertools
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
 
-from services import constants as c
 from services.local.ray_serve import LocalRayServe, ensure_token, load_serve_config
-from services.worker.contracts import BatchInferenceOutput
-from tests.helpers.batches import assert_exactly_once, echo_batch
+from tests.helpers.batches import assert_exactly_once, echo_batch, start_batch
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import Attempts, worker_on
 
@@ -90,10 +87,7 @@ async def run_batch(client, stack: LocalRayServe, tmp_path: Path, prefix: str, d
     attempts = Attempts()
     started = time.monotonic()
     async with worker_on(client, stack.url, stack.token_file, attempts) as queue:
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=f"{prefix}-{uuid.uuid4().hex[:8]}", task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )  # fmt: skip
+        handle = await start_batch(client, queue, batch, prefix)
         side = await during(attempts) if during else None
         result = await handle.result()
     took = time.monotonic() - started

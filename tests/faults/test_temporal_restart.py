@@ -17,11 +17,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from services import constants as c
 from services.local.processes import free_port
 from services.local.temporal_dev import TemporalDevServer
 from services.worker.contracts import BatchInferenceOutput
-from tests.helpers.batches import assert_exactly_once, echo_batch
+from tests.helpers.batches import assert_exactly_once, echo_batch, start_batch
 from tests.helpers.proxy import CountingProxy
 from tests.helpers.waiting import wait_until
 
@@ -70,10 +69,7 @@ async def test_temporal_restarts_mid_batch_on_the_same_database(
     client = await Client.connect(private_temporal.address, data_converter=pydantic_data_converter)
     with CountingProxy(serve_stack.url) as proxy:
         worker = await spawn_worker(private_temporal.address, queue, proxy.url, serve_token_file).polling()
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=f"restart-{uuid.uuid4().hex[:8]}", task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )  # fmt: skip
+        handle = await start_batch(client, queue, batch, "restart")
         await wait_until(lambda: proxy.records >= 0.3 * total, 60, "30% of the records sent")
         stopping = time.monotonic()
         if how == "killed":

@@ -15,8 +15,7 @@ import uuid
 import pytest
 
 from services import constants as c
-from services.worker.contracts import BatchInferenceOutput
-from tests.helpers.batches import assert_exactly_once, echo_batch
+from tests.helpers.batches import assert_exactly_once, echo_batch, start_batch
 from tests.helpers.proxy import CountingProxy
 from tests.helpers.waiting import wait_until
 
@@ -62,10 +61,7 @@ async def test_sigkill_the_worker_at_random_points(
             return spawn_worker(temporal_server.address, queue, proxy.url, serve_token_file).polling()
 
         worker = await start_worker()
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=f"kill-{uuid.uuid4().hex[:8]}", task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )  # fmt: skip
+        handle = await start_batch(client, queue, batch, "kill")
         for fraction in kills:
             await wait_until(lambda f=fraction: proxy.records >= f * total, 120, f"{fraction:.0%} sent")
             # Random point inside a part, too: up to one part's worth of time later.
@@ -134,10 +130,7 @@ async def test_sigterm_shuts_down_within_the_graceful_timeout(
     worker = await spawn_worker(
         temporal_server.address, queue, serve_stack.url, serve_token_file, **env
     ).polling()
-    handle = await client.start_workflow(
-        c.WORKFLOW_NAME, batch, id=f"term-{uuid.uuid4().hex[:8]}", task_queue=queue,
-        result_type=BatchInferenceOutput,
-    )  # fmt: skip
+    handle = await start_batch(client, queue, batch, "term")
     await wait_until(lambda: len(running_shards(output)) == 2, 60, "two shards with committed parts")
     running = running_shards(output)
     sent = time.monotonic()

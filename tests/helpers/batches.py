@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 
 from services import constants as c
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
@@ -17,15 +17,23 @@ from services.worker.lineage import report, verify
 from tests.helpers.records import echo_records, read_outputs, write_jsonl
 
 
-async def execute_batch(client: Client, queue: str, batch, prefix: str = "it"):
-    """Run a BatchInference workflow to its end on ``queue`` and return its typed result."""
-    return await client.execute_workflow(
+async def start_batch(
+    client: Client, queue: str, batch, prefix: str = "it", workflow_id: str | None = None
+) -> WorkflowHandle[Any, BatchInferenceOutput]:
+    """Start a BatchInference workflow on ``queue``, its id ``workflow_id`` or ``<prefix>-<random>``;
+    the handle's result is typed."""
+    return await client.start_workflow(
         c.WORKFLOW_NAME,
         batch,
-        id=f"{prefix}-{uuid.uuid4().hex[:8]}",
+        id=workflow_id or f"{prefix}-{uuid.uuid4().hex[:8]}",
         task_queue=queue,
         result_type=BatchInferenceOutput,
     )
+
+
+async def execute_batch(client: Client, queue: str, batch, prefix: str = "it"):
+    """Run a BatchInference workflow to its end on ``queue`` and return its typed result."""
+    return await (await start_batch(client, queue, batch, prefix)).result()
 
 
 def jsonl_batch(

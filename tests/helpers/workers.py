@@ -11,13 +11,12 @@ from pathlib import Path
 
 from temporalio.client import WorkflowHandle
 
-from services import constants as c
 from services.worker.concurrency import Limiter
 from services.worker.config import WorkerSettings
-from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput
+from services.worker.contracts import BatchInferenceInput
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.worker import build_worker
-from tests.helpers.batches import echo_batch
+from tests.helpers.batches import echo_batch, start_batch
 from tests.helpers.waiting import wait_until
 
 
@@ -83,9 +82,7 @@ async def start_until_a_quarter_done(
 ) -> WorkflowHandle:
     """Start ``batch`` of ``OUTAGE_RECORDS`` on ``queue`` and return once Serve has answered for
     a quarter of its records (counted by the worker's ``attempts``)."""
-    handle = await client.start_workflow(
-        c.WORKFLOW_NAME, batch, id=workflow_id, task_queue=queue, result_type=BatchInferenceOutput
-    )
+    handle = await start_batch(client, queue, batch, workflow_id=workflow_id)
     per_request = batch.tuning.micro_batch_size
     await wait_until(
         lambda: attempts.count("200") * per_request >= 0.25 * OUTAGE_RECORDS, 60, "a quarter of the batch"

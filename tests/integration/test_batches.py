@@ -14,7 +14,7 @@ from temporalio.client import WorkflowFailureError
 from services import constants as c
 from services.cli import describe_failure
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress, Tuning
-from tests.helpers.batches import execute_batch, jsonl_batch, run_and_read
+from tests.helpers.batches import execute_batch, jsonl_batch, run_and_read, start_batch
 from tests.helpers.records import iris_records, read_outputs, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -43,10 +43,7 @@ async def test_file_batch_writes_every_id_exactly_once(client, run_worker, tmp_p
         Tuning(shard_size=500, checkpoint_every=200, micro_batch_size=16, max_concurrent_shards=3),
     )
     async with run_worker() as queue:
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=f"it-{uuid.uuid4().hex[:8]}", task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )  # fmt: skip
+        handle = await start_batch(client, queue, batch, "it")
         result = await handle.result()
         # Asked after the end, the query replays the whole history (patch markers included).
         final = await handle.query(c.PROGRESS_QUERY, result_type=Progress)
@@ -187,10 +184,7 @@ async def test_cancel_stops_shards_and_marks_the_summary(client, run_worker, tmp
     )
     _, output, batch = jsonl_batch(tmp_path, [{"id": i, "input": i} for i in ids], "echo", tuning)
     async with run_worker() as queue:
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=f"cancel-{uuid.uuid4().hex[:8]}", task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )  # fmt: skip
+        handle = await start_batch(client, queue, batch, "cancel")
 
         def running_with_parts() -> list:
             # Shards early in their run: 1-3 of their 10 parts committed, so the cancellation

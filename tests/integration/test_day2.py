@@ -11,8 +11,8 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from services import constants as c
-from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.helpers.batches import execute_batch
+from services.worker.contracts import BatchInferenceInput, Tuning
+from tests.helpers.batches import execute_batch, start_batch
 from tests.helpers.cli import run_cli
 from tests.helpers.local_shards import plan_batch
 from tests.helpers.proxy import CountingProxy
@@ -100,9 +100,7 @@ async def test_a_cancelled_batch_resumes_under_its_id_and_sends_only_what_was_no
     address = temporal_server.address
     with CountingProxy(serve_stack.url) as proxy:
         async with worker_on(client, proxy.url, serve_token_file, Attempts()) as queue:
-            handle = await client.start_workflow(
-                c.WORKFLOW_NAME, batch, id=workflow_id, task_queue=queue, result_type=BatchInferenceOutput
-            )
+            handle = await start_batch(client, queue, batch, workflow_id=workflow_id)
             await wait_until(lambda: proxy.records >= 1_400, 120, "about half sent")
             await handle.cancel()
             with pytest.raises(WorkflowFailureError):

@@ -18,8 +18,8 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from services import constants as c
-from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.helpers.batches import execute_batch
+from services.worker.contracts import BatchInferenceInput, Tuning
+from tests.helpers.batches import execute_batch, start_batch
 from tests.helpers.object_stores import fake_gcs, moto_s3, read_outputs_uri, s3_fault_proxy, write_jsonl_uri
 from tests.helpers.proxy import CountingProxy
 from tests.helpers.records import echo_records, iris_records
@@ -169,10 +169,7 @@ async def test_a_worker_killed_mid_shard_on_s3_resumes_with_nothing_lost_or_doub
     queue = f"s3-kill-{uuid.uuid4().hex[:8]}"
     with CountingProxy(serve_stack.url) as proxy:
         worker = await spawn_worker(temporal_server.address, queue, proxy.url, serve_token_file).polling()
-        handle = await client.start_workflow(
-            c.WORKFLOW_NAME, batch, id=f"s3-kill-{uuid.uuid4().hex[:8]}", task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )  # fmt: skip
+        handle = await start_batch(client, queue, batch, "s3-kill")
         await wait_until(lambda: proxy.records >= 0.4 * total, 120, "40% sent")
         worker.signal(signal.SIGKILL)
         await worker.exited(10)
@@ -197,10 +194,7 @@ async def test_s3_answering_503_slowdown_for_a_while_and_the_batch_completes(cli
     )
     with s3_fault_proxy() as proxy:
         async with run_worker() as queue:
-            handle = await client.start_workflow(
-                c.WORKFLOW_NAME, batch, id=f"slowdown-{uuid.uuid4().hex[:8]}", task_queue=queue,
-                result_type=BatchInferenceOutput,
-            )  # fmt: skip
+            handle = await start_batch(client, queue, batch, "slowdown")
             await wait_until(lambda: proxy.requests >= 20, 60, "the batch under way on S3")
             # Counted in requests, not seconds, so a slow machine sees the same faults.
             proxy.slow_down(40, fraction=0.5)

@@ -28,10 +28,9 @@ from temporalio.client import Client
 from services import constants as c
 from services.local.processes import venv_bin
 from services.worker.config import WorkerSettings
-from services.worker.contracts import BatchInferenceOutput
 from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
-from tests.helpers.batches import assert_exactly_once, echo_batch
+from tests.helpers.batches import assert_exactly_once, echo_batch, execute_batch, start_batch
 
 pytestmark = pytest.mark.integration
 
@@ -129,26 +128,14 @@ async def test_a_running_batch_moves_to_the_new_version_at_its_next_continue_as_
     async with contextlib.AsyncExitStack() as v1:
         await v1.enter_async_context(version(client, queue, deployment, "v1", v1_serve))
         await set_current(temporal_server.address, deployment, "v1")
-        long = await client.start_workflow(
-            c.WORKFLOW_NAME,
-            batch,
-            id=f"long-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-            result_type=BatchInferenceOutput,
-        )
+        long = await start_batch(client, queue, batch, "long")
         while (await long.query(c.PROGRESS_QUERY)).get("shards_running", 0) == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
 
         async with version(client, queue, deployment, "v2", v2_serve):
             await set_current(temporal_server.address, deployment, "v2")
             new_records, new_output, new_batch = echo_batch(tmp_path / "new", 200, prefix="n", shard_size=50)
-            new = await client.start_workflow(
-                c.WORKFLOW_NAME,
-                new_batch,
-                id=f"new-{uuid.uuid4().hex[:8]}",
-                task_queue=queue,
-                result_type=BatchInferenceOutput,
-            )
+            new = await start_batch(client, queue, new_batch, "new")
             new_result = await new.result()
             assert await build_ids_by_run(client, new.id, new.result_run_id) == [{"v2"}]
             assert_exactly_once(new_output, [r["id"] for r in new_records], new_result)
@@ -167,8 +154,7 @@ async def test_a_running_batch_moves_to_the_new_version_at_its_next_continue_as_
                 assert asyncio.get_running_loop().time() < deadline, f"v1 not drained: {status}"
                 await asyncio.sleep(0.5)
             await v1.aclose()  # v1's workers go; v2 carries on alone
-            again = await client.execute_workflow(
-                c.WORKFLOW_NAME, new_batch.model_copy(update={"output_uri": str(tmp_path / "again")}),
-                id=f"again-{uuid.uuid4().hex[:8]}", task_queue=queue, result_type=BatchInferenceOutput,
-            )  # fmt: skip
+            again = await execute_batch(
+                client, queue, new_batch.model_copy(update={"output_uri": str(tmp_path / "again")}), "again"
+            )
             assert again.succeeded == len(new_records)

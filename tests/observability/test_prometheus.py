@@ -25,7 +25,8 @@ from services.local.processes import free_port
 from services.local.prometheus import LocalPrometheus, prometheus_config
 from services.local.ray_serve import LocalRayServe
 from services.local.temporal_dev import TemporalDevServer
-from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
+from services.worker.contracts import BatchInferenceInput, Tuning
+from tests.helpers.batches import execute_batch, start_batch
 from tests.helpers.processes import serving_process
 from tests.helpers.promql import metric_names, must_have_panels, panel_queries, rules
 from tests.helpers.records import corrupt_parquet_page, iris_records, write_jsonl
@@ -160,13 +161,7 @@ async def test_every_dashboard_query_and_alert_on_a_real_prometheus(
             progress_every_s=0,
         ),
     )
-    handle = await client.start_workflow(
-        c.WORKFLOW_NAME,
-        batch,
-        id=f"obs-{uuid.uuid4().hex[:8]}",
-        task_queue=queue,
-        result_type=BatchInferenceOutput,
-    )
+    handle = await start_batch(client, queue, batch, "obs")
     # Per-batch progress is exported while the batch runs: by the exporter only (no query: it
     # runs with --no-query-fallback), from the progress the batch published.
     progress = await asyncio.to_thread(
@@ -194,20 +189,13 @@ async def test_every_dashboard_query_and_alert_on_a_real_prometheus(
     # The same batch started again on its folder resumes every shard from its final files, and a
     # retry re-runs its 25 failed records (all fail again with iris): the resumed and retried
     # counters get real increments, not only their zero series.
-    resumed = await client.execute_workflow(
-        c.WORKFLOW_NAME,
-        batch,
-        id=f"obs-resume-{uuid.uuid4().hex[:8]}",
-        task_queue=queue,
-        result_type=BatchInferenceOutput,
-    )
+    resumed = await execute_batch(client, queue, batch, "obs-resume")
     assert resumed.status == "completed" and resumed.resumed_records == 6001
-    retried = await client.execute_workflow(
-        c.WORKFLOW_NAME,
+    retried = await execute_batch(
+        client,
+        queue,
         BatchInferenceInput(retry_of=batch.output_uri, model="iris", max_error_ratio=1.0),
-        id=f"obs-retry-{uuid.uuid4().hex[:8]}",
-        task_queue=queue,
-        result_type=BatchInferenceOutput,
+        "obs-retry",
     )
     assert retried.status == "completed" and (retried.succeeded, retried.failed) == (0, 25)
     # Batches that fail in planning (input not found: a local activity) and in a shard (a

@@ -18,8 +18,8 @@ import pytest
 
 from services import constants as c
 from services.serve.app import api
-from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Tuning
-from tests.helpers.batches import assert_exactly_once
+from services.worker.contracts import BatchInferenceInput, Tuning
+from tests.helpers.batches import assert_exactly_once, start_batch
 from tests.helpers.records import echo_records, write_jsonl
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import Attempts, worker_on
@@ -127,10 +127,7 @@ async def test_token_rotation_under_a_running_batch_fails_no_request(
     attempts = Attempts()
     try:
         async with worker_on(client, serve_stack.url, worker_token, attempts) as queue:
-            handle = await client.start_workflow(
-                c.WORKFLOW_NAME, batch, id=f"rotate-{uuid.uuid4().hex[:8]}", task_queue=queue,
-                result_type=BatchInferenceOutput,
-            )  # fmt: skip
+            handle = await start_batch(client, queue, batch, "rotate")
             await wait_until(lambda: attempts.count("200") >= 50, 60, "the batch under way")
             replace_atomically(serve_token_file, f"{old}\n{new}\n")  # 1. both valid
             await wait_status(serve_stack, new, 200)
