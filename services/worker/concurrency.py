@@ -14,10 +14,7 @@ times itself when nothing has worked lately), and that becomes a ceiling for
 ``probe_interval_s``: the limit climbs back to it and stays there instead of running into
 Serve's queue again every few round trips; past that it probes further, one slot per round trip.
 Taking the requests still out at a refusal instead undercounts: those answered a moment
-earlier have already left, and the limit then sits well below what Serve holds. Under that
-ceiling, one refusal in ``window_s`` does not cut: near its limit Serve refuses a request now
-and then whatever the level (its queue length is counted with a lag), and cutting a slot for
-each ratcheted the limit down between probes to where Serve's queue ran dry.
+earlier have already left, and the limit then sits well below what Serve holds.
 
 ``Retry-After``: the refused request waits it before it is sent again (the Serve client does
 that), and its slot stays taken until it has passed. So while Serve refuses everything (it is
@@ -126,7 +123,6 @@ class AdaptiveLimiter:
         self.sent = 0  # requests out to Serve
         self._holds: set[asyncio.Task[None]] = set()  # slots held for a Retry-After
         self._last_cut = float("-inf")
-        self._last_refusal = float("-inf")
         self._short: float | None = None
         self._long: float | None = None
         self.ceiling: float | None = None
@@ -211,11 +207,6 @@ class AdaptiveLimiter:
         s = self.settings
         if slot.started < self._last_cut:  # sent before the last cut: that cut answered for it
             return
-        holding = self.ceiling is not None and now < self._ceiling_until and slot.level <= self.ceiling
-        lone = now - self._last_refusal > s.window_s
-        self._last_refusal = now
-        if holding and lone:
-            return  # one refusal at a level that has held: its slot waits out Retry-After
         self._last_cut = now
         self.slow_start = False
         worked = self.worked(now, below=slot.level)

@@ -182,27 +182,6 @@ def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_do
     assert lim.limit == 14
 
 
-def test_under_its_ceiling_one_refusal_in_the_window_does_not_cut_a_second_does():
-    clock = FakeClock()
-    lim, _ = limiter(clock, initial=16, max_limit=16, window_s=5, probe_interval_s=10)
-    for level in range(1, 17):
-        answer(lim, clock, 200, 0.1, level=level)
-    answer(lim, clock, 503, 0.1, level=16)  # probing past what held: cut below it
-    assert lim.limit == 15 == lim.ceiling
-    clock.now += 5.5
-    for level in (13, 14, 15):
-        answer(lim, clock, 200, 0.1, level=level)
-    answer(lim, clock, 503, 0.1, level=15)  # alone in 5 s, at a level that held: no cut
-    assert lim.limit == 15
-    answer(lim, clock, 503, 0.1, level=15)  # a second within 5 s: Serve means it
-    assert lim.limit == 14 == lim.ceiling
-    clock.now += 10.5  # the ceiling has expired: probing, every refusal cuts
-    for level in (12, 13, 14):
-        answer(lim, clock, 200, 0.1, level=level)
-    answer(lim, clock, 503, 0.1, level=14)
-    assert lim.limit == 13
-
-
 def test_latency_climbing_during_slow_start_does_not_cut():
     clock = FakeClock()
     lim, _ = limiter(clock, initial=8, max_limit=32)
