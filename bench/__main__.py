@@ -6,8 +6,10 @@ python -m bench [--sizes 10000 100000] [--large] [--models echo iris] [--high-th
                 [--pairs 7] [--large-pairs 3] [--out bench/results]
 
 The Parquet case (``bench/parquet_case.py``): iris records as a Parquet file in, Parquet out,
-A, B and D (``--large`` adds 1,000,000 rows). B's setting at each size is picked at that size
-among the sweep's best two and the project's own (``harness.pick_direct``). Then the plan of
+A, B and D (``--large`` adds 1,000,000 rows). A takes the Arrow path there (iris is columnar),
+so B sends Arrow too (``arrow_case.run_b_arrow``), its setting picked at each size among
+``arrow_case.B_SETTINGS`` (A's own bodies among them). B's setting for JSON Lines is picked at
+each size among the sweep's best two and the project's own (``harness.pick_direct``). Then the plan of
 ``--s3-plan-files`` small files on moto's S3 server, timed and its requests counted
 (``bench/s3_plan.py``).
 
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import services
-from bench import harness, parquet_case, s3_plan
+from bench import arrow_case, harness, parquet_case, s3_plan
 from services.local.ray_serve import LocalRayServe, ensure_token
 from services.local.temporal_dev import TemporalDevServer
 
@@ -83,10 +85,17 @@ async def run_all(
         print(json.dumps(row), flush=True)
 
     async def side_by_side(
-        model: str, n: int, trials: list[dict], a: harness.DirectRun, b: harness.DirectRun, fmt: str
+        model: str,
+        n: int,
+        trials: list[dict],
+        a: harness.DirectRun,
+        b: harness.DirectRun,
+        fmt: str,
+        settings: list[harness.Setting] | None = None,
     ) -> None:
-        """B's setting picked at ``n``, then the A/B pairs in alternating order."""
-        settings = harness.candidates(trials)
+        """B's setting picked at ``n`` (among ``settings``, or the sweep's candidates), then the
+        A/B pairs in alternating order."""
+        settings = settings or harness.candidates(trials)
         (micro_batch, concurrency), picks = await harness.pick_direct(b, n, settings)
         results["picks"].append(
             {"model": model, "format": fmt, "records": n, "candidates": settings,
@@ -119,13 +128,21 @@ async def run_all(
     parquet_sizes = list(parquet_sizes or [])
     if large and parquet_sizes and LARGE not in parquet_sizes:
         parquet_sizes.append(LARGE)
+
+    async def direct_arrow(n: int, micro_batch: int, concurrency: int) -> dict[str, Any]:
+        row = await arrow_case.run_b_arrow(env, n, micro_batch, concurrency)
+        return {**row, "format": "parquet", "wire": "arrow", "micro_batch": micro_batch,
+                "concurrency": concurrency, "cpu_s": row["client_cpu_s"]}  # fmt: skip
+
     for n in parquet_sizes:
-        trials = await sweep(parquet_case.MODEL)
+        # A sends Arrow here (iris has a columnar predict; the Arrow path), so B does too: a B
+        # sending JSON bodies would be no upper bound (A/B 3.7-4.8 in a run that did, 13:44).
         await side_by_side(
-            parquet_case.MODEL, n, trials,
+            parquet_case.MODEL, n, [],
             lambda n, _mb, _c: parquet_case.run_project(env, n),
-            lambda n, mb, conc: parquet_case.run_direct(env, n, mb, conc),
+            direct_arrow,
             "parquet",
+            settings=arrow_case.B_SETTINGS,
         )  # fmt: skip
         add("D", parquet_case.MODEL, await asyncio.to_thread(parquet_case.run_ray_data, env, n))
     if s3_plan_files:

@@ -27,8 +27,12 @@ async def local_stack(work: Path) -> AsyncIterator[tuple[TemporalDevServer, Loca
         await asyncio.to_thread(serve.start)
         yield temporal, serve
     finally:
-        await asyncio.to_thread(serve.stop)
-        await asyncio.to_thread(temporal.stop)
+        # Plain calls, not threads: in a Ctrl-C or SIGTERM unwind the loop cancels what its
+        # tasks await, and a stop cut short left a Temporal server and a Ray cluster running.
+        try:
+            serve.stop()
+        finally:
+            temporal.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:
