@@ -228,6 +228,8 @@ class LocalRayServe:
         deadline = time.monotonic() + timeout_s
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
+            if not self.started:  # stopped meanwhile (a Ctrl-C or SIGTERM unwind): nothing to wait for
+                raise RuntimeError("Ray Serve was stopped while starting")
             last = self.status().get("applications") or {}
             states = {name: (last.get(name) or {}).get("status") for name in apps}
             if all(s == "RUNNING" for s in states.values()):
