@@ -81,9 +81,8 @@ class ParquetSegmentReader:
     """Rows ``start`` to ``end`` (0-based, end exclusive) of a Parquet file: only the row groups
     holding them, streamed in record batches; rows before ``start`` in its group are dropped.
 
-    One group at a time, and only the groups the run spans: pyarrow reads ahead into the next of
-    the groups it is given, so a range given two groups holds the second while it reads the
-    first (an open-ended one held the next shard's group as well)."""
+    Naming only the groups the run spans matters for memory: pyarrow reads ahead whole groups,
+    so an open-ended range holds the next shard's group as well."""
 
     def __init__(self, file: InputFile, start: int, end: int, fields: RecordFields, batch_rows: int):
         self.file = file
@@ -94,9 +93,8 @@ class ParquetSegmentReader:
         last = max(first, bisect.bisect_left(bounds, end) - 1)
         self._skip = start - bounds[first]
         self.row = start
-        self._batches = itertools.chain.from_iterable(
-            self._file.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
-            for group in range(first, last + 1)
+        self._batches = self._file.iter_batches(
+            batch_size=batch_rows, row_groups=range(first, last + 1), columns=columns
         )
         self._held: list[pa.RecordBatch] = []
 
