@@ -4,7 +4,7 @@ The JSON way commits a part every ``checkpoint_every`` records. The Arrow way co
 request, not per row, and a part goes in one request when it fits, so its parts are larger
 (``columnar_part_rows``), but never much over a request's bytes (``max_request_bytes``): a part
 is held whole while its requests are out, so wide rows make smaller parts. The first part is
-the JSON way's size, which tells how wide the rows are.
+the JSON way's size (or ``columnar_part_rows`` if smaller), which tells how wide the rows are.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from services.worker.source import RawPart
 
 class PartRows:
     def __init__(self, shard: ShardInput, columnar: bool):
-        self.rows = shard.checkpoint_every
         self._most = shard.columnar_part_rows if columnar else None
         self._least = min(shard.checkpoint_every, shard.columnar_part_rows)
         self._max_bytes = shard.max_request_bytes
+        self.rows = self._least if columnar else shard.checkpoint_every
 
     def saw(self, part: RawPart) -> None:
         """Size the next part from one just read."""

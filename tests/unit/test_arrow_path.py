@@ -196,3 +196,7 @@ def test_part_rows_stay_checkpoint_every_the_json_way_and_fit_a_request_the_arro
     roomy = PartRows(shard.model_copy(update={"max_request_bytes": 4_000_000}), columnar=True)
     roomy.saw(wide)
     assert roomy.rows == 4_000
+    small = PartRows(shard.model_copy(update={"columnar_part_rows": 500}), columnar=True)
+    assert small.rows == 500, "columnar_part_rows under checkpoint_every: every part that size"
+    small.saw(narrow)
+    assert small.rows == 500
