@@ -203,12 +203,19 @@ class AdaptiveLimiter:
         elif slot.signal is Signal.OK:
             self._answered(slot, now)
 
-    def _refused(self, slot: Slot, now: float) -> None:
-        s = self.settings
-        if slot.started < self._last_cut:  # sent before the last cut: that cut answered for it
-            return
+    def _may_cut(self, slot: Slot, now: float) -> bool:
+        """Whether ``slot``'s answer may cut the limit (and then it does: the cut is now): at most
+        once per round trip, since the last cut answered for requests sent before it."""
+        if slot.started < self._last_cut:
+            return False
         self._last_cut = now
         self.slow_start = False
+        return True
+
+    def _refused(self, slot: Slot, now: float) -> None:
+        s = self.settings
+        if not self._may_cut(slot, now):
+            return
         worked = self.worked(now, below=slot.level)
         # Just below the refusal: the highest level that worked there.
         limit = self._limit * s.backoff if worked is None else float(worked)
@@ -227,9 +234,7 @@ class AdaptiveLimiter:
         warm = self._samples >= max(s.short_samples, s.long_samples // 5)
         rising = warm and self._short > s.latency_tolerance * self._long
         if rising and self.ceiling is None:  # (with a ceiling, Serve's refusals say where to be)
-            if slot.started >= self._last_cut:
-                self._last_cut = now
-                self.slow_start = False
+            if self._may_cut(slot, now):
                 self._set(self._limit * s.backoff)
         elif self.in_flight + 1 >= self._limit / 2:  # the limit is in use: worth raising
             step = 1.0 if self.slow_start else s.increase / max(self._limit, 1.0)
