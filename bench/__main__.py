@@ -129,18 +129,13 @@ async def run_all(
     if large and parquet_sizes and LARGE not in parquet_sizes:
         parquet_sizes.append(LARGE)
 
-    async def direct_arrow(n: int, micro_batch: int, concurrency: int) -> dict[str, Any]:
-        row = await arrow_case.run_b_arrow(env, n, micro_batch, concurrency)
-        return {**row, "format": "parquet", "wire": "arrow", "micro_batch": micro_batch,
-                "concurrency": concurrency, "cpu_s": row["client_cpu_s"]}  # fmt: skip
-
     for n in parquet_sizes:
         # A sends Arrow here (iris has a columnar predict; the Arrow path), so B does too: a B
         # sending JSON bodies would be no upper bound (A/B 3.7-4.8 in a run that did, 13:44).
         await side_by_side(
             parquet_case.MODEL, n, [],
             lambda n, _mb, _c: parquet_case.run_project(env, n),
-            direct_arrow,
+            lambda n, mb, conc: arrow_case.run_b_arrow(env, n, mb, conc),
             "parquet",
             settings=arrow_case.B_SETTINGS,
         )  # fmt: skip

@@ -265,11 +265,13 @@ async def run_b_arrow(
     shutil.rmtree(output, ignore_errors=True)
     return {
         "run": "B-arrow",
-        "setting": f"{micro_batch} x {concurrency}",
+        "format": "parquet",
         "records": n,
+        "micro_batch": micro_batch,  # the keys harness.pick_direct and make bench's table read
+        "concurrency": concurrency,
         "seconds": round(seconds, 2),
         "records_per_s": round(n / seconds),
-        "client_cpu_s": round(cpu, 2),
+        "cpu_s": round(cpu, 2),  # the client's
         **ray,
     }
 
