@@ -216,10 +216,14 @@ B_SETTINGS = [(COLUMNAR_PART_ROWS, 32), (COLUMNAR_PART_ROWS, 8), (2_000, 32)]
 
 
 async def run_b_arrow(
-    env: harness.BenchEnv, n: int, micro_batch: int = COLUMNAR_PART_ROWS, concurrency: int = 32
+    env: harness.BenchEnv,
+    n: int,
+    micro_batch: int = COLUMNAR_PART_ROWS,
+    concurrency: int = 32,
+    keep: bool = False,
 ) -> dict[str, Any]:
     """B on the Parquet file with Arrow bodies (``parquet_case.read_send_write``): the replies'
-    prediction columns written in order into A's shard files."""
+    prediction columns written in order into A's shard files (removed after, unless ``keep``)."""
     source = parquet_case.dataset(env, n)
     output = env.workdir / "out" / f"B-arrow-{n}-{uuid.uuid4().hex[:6]}"
     route = c.MODEL_INFERENCE_ROUTE.format(model=MODEL)
@@ -262,7 +266,8 @@ async def run_b_arrow(
     gc.unfreeze()
     ray = cpu_spent(ray_before, ray_cpu(env.ray_marker))
     assert done == n and parquet_case.count_outputs(output) == n, done
-    shutil.rmtree(output, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(output, ignore_errors=True)
     return {
         "run": "B-arrow",
         "format": "parquet",

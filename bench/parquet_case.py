@@ -1,12 +1,11 @@
 """The Parquet case: Iris records as a Parquet file (an id and the four measurements, one float
 column each) read and written as Parquet, side by side:
 
-A: the project, ``input_columns`` = the four measurements (each record's model input is the
-   object of them, which the ``iris`` model takes as it takes ``{"features": [...]}``),
-   ``output_format="parquet"``.
-B: a tuned direct client reading the file with pyarrow (only the columns it needs, column by
-   column), sending the same request bodies as A and writing the same ``shard-NNNNN.parquet``
-   files (one per A shard, a row group per 2,000 records) without parts, checkpoints or joins.
+A: the project, ``input_columns`` = the four measurements, ``output_format="parquet"``: ``iris``
+   has a columnar predict, so A sends the four columns as Arrow (the Arrow path).
+B: a tuned direct client reading the file with pyarrow (only the columns it needs), sending them
+   as Arrow as A does and writing the same ``shard-NNNNN.parquet`` files (one per A shard)
+   without plan, parts, checkpoints or joins: ``arrow_case.run_b_arrow`` on ``read_send_write``.
 D: Ray Data ``read_parquet`` -> ``map_batches`` (the same model class) -> ``write_parquet``.
 """
 
@@ -14,33 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import harness
 from services import constants as c
-from services import json_codec
 from services.local.paths import SAMPLE_DATASET
 from services.serve.models import BUILTIN_MODELS, IrisClassifier
-from services.worker import fs, parquet_sink
+from services.worker import fs
 from services.worker.contracts import COLUMNAR_SHARD_SIZE, Tuning
 from services.worker.layout import OutputLayout
 from services.worker.plan import shard_sizes
-from services.worker.serve_client import ServeClient
 
 MODEL = "iris"
 FEATURES = list(IrisClassifier.FEATURES)
@@ -100,13 +94,6 @@ async def run_project(env: harness.BenchEnv, n: int, **batch: Any) -> dict[str, 
         env, n, MODEL, source=dataset(env, n), count=count_outputs, **batch_fields(), **batch
     )
     return {**figures, "format": "parquet"}
-
-
-def model_inputs(batch: pa.RecordBatch | pa.Table) -> tuple[list[Any], list[dict[str, float]]]:
-    """(ids, model inputs) of some rows, column by column: each input the object of the four
-    measurements in ``input_columns`` order, as A's are (so the request bodies are the same)."""
-    values = zip(*(batch.column(name).to_pylist() for name in FEATURES), strict=True)
-    return batch.column(ID).to_pylist(), [dict(zip(FEATURES, row, strict=True)) for row in values]
 
 
 CHUNK_ROWS = 2000  # rows B reads at a time (A's part size)
@@ -186,61 +173,6 @@ async def read_send_write(
 def chunks_ahead(concurrency: int, micro_batch: int, chunk_rows: int = CHUNK_ROWS) -> int:
     """Chunks B keeps in flight: enough to fill ``concurrency`` requests twice over."""
     return max(4, 2 * concurrency * micro_batch // chunk_rows)
-
-
-async def run_direct(
-    env: harness.BenchEnv, n: int, micro_batch: int, concurrency: int, write: bool = True
-) -> dict[str, Any]:
-    """B on the Parquet file (``read_send_write``) with A's JSON request bodies."""
-    source = dataset(env, n)
-    output = env.workdir / "out" / f"B-pq-{MODEL}-{n}-{uuid.uuid4().hex[:6]}"
-    route = c.MODEL_INFERENCE_ROUTE.format(model=MODEL)
-    headers = {c.AUTH_HEADER: f"{c.AUTH_SCHEME} {env.token}", "Content-Type": "application/json"}
-    latencies: list[float] = []
-    limit = asyncio.Semaphore(concurrency)
-    gc.freeze()  # as the worker does at start (see harness.run_direct)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    async with httpx.AsyncClient(
-        base_url=env.serve_url,
-        timeout=60,
-        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-    ) as http:
-
-        async def send(ids: list[Any], inputs: list[Any]) -> pa.Table:
-            async with limit:
-                t0 = time.perf_counter()
-                body = ServeClient.encode(inputs)  # A's request body, built the same way
-                response = await http.post(route, content=body, headers=headers)
-                response.raise_for_status()
-                latencies.append(time.perf_counter() - t0)
-            return parquet_sink.table(ids, json_codec.loads(response.content)["predictions"], None, [])
-
-        async def chunk(batch: pa.RecordBatch) -> pa.Table:
-            ids, inputs = model_inputs(batch)
-            steps = range(0, len(ids), micro_batch)
-            parts = await asyncio.gather(
-                *(send(ids[i : i + micro_batch], inputs[i : i + micro_batch]) for i in steps)
-            )
-            return pa.concat_tables(parts)
-
-        done = await read_send_write(source, output, n, chunk, chunks_ahead(concurrency, micro_batch), write)
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    gc.unfreeze()
-    assert done == n, (done, n)
-    if write:
-        assert count_outputs(output) == n
-    return {
-        "records": n,
-        "format": "parquet",
-        "seconds": round(seconds, 2),
-        "records_per_s": round(n / seconds),
-        "micro_batch": micro_batch,
-        "concurrency": concurrency,
-        "cpu_s": round(cpu, 2),  # the client's (this process's) CPU over the run
-        "p50_batch_ms": round(harness.percentile(latencies, 50) * 1000, 1),
-        "p99_batch_ms": round(harness.percentile(latencies, 99) * 1000, 1),
-        "ray_pss_mb": harness.ray_pss_mb(env.ray_marker),
-    }
 
 
 def _close(writer: pq.ParquetWriter, files: contextlib.ExitStack) -> None:

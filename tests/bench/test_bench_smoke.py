@@ -7,14 +7,8 @@ import asyncio
 import pyarrow.parquet as pq
 import pytest
 
-from bench import harness, parquet_case, s3_plan
+from bench import arrow_case, harness, parquet_case, s3_plan
 from bench.__main__ import markdown, ratios, table
-from services.serve.models import IrisClassifier
-from services.worker.contracts import PlanInput
-from services.worker.manifests import DataSpec
-from services.worker.plan import make_plan
-from services.worker.serve_client import ServeClient
-from services.worker.source import PartParser, ShardReader
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +52,12 @@ async def test_parquet_case_smoke(bench_env):
     """A, B and D on 200 Parquet rows, B's pick at that size, and the ratios by case."""
     n = 200
     runs = [{"kind": "A", "model": "iris", **await parquet_case.run_project(bench_env, n)}]
-    trials = [{"micro_batch": 32, "concurrency": 8, "records_per_s": 1.0}]
-    settings = harness.candidates(trials)
-    assert settings == [(32, 8), harness.project_setting()] and harness.project_setting() == (1000, 32)
+    settings = [(64, 8), (200, 4)]  # make bench picks among arrow_case.B_SETTINGS the same way
     (micro_batch, concurrency), picks = await harness.pick_direct(
-        lambda n, mb, conc: parquet_case.run_direct(bench_env, n, mb, conc), n, settings
+        lambda n, mb, conc: arrow_case.run_b_arrow(bench_env, n, mb, conc, keep=True), n, settings
     )
     assert len(picks) == 4 and (micro_batch, concurrency) in settings
-    b = await parquet_case.run_direct(bench_env, n, micro_batch, concurrency)
+    b = await arrow_case.run_b_arrow(bench_env, n, micro_batch, concurrency, keep=True)
     runs.append({"kind": "B", "model": "iris", **b})
     runs.append({"kind": "D", "model": "iris", **parquet_case.run_ray_data(bench_env, n)})
     for run in runs:
@@ -74,7 +66,7 @@ async def test_parquet_case_smoke(bench_env):
     # A and B wrote the same files: names, rows per file, columns and their types.
     out = bench_env.workdir / "out"
     (a_folder,) = out.glob("A-*")
-    b_folders = list(out.glob("B-pq-*"))
+    b_folders = list(out.glob("B-arrow-*"))
     assert len(b_folders) == 5  # the pick's four runs and the one above
 
     def files(folder):
@@ -86,22 +78,6 @@ async def test_parquet_case_smoke(bench_env):
     (row,) = ratios(results)
     assert row["model"] == "iris/parquet" and row["A/B"] > 0 and row["A/D"] > 0, row
     assert "| A | iris/parquet | 200 |" in markdown(results) and "iris/parquet" in table(results)
-
-
-def test_parquet_bodies_match_the_worker(tmp_path):
-    """B's request bodies are the ones the worker builds from the same rows."""
-    source = parquet_case.make_parquet_dataset(tmp_path / "in.parquet", 50, row_group_rows=16)
-    spec = DataSpec(input_columns=list(IrisClassifier.FEATURES), output_format="parquet")
-    plan_input = PlanInput(input_uri=str(source), output_uri=str(tmp_path / "out"), spec=spec, shard_size=50)
-    plan = make_plan(plan_input)
-    reader = ShardReader(plan, 0, plan.shards[0].start())
-    try:
-        parsed = PartParser(plan, {}).parse(reader.read(50))
-    finally:
-        reader.close()
-    ids, inputs = parquet_case.model_inputs(pq.read_table(source))
-    assert parsed.ids == ids == [f"r{i}" for i in range(50)]
-    assert ServeClient.encode(parsed.inputs) == ServeClient.encode(inputs)
 
 
 def test_s3_plan_smoke():
