@@ -259,8 +259,9 @@ def cmd_temporal(args: argparse.Namespace) -> int:
     from services.local.ports import check_temporal_ports
     from services.local.temporal_dev import TemporalDevServer
 
-    check_temporal_ports(args.port, args.port + 1000)
-    server = TemporalDevServer(args.state_dir, port=args.port, ui_port=args.port + 1000)
+    ui_port = args.port + c.TEMPORAL_UI_PORT_OFFSET
+    check_temporal_ports(args.port, ui_port)
+    server = TemporalDevServer(args.state_dir, port=args.port, ui_port=ui_port)
     try:
         server.start()
         print(

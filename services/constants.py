@@ -11,6 +11,8 @@ from typing import Literal, get_args
 # --- Temporal -------------------------------------------------------------------------------
 DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
 DEFAULT_NAMESPACE = "default"
+# `batch-inference temporal --port P` serves its web UI on P + this.
+TEMPORAL_UI_PORT_OFFSET = 1000
 DEFAULT_TASK_QUEUE = "batch-inference"
 WORKFLOW_NAME = "BatchInference"
 PROGRESS_QUERY = "progress"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 
-from services.constants import ENV_TEMPORAL_ADDRESS
+from services.constants import ENV_TEMPORAL_ADDRESS, TEMPORAL_UI_PORT_OFFSET
 from services.errors import PortInUse
 from services.local.processes import LOOPBACK
 
@@ -48,7 +48,7 @@ def check_temporal_ports(port: int, ui_port: int) -> None:
     check_free(
         [(port, "Temporal's gRPC"), (ui_port, "Temporal's web UI")],
         f"is a Temporal dev server already running? Use that one, or start this one with {flag} "
-        f"(its UI takes port+1000) and point {ENV_TEMPORAL_ADDRESS} at it",
+        f"(its UI takes port+{TEMPORAL_UI_PORT_OFFSET}) and point {ENV_TEMPORAL_ADDRESS} at it",
     )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from services import constants as c
+from services.local.ports import next_free_port
 from services.local.processes import free_port, marked_pids, with_descendants
 from tests.helpers.records import echo_records, write_jsonl
 
@@ -109,9 +110,16 @@ def _describe(pids: set[int]) -> list[str]:
     return out
 
 
+def temporal_port() -> int:
+    """A free port whose web UI port (port + the offset) is free too."""
+    port = next_free_port(free_port(), also=(c.TEMPORAL_UI_PORT_OFFSET,))
+    assert port is not None, "no free port pair near a free port"
+    return port
+
+
 def test_temporal_stops_its_dev_server_on_sigterm(tmp_path):
     cmd = Command(
-        "temporal", "--state-dir", str(tmp_path / "state"), "--port", str(free_port()), tmp=tmp_path
+        "temporal", "--state-dir", str(tmp_path / "state"), "--port", str(temporal_port()), tmp=tmp_path
     )
     try:
         cmd.wait_for("Temporal running; Ctrl-C to stop", 60)
