@@ -41,6 +41,7 @@ from bench.local_stack import local_stack, stop_on_sigterm
 from services import constants as c
 from services import metrics as m
 from services.local.ray_serve import LocalRayServe, load_serve_config
+from services.worker.concurrency import LimitSettings
 
 MODEL = "echo"
 FIXED = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "false"}
@@ -141,23 +142,23 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         config = overloaded_config(serve, args.ongoing, args.queued, args.retry_after)
         await asyncio.to_thread(serve.deploy, config)
-        settings = [("fixed", mif) for mif in args.sweep] + [("adaptive", max(args.sweep))]
+        settings: list[tuple[str, int, int | None]] = [("fixed", mif, None) for mif in args.sweep]
+        settings += [("adaptive", max(args.sweep), h) for h in args.headroom]
         runs = [(n, rnd) for n in args.overload_records for rnd in range(args.rounds)]
         for n, rnd in runs:
-            for kind, max_in_flight in settings if rnd % 2 == 0 else settings[::-1]:
+            for kind, max_in_flight, headroom in settings if rnd % 2 == 0 else settings[::-1]:
                 tuning = {
                     "micro_batch_size": args.overload_micro_batch,
                     "max_in_flight": max_in_flight,
                     "max_concurrent_shards": args.shards,
                 }
-                figures = await run_sampled(
-                    env,
-                    n,
-                    MODEL,
-                    worker_env=ADAPTIVE if kind == "adaptive" else FIXED,
-                    tuning=tuning,
-                )
+                worker_env = FIXED
+                if kind == "adaptive":
+                    worker_env = {**ADAPTIVE, c.ENV_SERVE_CONCURRENCY_HEADROOM: str(headroom)}
+                figures = await run_sampled(env, n, MODEL, worker_env=worker_env, tuning=tuning)
                 row = {"load": "overload", "kind": kind, "max_in_flight": max_in_flight, "round": rnd}
+                if headroom is not None:
+                    row["headroom"] = headroom
                 add(overload, {**row, **figures, **refusals(figures)})
     results["normal"], results["overload"] = normal, overload
     results["summary"] = summary(normal, overload)
@@ -187,71 +188,87 @@ def summary(normal: list[dict[str, Any]], overload: list[dict[str, Any]]) -> dic
     return out
 
 
+def setting_of(r: dict[str, Any]) -> tuple[str, int, int]:
+    """A run's setting: kind, max_in_flight and (adaptive) headroom; -1 for fixed runs."""
+    return r["kind"], r["max_in_flight"], r.get("headroom", -1)
+
+
 def overload_summary(n: int, overload: list[dict[str, Any]]) -> dict[str, Any]:
-    """One batch size's overload runs: each setting by its faster run, adaptive against the best."""
-    best: dict[tuple[str, int], dict[str, Any]] = {}
+    """One batch size's overload runs: each setting by its faster run, each adaptive setting
+    (one per headroom) against the best fixed one."""
+    best: dict[tuple[str, int, int], dict[str, Any]] = {}
     for r in overload:
-        key = (r["kind"], r["max_in_flight"])
+        key = setting_of(r)
         if key not in best or r["records_per_s"] > best[key]["records_per_s"]:
             best[key] = r
     rows = []
-    for (kind, mif), r in sorted(best.items()):
-        runs = [x for x in overload if (x["kind"], x["max_in_flight"]) == (kind, mif)]
-        rows.append(
-            {
-                "kind": kind,
-                "max_in_flight": mif,
-                "records_per_s": r["records_per_s"],
-                "records_per_s_runs": [x["records_per_s"] for x in runs],
-                "refused_pct": [x["refused_pct"] for x in runs],
-                "seconds": [x["seconds"] for x in runs],
-            }
-        )
+    for (kind, mif, headroom), r in sorted(best.items()):
+        runs = [x for x in overload if setting_of(x) == (kind, mif, headroom)]
+        row = {"kind": kind, "max_in_flight": mif}
+        if headroom >= 0:
+            row["headroom"] = headroom
+        row |= {
+            "records_per_s": r["records_per_s"],
+            "records_per_s_runs": [x["records_per_s"] for x in runs],
+            "refused_pct": [x["refused_pct"] for x in runs],
+            "seconds": [x["seconds"] for x in runs],
+            "limit_median_runs": [x.get("limit_median") for x in runs],
+        }
+        rows.append(row)
     out: dict[str, Any] = {"records": n, "settings": rows}
     fixed = [row for row in rows if row["kind"] == "fixed"]
     adaptive = [row for row in rows if row["kind"] == "adaptive"]
-    if fixed and adaptive:
-        top = max(fixed, key=lambda row: row["records_per_s"])
-        out["best fixed"] = {"max_in_flight": top["max_in_flight"], "records_per_s": top["records_per_s"]}
-        out["adaptive/best fixed records/s"] = round(adaptive[0]["records_per_s"] / top["records_per_s"], 3)
-        # By medians too: each setting's faster run flatters whichever had the luckier moment.
-        by_median = max(fixed, key=lambda row: statistics.median(row["records_per_s_runs"]))
-        out["best fixed by median"] = {
-            "max_in_flight": by_median["max_in_flight"],
-            "records_per_s": statistics.median(by_median["records_per_s_runs"]),
-        }
-        out["adaptive/best fixed records/s (medians)"] = round(
-            statistics.median(adaptive[0]["records_per_s_runs"])
-            / out["best fixed by median"]["records_per_s"],
-            3,
-        )
-        # And round by round: a run beside the other in time shares the machine's load of the
-        # moment, which moved single runs by 2x on the shared machine.
-        rates = {(r["kind"], r["max_in_flight"], r["round"]): r["records_per_s"] for r in overload}
-        mif = out["best fixed by median"]["max_in_flight"]
+    if not (fixed and adaptive):
+        return out
+    top = max(fixed, key=lambda row: row["records_per_s"])
+    out["best fixed"] = {"max_in_flight": top["max_in_flight"], "records_per_s": top["records_per_s"]}
+    # By medians too: each setting's faster run flatters whichever had the luckier moment.
+    by_median = max(fixed, key=lambda row: statistics.median(row["records_per_s_runs"]))
+    out["best fixed by median"] = {
+        "max_in_flight": by_median["max_in_flight"],
+        "records_per_s": statistics.median(by_median["records_per_s_runs"]),
+    }
+    # And round by round: a run beside the other in time shares the machine's load of the
+    # moment, which moved single runs by 2x on the shared machine.
+    rates = {(*setting_of(r), r["round"]): r["records_per_s"] for r in overload}
+    mif = by_median["max_in_flight"]
+    same_cap = next(row for row in fixed if row["max_in_flight"] == adaptive[0]["max_in_flight"])
+    out["refused % fixed at the same cap (max)"] = max(same_cap["refused_pct"])
+    out["adaptive"] = []
+    for row in adaptive:
+        key = ("adaptive", row["max_in_flight"], row["headroom"])
         same_round = sorted(
-            rate / rates[("fixed", mif, rnd)]
-            for (kind, _, rnd), rate in rates.items()
-            if kind == "adaptive" and ("fixed", mif, rnd) in rates
+            rate / rates[("fixed", mif, -1, rnd)]
+            for (*setting, rnd), rate in rates.items()
+            if tuple(setting) == key and ("fixed", mif, -1, rnd) in rates
         )
-        out["adaptive/best fixed records/s (median of rounds)"] = round(statistics.median(same_round), 3)
-        out["adaptive/best fixed records/s (rounds)"] = [round(x, 3) for x in same_round]
-        out["refused % adaptive (max)"] = max(adaptive[0]["refused_pct"])
-        out["refused % fixed at the same cap (max)"] = max(
-            next(row for row in fixed if row["max_in_flight"] == adaptive[0]["max_in_flight"])["refused_pct"]
+        out["adaptive"].append(
+            {
+                "headroom": row["headroom"],
+                "records/s / best fixed, faster runs": round(row["records_per_s"] / top["records_per_s"], 3),
+                "records/s / best fixed, medians": round(
+                    statistics.median(row["records_per_s_runs"])
+                    / out["best fixed by median"]["records_per_s"],
+                    3,
+                ),
+                "records/s / best fixed, run by run (median)": round(statistics.median(same_round), 3),
+                "records/s / best fixed, run by run": [round(x, 3) for x in same_round],
+                "refused % (max)": max(row["refused_pct"]),
+            }
         )
     return out
 
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| load | run | max_in_flight | records | records/s | s | requests sent | refused (429/503) "
-        "| refused % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| load | run | max_in_flight | headroom | records | records/s | s | requests sent "
+        "| refused (429/503) | refused % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["normal"] + results["overload"]:
         cells = [
-            r["load"], r["kind"], str(r.get("max_in_flight", "")), f"{r['records']:,}",
+            r["load"], r["kind"], str(r.get("max_in_flight", "")), str(r.get("headroom", "")),
+            f"{r['records']:,}",
             f"{r['records_per_s']:,}", str(r["seconds"]), str(r.get("sent", "")),
             str(r.get("refused", "")), str(r.get("refused_pct", "")),
         ]  # fmt: skip
@@ -262,8 +279,15 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"- {key}: {value}")
     for size in results["summary"]["overload"]:
         for key, value in size.items():
-            if key not in ("records", "settings"):
+            if key not in ("records", "settings", "adaptive"):
                 lines.append(f"- overload {size['records']:,} records, {key}: {value}")
+        for variant in size.get("adaptive", []):
+            for key, value in variant.items():
+                if key != "headroom":
+                    lines.append(
+                        f"- overload {size['records']:,} records, adaptive (headroom {variant['headroom']}) "
+                        f"{key}: {value}"
+                    )
     return "\n".join(lines)
 
 
@@ -281,6 +305,13 @@ def main() -> None:
     p.add_argument("--overload-micro-batch", type=int, default=100, help="records per request under overload")
     p.add_argument("--shards", type=int, default=4, help="max_concurrent_shards under overload")
     p.add_argument("--sweep", type=int, nargs="+", default=[1, 2, 4, 8], help="fixed max_in_flight per shard")
+    p.add_argument(
+        "--headroom",
+        type=int,
+        nargs="+",
+        default=[LimitSettings.headroom],
+        help="the adaptive limit's headroom (SERVE_CONCURRENCY_HEADROOM): one adaptive setting each",
+    )
     p.add_argument("--rounds", type=int, default=2, help="runs of each overload setting")
     p.add_argument("--ongoing", type=int, default=4, help="echo's max_ongoing_requests under overload")
     p.add_argument("--queued", type=int, default=4, help="echo's max_queued_requests under overload")

@@ -140,6 +140,10 @@ class WorkerSettings(TemporalSettings):
         None, ge=1, le=1024, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_MAX),
         description="the adaptive limit never goes above this (unset: serve_max_connections)",
     )  # fmt: skip
+    serve_concurrency_headroom: int = Field(
+        LimitSettings.headroom, ge=0, le=64, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_HEADROOM),
+        description="slots above the level Serve answered that a refusal cuts the adaptive limit to",
+    )  # fmt: skip
     serve_wire: c.ServeWire = Field(
         "auto",
         validation_alias=_env(c.ENV_SERVE_WIRE),
@@ -239,7 +243,8 @@ class WorkerSettings(TemporalSettings):
             if on_limit:
                 on_limit(self.serve_max_connections)
             return NoLimit()
-        return AdaptiveLimiter(LimitSettings(self.serve_concurrency_min, top), on_limit=on_limit)
+        settings = LimitSettings(self.serve_concurrency_min, top, headroom=self.serve_concurrency_headroom)
+        return AdaptiveLimiter(settings, on_limit=on_limit)
 
     def deployment_config(self) -> WorkerDeploymentConfig | None:
         """The worker's Worker Deployment version, or None (unversioned). Batches are pinned to

@@ -11,14 +11,17 @@ from bench.adaptive_concurrency import gauges, markdown, summary
 from services import metrics as m
 
 
-def run(kind: str, mif: int, records: int, rate: int, refused_pct: float, rnd: int = 0) -> dict:
-    return {
+def run(
+    kind: str, mif: int, records: int, rate: int, refused_pct: float, rnd: int = 0, headroom: int = 2
+) -> dict:
+    row = {
         "load": "overload", "kind": kind, "max_in_flight": mif, "round": rnd, "records": records,
         "records_per_s": rate, "seconds": round(records / rate, 2), "refused_pct": refused_pct,
     }  # fmt: skip
+    return row | {"headroom": headroom} if kind == "adaptive" else row
 
 
-def test_each_size_is_judged_apart_by_faster_run_and_by_median():
+def test_each_size_and_each_adaptive_headroom_is_judged_apart_by_faster_run_and_by_median():
     overload = [
         # 50k: fixed 4 has the single fastest run, fixed 2 the best median
         run("fixed", 2, 50_000, 7_000, 0.0),
@@ -30,6 +33,8 @@ def test_each_size_is_judged_apart_by_faster_run_and_by_median():
         run("adaptive", 4, 50_000, 6_800, 1.0),
         run("adaptive", 4, 50_000, 7_100, 1.5, 1),
         run("adaptive", 4, 50_000, 6_900, 0.5, 2),
+        # the same without headroom, one round only
+        run("adaptive", 4, 50_000, 3_600, 0.1, 1, headroom=0),
         # 200k: one setting each way
         run("fixed", 4, 200_000, 6_000, 5.0),
         run("adaptive", 4, 200_000, 6_600, 0.7),
@@ -45,16 +50,21 @@ def test_each_size_is_judged_apart_by_faster_run_and_by_median():
     short, long = out["overload"]
     assert short["records"] == 50_000 and long["records"] == 200_000
     assert short["best fixed"] == {"max_in_flight": 4, "records_per_s": 8_000}
-    assert short["adaptive/best fixed records/s"] == round(7_100 / 8_000, 3)
     assert short["best fixed by median"] == {"max_in_flight": 2, "records_per_s": 7_100}
-    assert short["adaptive/best fixed records/s (medians)"] == round(6_900 / 7_100, 3)
+    with_headroom, without = sorted(short["adaptive"], key=lambda a: -a["headroom"])
+    assert with_headroom["headroom"] == 2 and without["headroom"] == 0
+    assert with_headroom["records/s / best fixed, faster runs"] == round(7_100 / 8_000, 3)
+    assert with_headroom["records/s / best fixed, medians"] == round(6_900 / 7_100, 3)
     # round by round against the best fixed setting by median (fixed 2): 6800/7000, 7100/7200, 6900/7100
-    assert short["adaptive/best fixed records/s (rounds)"] == [0.971, 0.972, 0.986]
-    assert short["adaptive/best fixed records/s (median of rounds)"] == 0.972
-    assert (short["refused % adaptive (max)"], short["refused % fixed at the same cap (max)"]) == (1.5, 3.0)
-    assert long["adaptive/best fixed records/s"] == 1.1
+    assert with_headroom["records/s / best fixed, run by run"] == [0.971, 0.972, 0.986]
+    assert with_headroom["records/s / best fixed, run by run (median)"] == 0.972
+    assert without["records/s / best fixed, run by run"] == [0.5]  # 3600/7200, its one round
+    assert (with_headroom["refused % (max)"], without["refused % (max)"]) == (1.5, 0.1)
+    assert short["refused % fixed at the same cap (max)"] == 3.0
+    assert long["adaptive"][0]["records/s / best fixed, faster runs"] == 1.1
     text = markdown({"normal": normal, "overload": overload, "summary": out})
-    assert "overload 200,000 records, adaptive/best fixed records/s: 1.1" in text
+    assert "overload 200,000 records, adaptive (headroom 2) records/s / best fixed, faster runs: 1.1" in text
+    assert "| overload | adaptive | 4 | 0 | 50,000 | 3,600 |" in text
 
 
 def test_gauges_read_the_limit_and_the_requests_in_flight_of_every_model():
