@@ -41,12 +41,33 @@ from bench.local_stack import local_stack, stop_on_sigterm
 from services import constants as c
 from services import metrics as m
 from services.local.ray_serve import LocalRayServe, load_serve_config
-from services.worker.concurrency import LimitSettings
 
 MODEL = "echo"
 FIXED = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "false"}
 ADAPTIVE = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "true"}
 REFUSED = ("429", "503")
+# What an adaptive variant may set (--adaptive): the limiter's settings the worker reads.
+VARIANT_ENV = (c.ENV_SERVE_CONCURRENCY_HEADROOM, c.ENV_SERVE_CONCURRENCY_HYSTART)
+DEFAULTS = "defaults"
+
+
+def variant_env(variant: str) -> dict[str, str]:
+    """``--adaptive``'s ``NAME=VALUE[,NAME=VALUE]`` (or ``defaults``: none) as the worker's env."""
+    if variant == DEFAULTS:
+        return {}
+    env = dict(item.split("=", 1) for item in variant.split(","))
+    unknown = set(env) - set(VARIANT_ENV)
+    if unknown:
+        raise ValueError(f"not an adaptive setting: {sorted(unknown)}; one of {VARIANT_ENV}")
+    return env
+
+
+def variant_arg(text: str) -> str:
+    try:
+        variant_env(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def overloaded_config(stack: LocalRayServe, ongoing: int, queued: int, retry_after_s: int) -> dict:
@@ -143,10 +164,10 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         config = overloaded_config(serve, args.ongoing, args.queued, args.retry_after)
         await asyncio.to_thread(serve.deploy, config)
         settings: list[tuple[str, int, int | None]] = [("fixed", mif, None) for mif in args.sweep]
-        settings += [("adaptive", max(args.sweep), h) for h in args.headroom]
+        settings += [("adaptive", max(args.sweep), v) for v in args.adaptive]
         runs = [(n, rnd) for n in args.overload_records for rnd in range(args.rounds)]
         for n, rnd in runs:
-            for kind, max_in_flight, headroom in settings if rnd % 2 == 0 else settings[::-1]:
+            for kind, max_in_flight, variant in settings if rnd % 2 == 0 else settings[::-1]:
                 tuning = {
                     "micro_batch_size": args.overload_micro_batch,
                     "max_in_flight": max_in_flight,
@@ -154,11 +175,11 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 }
                 worker_env = FIXED
                 if kind == "adaptive":
-                    worker_env = {**ADAPTIVE, c.ENV_SERVE_CONCURRENCY_HEADROOM: str(headroom)}
+                    worker_env = {**ADAPTIVE, **variant_env(variant or DEFAULTS)}
                 figures = await run_sampled(env, n, MODEL, worker_env=worker_env, tuning=tuning)
                 row = {"load": "overload", "kind": kind, "max_in_flight": max_in_flight, "round": rnd}
-                if headroom is not None:
-                    row["headroom"] = headroom
+                if variant is not None:
+                    row["variant"] = variant
                 add(overload, {**row, **figures, **refusals(figures)})
     results["normal"], results["overload"] = normal, overload
     results["summary"] = summary(normal, overload)
@@ -189,24 +210,24 @@ def summary(normal: list[dict[str, Any]], overload: list[dict[str, Any]]) -> dic
 
 
 def setting_of(r: dict[str, Any]) -> tuple[str, int, int]:
-    """A run's setting: kind, max_in_flight and (adaptive) headroom; -1 for fixed runs."""
-    return r["kind"], r["max_in_flight"], r.get("headroom", -1)
+    """A run's setting: kind, max_in_flight and (adaptive) variant; "" for fixed runs."""
+    return r["kind"], r["max_in_flight"], r.get("variant", "")
 
 
 def overload_summary(n: int, overload: list[dict[str, Any]]) -> dict[str, Any]:
     """One batch size's overload runs: each setting by its faster run, each adaptive setting
-    (one per headroom) against the best fixed one."""
+    (one per variant) against the best fixed one."""
     best: dict[tuple[str, int, int], dict[str, Any]] = {}
     for r in overload:
         key = setting_of(r)
         if key not in best or r["records_per_s"] > best[key]["records_per_s"]:
             best[key] = r
     rows = []
-    for (kind, mif, headroom), r in sorted(best.items()):
-        runs = [x for x in overload if setting_of(x) == (kind, mif, headroom)]
+    for (kind, mif, variant), r in sorted(best.items()):
+        runs = [x for x in overload if setting_of(x) == (kind, mif, variant)]
         row = {"kind": kind, "max_in_flight": mif}
-        if headroom >= 0:
-            row["headroom"] = headroom
+        if variant:
+            row["variant"] = variant
         row |= {
             "records_per_s": r["records_per_s"],
             "records_per_s_runs": [x["records_per_s"] for x in runs],
@@ -236,15 +257,15 @@ def overload_summary(n: int, overload: list[dict[str, Any]]) -> dict[str, Any]:
     out["refused % fixed at the same cap (max)"] = max(same_cap["refused_pct"])
     out["adaptive"] = []
     for row in adaptive:
-        key = ("adaptive", row["max_in_flight"], row["headroom"])
+        key = ("adaptive", row["max_in_flight"], row["variant"])
         same_round = sorted(
-            rate / rates[("fixed", mif, -1, rnd)]
+            rate / rates[("fixed", mif, "", rnd)]
             for (*setting, rnd), rate in rates.items()
-            if tuple(setting) == key and ("fixed", mif, -1, rnd) in rates
+            if tuple(setting) == key and ("fixed", mif, "", rnd) in rates
         )
         out["adaptive"].append(
             {
-                "headroom": row["headroom"],
+                "variant": row["variant"],
                 "records/s / best fixed, faster runs": round(row["records_per_s"] / top["records_per_s"], 3),
                 "records/s / best fixed, medians": round(
                     statistics.median(row["records_per_s_runs"])
@@ -261,13 +282,13 @@ def overload_summary(n: int, overload: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| load | run | max_in_flight | headroom | records | records/s | s | requests sent "
+        "| load | run | max_in_flight | variant | records | records/s | s | requests sent "
         "| refused (429/503) | refused % |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["normal"] + results["overload"]:
         cells = [
-            r["load"], r["kind"], str(r.get("max_in_flight", "")), str(r.get("headroom", "")),
+            r["load"], r["kind"], str(r.get("max_in_flight", "")), r.get("variant", ""),
             f"{r['records']:,}",
             f"{r['records_per_s']:,}", str(r["seconds"]), str(r.get("sent", "")),
             str(r.get("refused", "")), str(r.get("refused_pct", "")),
@@ -283,9 +304,9 @@ def markdown(results: dict[str, Any]) -> str:
                 lines.append(f"- overload {size['records']:,} records, {key}: {value}")
         for variant in size.get("adaptive", []):
             for key, value in variant.items():
-                if key != "headroom":
+                if key != "variant":
                     lines.append(
-                        f"- overload {size['records']:,} records, adaptive (headroom {variant['headroom']}) "
+                        f"- overload {size['records']:,} records, adaptive ({variant['variant']}) "
                         f"{key}: {value}"
                     )
     return "\n".join(lines)
@@ -306,11 +327,12 @@ def main() -> None:
     p.add_argument("--shards", type=int, default=4, help="max_concurrent_shards under overload")
     p.add_argument("--sweep", type=int, nargs="+", default=[1, 2, 4, 8], help="fixed max_in_flight per shard")
     p.add_argument(
-        "--headroom",
-        type=int,
+        "--adaptive",
         nargs="+",
-        default=[LimitSettings.headroom],
-        help="the adaptive limit's headroom (SERVE_CONCURRENCY_HEADROOM): one adaptive setting each",
+        default=[DEFAULTS],
+        type=variant_arg,
+        help=f"adaptive settings to run side by side, each {DEFAULTS!r} or NAME=VALUE[,NAME=VALUE] "
+        f"of {', '.join(VARIANT_ENV)}",
     )
     p.add_argument("--rounds", type=int, default=2, help="runs of each overload setting")
     p.add_argument("--ongoing", type=int, default=4, help="echo's max_ongoing_requests under overload")

@@ -5,23 +5,27 @@ stack: ``python -m bench.adaptive_concurrency``)."""
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from bench.adaptive_concurrency import gauges, markdown, summary
+from bench.adaptive_concurrency import gauges, markdown, summary, variant_env
+from services import constants as c
 from services import metrics as m
+
+NO_HEADROOM = f"{c.ENV_SERVE_CONCURRENCY_HEADROOM}=0"
 
 
 def run(
-    kind: str, mif: int, records: int, rate: int, refused_pct: float, rnd: int = 0, headroom: int = 2
+    kind: str, mif: int, records: int, rate: int, refused_pct: float, rnd: int = 0, variant: str = "defaults"
 ) -> dict:
     row = {
         "load": "overload", "kind": kind, "max_in_flight": mif, "round": rnd, "records": records,
         "records_per_s": rate, "seconds": round(records / rate, 2), "refused_pct": refused_pct,
     }  # fmt: skip
-    return row | {"headroom": headroom} if kind == "adaptive" else row
+    return row | {"variant": variant} if kind == "adaptive" else row
 
 
-def test_each_size_and_each_adaptive_headroom_is_judged_apart_by_faster_run_and_by_median():
+def test_each_size_and_each_adaptive_variant_is_judged_apart_by_faster_run_and_by_median():
     overload = [
         # 50k: fixed 4 has the single fastest run, fixed 2 the best median
         run("fixed", 2, 50_000, 7_000, 0.0),
@@ -33,8 +37,8 @@ def test_each_size_and_each_adaptive_headroom_is_judged_apart_by_faster_run_and_
         run("adaptive", 4, 50_000, 6_800, 1.0),
         run("adaptive", 4, 50_000, 7_100, 1.5, 1),
         run("adaptive", 4, 50_000, 6_900, 0.5, 2),
-        # the same without headroom, one round only
-        run("adaptive", 4, 50_000, 3_600, 0.1, 1, headroom=0),
+        # another variant, one round only
+        run("adaptive", 4, 50_000, 3_600, 0.1, 1, variant=NO_HEADROOM),
         # 200k: one setting each way
         run("fixed", 4, 200_000, 6_000, 5.0),
         run("adaptive", 4, 200_000, 6_600, 0.7),
@@ -51,8 +55,9 @@ def test_each_size_and_each_adaptive_headroom_is_judged_apart_by_faster_run_and_
     assert short["records"] == 50_000 and long["records"] == 200_000
     assert short["best fixed"] == {"max_in_flight": 4, "records_per_s": 8_000}
     assert short["best fixed by median"] == {"max_in_flight": 2, "records_per_s": 7_100}
-    with_headroom, without = sorted(short["adaptive"], key=lambda a: -a["headroom"])
-    assert with_headroom["headroom"] == 2 and without["headroom"] == 0
+    variants = {a["variant"]: a for a in short["adaptive"]}
+    with_headroom, without = variants.pop("defaults"), variants.pop(NO_HEADROOM)
+    assert not variants
     assert with_headroom["records/s / best fixed, faster runs"] == round(7_100 / 8_000, 3)
     assert with_headroom["records/s / best fixed, medians"] == round(6_900 / 7_100, 3)
     # round by round against the best fixed setting by median (fixed 2): 6800/7000, 7100/7200, 6900/7100
@@ -63,8 +68,18 @@ def test_each_size_and_each_adaptive_headroom_is_judged_apart_by_faster_run_and_
     assert short["refused % fixed at the same cap (max)"] == 3.0
     assert long["adaptive"][0]["records/s / best fixed, faster runs"] == 1.1
     text = markdown({"normal": normal, "overload": overload, "summary": out})
-    assert "overload 200,000 records, adaptive (headroom 2) records/s / best fixed, faster runs: 1.1" in text
-    assert "| overload | adaptive | 4 | 0 | 50,000 | 3,600 |" in text
+    assert "overload 200,000 records, adaptive (defaults) records/s / best fixed, faster runs: 1.1" in text
+    assert f"| overload | adaptive | 4 | {NO_HEADROOM} | 50,000 | 3,600 |" in text
+
+
+def test_a_variant_sets_only_the_limiters_own_settings():
+    assert variant_env("defaults") == {}
+    assert variant_env(NO_HEADROOM + ",SERVE_CONCURRENCY_HYSTART=false") == {
+        c.ENV_SERVE_CONCURRENCY_HEADROOM: "0",
+        c.ENV_SERVE_CONCURRENCY_HYSTART: "false",
+    }
+    with pytest.raises(ValueError, match="SERVE_URL"):
+        variant_env("SERVE_URL=http://elsewhere")
 
 
 def test_gauges_read_the_limit_and_the_requests_in_flight_of_every_model():
