@@ -11,11 +11,13 @@ come from the worker's own ``batch_inference_serve_requests`` by status.
 - Overload: the echo deployment redeployed to hold only ``--ongoing`` + ``--queued`` requests
   (Ray's ``max_queued_requests``; past that 503 with ``Retry-After``). Fixed limits swept over
   ``tuning.max_in_flight`` (per shard; ``max_concurrent_shards`` shards) against the adaptive
-  limit at the largest of them, each setting ``--rounds`` times in alternating order and judged
-  by its faster run, at each batch size of ``--overload-records`` (a short batch measures the
-  start, where a fresh worker finds Serve's limit; a long one the steady state). Reported per
-  size: requests refused (429/503) as % of those sent, records/s, and adaptive records/s over
-  the best fixed setting's.
+  limit at the largest of them (one setting per ``--adaptive`` variant: the limiter's own env
+  settings, e.g. ``SERVE_CONCURRENCY_HYSTART=false``; each runs at normal load too), each
+  setting ``--rounds`` times in alternating order, at each batch size of ``--overload-records``
+  (a short batch measures the start, where a fresh worker finds Serve's limit; a long one the
+  steady state). Reported per size: requests refused (429/503) as % of those sent, records/s,
+  and each adaptive variant's records/s over the best fixed setting's (faster runs, medians,
+  and run by run within a round).
 
     .venv/bin/python -m bench.adaptive_concurrency [--records 100000] [--overload-records 50000 200000]
 """
@@ -150,16 +152,22 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     async with local_stack(work) as (temporal, serve):
         env = harness.BenchEnv.for_stack(temporal.address, serve, serve.token_file, work)
         micro_batch, concurrency = harness.project_setting()
-        kinds = ["adaptive", "fixed", "B"]
+        # Each adaptive variant at normal load too: HyStart changes how a batch starts there.
+        kinds: list[tuple[str, str | None]] = [("adaptive", v) for v in args.adaptive]
+        kinds += [("fixed", None), ("B", None)]
         for pair in range(args.pairs):
-            for kind in kinds[pair % 3 :] + kinds[: pair % 3]:
+            turn = pair % len(kinds)
+            for kind, variant in kinds[turn:] + kinds[:turn]:
                 if kind == "B":
                     figures = await harness.run_direct(env, args.records, MODEL, micro_batch, concurrency)
                 else:
-                    worker_env = ADAPTIVE if kind == "adaptive" else FIXED
+                    worker_env = {**ADAPTIVE, **variant_env(variant)} if variant else FIXED
                     figures = await run_sampled(env, args.records, MODEL, worker_env=worker_env)
                     figures.update(refusals(figures))
-                add(normal, {"load": "normal", "kind": kind, "pair": pair, **figures})
+                row = {"load": "normal", "kind": kind, "pair": pair}
+                if variant is not None:
+                    row["variant"] = variant
+                add(normal, {**row, **figures})
 
         config = overloaded_config(serve, args.ongoing, args.queued, args.retry_after)
         await asyncio.to_thread(serve.deploy, config)
@@ -191,22 +199,30 @@ def summary(normal: list[dict[str, Any]], overload: list[dict[str, Any]]) -> dic
     out: dict[str, Any] = {}
     by_pair: dict[int, dict[str, float]] = {}
     for r in normal:
-        by_pair.setdefault(r["pair"], {})[r["kind"]] = r["records_per_s"]
-    for kind in ("adaptive", "fixed"):
+        by_pair.setdefault(r["pair"], {})[normal_label(r)] = r["records_per_s"]
+    adaptive = sorted({normal_label(r) for r in normal if r["kind"] == "adaptive"})
+    for kind in [*adaptive, "fixed"]:
         ratios = sorted(p[kind] / p["B"] for p in by_pair.values() if kind in p and "B" in p)
         if ratios:
             out[f"normal A/B {kind}"] = round(statistics.median(ratios), 3)
             out[f"normal A/B {kind} range"] = f"{ratios[0]:.3f}-{ratios[-1]:.3f} ({len(ratios)} pairs)"
-    same = sorted(p["adaptive"] / p["fixed"] for p in by_pair.values() if {"adaptive", "fixed"} <= p.keys())
-    if same:
-        out["normal adaptive/fixed"] = round(statistics.median(same), 3)
-    out["normal refused % (adaptive, fixed)"] = [
-        max((r["refused_pct"] or 0) for r in normal if r["kind"] == kind) for kind in ("adaptive", "fixed")
-    ]
+    for kind in adaptive:
+        same = sorted(p[kind] / p["fixed"] for p in by_pair.values() if {kind, "fixed"} <= p.keys())
+        if same:
+            out[f"normal {kind}/fixed"] = round(statistics.median(same), 3)
+    out["normal refused % (max)"] = {
+        kind: max((r["refused_pct"] or 0) for r in normal if normal_label(r) == kind)
+        for kind in [*adaptive, "fixed"]
+    }
     out["overload"] = []
     for n in sorted({r["records"] for r in overload}):
         out["overload"].append(overload_summary(n, [r for r in overload if r["records"] == n]))
     return out
+
+
+def normal_label(r: dict[str, Any]) -> str:
+    """A normal-load run's name in the summary: its kind, and an adaptive run's variant."""
+    return f"{r['kind']} {r['variant']}" if r.get("variant") else r["kind"]
 
 
 def setting_of(r: dict[str, Any]) -> tuple[str, int, int]:

@@ -49,8 +49,12 @@ def test_each_size_and_each_adaptive_variant_is_judged_apart_by_faster_run_and_b
     ]
     for row in normal[:2]:
         row["refused_pct"] = 0.0
+    normal.append({**normal[0], "variant": NO_HEADROOM, "records_per_s": 20_000})
     out = summary(normal, overload)
     assert out["normal adaptive/fixed"] == 1.25
+    assert out[f"normal adaptive {NO_HEADROOM}/fixed"] == 0.5
+    assert out[f"normal A/B adaptive {NO_HEADROOM}"] == 0.4
+    assert out["normal refused % (max)"] == {"adaptive": 0.0, f"adaptive {NO_HEADROOM}": 0.0, "fixed": 0.0}
     short, long = out["overload"]
     assert short["records"] == 50_000 and long["records"] == 200_000
     assert short["best fixed"] == {"max_in_flight": 4, "records_per_s": 8_000}
