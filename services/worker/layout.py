@@ -17,6 +17,7 @@ from __future__ import annotations
 from services.constants import ERRORS_DIR, PARQUET_ERRORS_DIR, PARTS_DIR, PLAN_FILE, SHARD_NAME, SUMMARY_FILE
 from services.worker import fs, parquet_sink
 from services.worker.manifests import BatchSummary, Checkpoint, OutputFormat, Plan, ShardProgress
+from services.worker.running_join import RunningJoin
 
 _SHARD_GLOB = SHARD_NAME.replace("{shard:05d}", "*")
 PART_KINDS = ("out", "err", "ckpt")
@@ -108,21 +109,32 @@ class OutputLayout:
             progress = saved.progress
         return progress
 
-    def commit_shard(self, shard: int, parts: int) -> None:
+    def running_join(self, shard: int) -> RunningJoin:
+        """The shard's results file, written as its parts commit (``running_join``); its temp
+        file in the shard's parts folder, so a worker killed meanwhile leaves it there, never
+        beside the results. ``OSError`` if it cannot be opened."""
+        return RunningJoin(self.shard_uri(shard), self.format, self.parts_uri(shard))
+
+    def commit_shard(self, shard: int, parts: int, running: RunningJoin | None = None) -> None:
         """Join the committed parts into the shard's final files, errors last, then drop the
         parts: if the worker dies after the join but before Temporal records the shard as done,
         the retry finds both final files and reports them (``final_counts``); if it dies during
-        the join, the parts are still there to join again."""
+        the join, the parts are still there to join again. The results file is ``running``'s
+        when it holds all ``parts``."""
+        if running is None or not running.commit(parts):
+            self._join_results(shard, parts)
+        fs.concat(
+            self.errors_uri(shard), [self.part_uri(shard, p, "err") for p in range(parts)], missing_ok=True
+        )
+        fs.remove(self.parts_uri(shard), recursive=True)
+
+    def _join_results(self, shard: int, parts: int) -> None:
         if self.format == "parquet":
             parquet_sink.join(
                 self.shard_uri(shard), [self._result_part_names(shard, p) for p in range(parts)]
             )
         else:
             fs.concat(self.shard_uri(shard), [self.part_uri(shard, p, "out") for p in range(parts)])
-        fs.concat(
-            self.errors_uri(shard), [self.part_uri(shard, p, "err") for p in range(parts)], missing_ok=True
-        )
-        fs.remove(self.parts_uri(shard), recursive=True)
 
     # --- finished shards -----------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ def to_bytes(tables: list[pa.Table]) -> bytes:
     return out.getvalue().to_pybytes()
 
 
-def _read_part(data: bytes) -> pa.Table:
+def read_part(data: bytes) -> pa.Table:
     # A part written before parts were Arrow IPC is a Parquet file (a shard resumed by a newer worker).
     if data[:4] == PARQUET_MAGIC:
         return pq.read_table(io.BytesIO(data))
@@ -112,7 +112,7 @@ def join(target: str, parts: list[Sequence[str]]) -> None:
     with fs.atomic_writer(target) as out:
         writer = None
         for src in sources:
-            part = _read_part(fs.read_bytes(src))
+            part = read_part(fs.read_bytes(src))
             part = convert(part) if convert else part.cast(schema)
             if writer is None:
                 writer = pq.ParquetWriter(out, part.schema)

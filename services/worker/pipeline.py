@@ -1,6 +1,6 @@
 """One shard, end to end: read parts ahead, send their micro-batches to Serve, commit each part
-in order (results, errors, then its checkpoint), and join the parts into the shard's final
-files at the end. Temporal stays outside: the activity passes in where to resume and reads
+in order (results, errors, then its checkpoint, then onto the shard's running results file),
+and publish the shard's final files at the end. Temporal stays outside: the activity passes in where to resume and reads
 ``progress`` for its heartbeats.
 
 Several parts are in flight at once (``parts_in_flight``): the next parts' requests go out while
@@ -25,6 +25,7 @@ from services.worker.layout import OutputLayout
 from services.worker.malloc import release_free_memory
 from services.worker.manifests import Checkpoint, Plan, RecordFailure, ShardProgress
 from services.worker.part_rows import PartRows
+from services.worker.running_join import RunningJoin
 from services.worker.serve_client import ServeClient, model_error
 from services.worker.source import PartParser, RawPart, ShardFailed, ShardReader
 
@@ -89,6 +90,7 @@ class ShardPipeline:
         )
         self._parquet = plan.spec.output_format == "parquet"
         self._arrow_rows: int | None = None  # set in run(): rows per Arrow request; None: JSON
+        self._running: RunningJoin | None = None  # set in run(): the results file as parts commit
 
     async def run(self) -> ShardProgress:
         """Process the shard's records from ``progress`` on and commit its final files."""
@@ -100,6 +102,8 @@ class ShardPipeline:
         limit = asyncio.Semaphore(self.input.max_in_flight)
         total = self.entry.records
         part_rows = PartRows(self.input, columnar=self._arrow_rows is not None)
+        # Only a shard that starts at its first part can write its results file as it goes.
+        self._running = await asyncio.to_thread(self._start_running_join) if self.progress.part == 0 else None
         try:
             read_done = self.progress.done
             while self.progress.done < total:
@@ -128,8 +132,10 @@ class ShardPipeline:
                 task.cancel()
             await asyncio.gather(*(task for task, *_ in ahead), return_exceptions=True)
             reader.close()
+            if self._running is not None and self.progress.done < total:
+                self._running.give_up()
         commit = asyncio.ensure_future(
-            asyncio.to_thread(self.layout.commit_shard, self.input.shard, self.progress.part)
+            asyncio.to_thread(self.layout.commit_shard, self.input.shard, self.progress.part, self._running)
         )
         try:
             await asyncio.shield(commit)
@@ -163,9 +169,7 @@ class ShardPipeline:
         )
         checkpoint = Checkpoint(plan_id=self.plan.plan_id, progress=progress)
         try:
-            await uninterrupted(
-                self.layout.write_part, self.input.shard, done.part, result.results, result.errors, checkpoint
-            )
+            await uninterrupted(self._write_part, done.part, result, checkpoint)
         except asyncio.CancelledError:
             # Raised once the write has ended: the part is committed, and the next commit (a
             # drain) must follow it, not overwrite it.
@@ -173,6 +177,17 @@ class ShardPipeline:
             raise
         self._committed(result, progress)
         await self._trimmer.part_committed()
+
+    def _start_running_join(self) -> RunningJoin | None:
+        try:
+            return self.layout.running_join(self.input.shard)
+        except OSError:  # e.g. no writable temp dir for an object store's: joined at the end
+            return None
+
+    def _write_part(self, part: int, result: PartResult, checkpoint: Checkpoint) -> None:
+        self.layout.write_part(self.input.shard, part, result.results, result.errors, checkpoint)
+        if self._running is not None:
+            self._running.add(result.results)  # after the part is durable: it only follows them
 
     def _committed(self, result: PartResult, progress: ShardProgress) -> None:
         telemetry.record_part(self.input.model, result.succeeded, result.failures)

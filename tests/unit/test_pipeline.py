@@ -44,6 +44,9 @@ async def test_a_cancellation_during_a_write_leaves_consistent_parts_and_the_res
     progress = layout.last_checkpoint(0, plan.plan_id, plan.shards[0].start())
     assert progress.part == writes and progress.done == 5 * writes, "each part committed once, in order"
     assert progress.record == progress.done, "the position agrees with the count"
+    assert not layout.final_counts(0) and not list((tmp_path / "out").rglob("*.tmp-*")), (
+        "no running file left"
+    )
     sent = sum(calls)
     (result,) = await run_shards(plan, output, serve, checkpoint_every=5, attempt=2)
     assert result.resumed_from == progress.done and sum(calls) - sent == 60 - progress.done
