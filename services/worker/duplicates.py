@@ -136,8 +136,19 @@ def _laid_out_hashes(data: Any, starts: Any, lengths: Any) -> Any:
     return _block_hashes(_zero_past(_rows(padded, starts, width), lengths), lengths)
 
 
-# What JSON escapes in a string: such ids are keyed one by one.
-_ESCAPED = r'["\\\x00-\x1f]'
+def _escapes(data: Any) -> bool:
+    """Whether UTF-8 bytes hold what JSON escapes in a string: a control character, a quote or
+    a backslash (ids holding one are keyed one by one)."""
+    return bool((data < 0x20).any() or (data == ord('"')).any() or (data == ord("\\")).any())
+
+
+def _laid_out(text: pa.Array) -> tuple[Any, Any]:
+    """The bytes of a string array's values end to end (uint8) and each value's start in them."""
+    _, offsets_buffer, data_buffer = text.buffers()
+    width = np.int64 if pa.types.is_large_string(text.type) else np.int32
+    offsets = np.frombuffer(offsets_buffer, dtype=width)[text.offset : text.offset + len(text) + 1]
+    offsets = offsets.astype(np.int64, copy=False)
+    return np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
 def column_key_hashes(column: pa.Array) -> Any:
@@ -149,7 +160,7 @@ def column_key_hashes(column: pa.Array) -> Any:
     if pa.types.is_integer(column.type):
         text = pc.cast(column, pa.large_string())
     elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        if pc.any(pc.match_substring_regex(column, _ESCAPED)).as_py():
+        if len(column) and _escapes(_laid_out(column)[0]):
             return key_hashes([k for v in column.to_pylist() if (k := id_key(v)) is not None])
         quote, none = pa.scalar('"', pa.large_string()), pa.scalar("", pa.large_string())
         text = pc.binary_join_element_wise(quote, column.cast(pa.large_string()), quote, none)
@@ -157,10 +168,8 @@ def column_key_hashes(column: pa.Array) -> Any:
         return key_hashes([k for v in column.to_pylist() if (k := id_key(v)) is not None])
     if not len(text):
         return np.empty(0, dtype=np.int64)
-    _, offsets_buffer, data_buffer = text.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[text.offset : text.offset + len(text) + 1]
-    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
-    return _laid_out_hashes(data, offsets[:-1] - offsets[0], np.diff(offsets))
+    data, offsets = _laid_out(text)
+    return _laid_out_hashes(data, offsets[:-1], np.diff(offsets))
 
 
 def chunk_key_hashes(records: Records, id_field: str = "id") -> Any:

@@ -87,6 +87,7 @@ def test_key_hashes_depend_on_the_key_alone() -> None:
         pa.array([1.5, 2.0, None]),  # not an id type: no valid ids
         pa.array([True, False]),
         pa.array(["a", "b", "c", "d"]).slice(1, 2),  # a slice: Arrow's offsets do not start at 0
+        pa.array(['q"', "c", "d\n"]).slice(1, 1),  # what JSON escapes only outside the slice
         pa.array([], pa.string()),
     ],
 )
