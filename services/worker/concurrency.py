@@ -83,7 +83,7 @@ class LimitSettings:
     max_limit: int = 32
     initial: int = 8  # slow start from here: a first burst much above Serve's queue is refused
     backoff: float = 0.7  # the cut when no level below the refused one has worked lately
-    headroom: int = 2  # slots above the level that worked that a refusal cuts to
+    headroom: int = 1  # slots above the level that worked a refusal cuts to (of 0-2, 1 did best)
     increase: float = 1.0  # slots added per round trip of answers
     probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
     window_s: float = 5.0  # how far back the level that worked is looked for

@@ -208,7 +208,7 @@ def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_do
     assert (settings.probe_interval_s, settings.window_s, settings.headroom, settings.hystart) == (
         10.0,
         5.0,
-        2,
+        1,
         True,
     )
     clock = FakeClock()
