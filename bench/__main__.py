@@ -114,13 +114,17 @@ async def run_all(
             print(f"# {model}: sweep's best micro_batch={micro_batch} concurrency={concurrency}", flush=True)
         return results["sweeps"][model]
 
+    def warm_up(model: str) -> Path:
+        name = f"{model}-{harness.WARM_UP_RECORDS}.jsonl"
+        return harness.make_dataset(env.workdir / "data" / name, harness.WARM_UP_RECORDS, model)
+
     for model in models:
         trials = await sweep(model)
         model_sizes = sizes + ([LARGE] if large and model == "echo" else [])
         for n in model_sizes:
             await side_by_side(
                 model, n, trials,
-                lambda n, _mb, _c, model=model: harness.run_project(env, n, model),
+                lambda n, _mb, _c, model=model: harness.run_project(env, n, model, warm_up=warm_up(model)),
                 lambda n, mb, conc, model=model: harness.run_direct(env, n, model, mb, conc),
                 "jsonl",
             )  # fmt: skip

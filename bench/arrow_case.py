@@ -169,6 +169,8 @@ async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | No
     env.worker_metrics_port = harness.free_port()
     worker = harness.start_worker_process(env, queue, {c.ENV_SERVE_WIRE: wire})
     try:
+        warm_up = parquet_case.dataset(env, harness.WARM_UP_RECORDS)
+        await harness.warm_up_batch(env, client, queue, warm_up, MODEL, **parquet_case.batch_fields())
         idle_cpu = harness.cpu_seconds(worker.pid)
         ray_before = ray_cpu(env.ray_marker)
         worker_profile = profile_dir / f"A-{wire}-worker.txt" if profile_dir else None

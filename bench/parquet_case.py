@@ -91,8 +91,9 @@ def count_outputs(output: Path) -> int:
 
 async def run_project(env: harness.BenchEnv, n: int, **batch: Any) -> dict[str, Any]:
     figures = await harness.run_project(
-        env, n, MODEL, source=dataset(env, n), count=count_outputs, **batch_fields(), **batch
-    )
+        env, n, MODEL, source=dataset(env, n), count=count_outputs,
+        warm_up=dataset(env, harness.WARM_UP_RECORDS), **batch_fields(), **batch,
+    )  # fmt: skip
     return {**figures, "format": "parquet"}
 
 
