@@ -12,7 +12,7 @@ come from the worker's own ``batch_inference_serve_requests`` by status.
   (Ray's ``max_queued_requests``; past that 503 with ``Retry-After``). Fixed limits swept over
   ``tuning.max_in_flight`` (per shard; ``max_concurrent_shards`` shards) against the adaptive
   limit at the largest of them (one setting per ``--adaptive`` variant: the limiter's own env
-  settings, e.g. ``SERVE_CONCURRENCY_HYSTART=false``; each runs at normal load too), each
+  settings, e.g. ``SERVE_CONCURRENCY_HEADROOM=0``; each runs at normal load too), each
   setting ``--rounds`` times in alternating order, at each batch size of ``--overload-records``
   (a short batch measures the start, where a fresh worker finds Serve's limit; a long one the
   steady state). Reported per size: requests refused (429/503) as % of those sent, records/s,
@@ -49,7 +49,7 @@ FIXED = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "false"}
 ADAPTIVE = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "true"}
 REFUSED = ("429", "503")
 # What an adaptive variant may set (--adaptive): the limiter's settings the worker reads.
-VARIANT_ENV = (c.ENV_SERVE_CONCURRENCY_HEADROOM, c.ENV_SERVE_CONCURRENCY_HYSTART)
+VARIANT_ENV = (c.ENV_SERVE_CONCURRENCY_HEADROOM,)
 DEFAULTS = "defaults"
 
 
@@ -152,7 +152,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     async with local_stack(work) as (temporal, serve):
         env = harness.BenchEnv.for_stack(temporal.address, serve, serve.token_file, work)
         micro_batch, concurrency = harness.project_setting()
-        # Each adaptive variant at normal load too: HyStart changes how a batch starts there.
+        # Each adaptive variant at normal load too: one may change how a batch starts there.
         kinds: list[tuple[str, str | None]] = [("adaptive", v) for v in args.adaptive]
         kinds += [("fixed", None), ("B", None)]
         for pair in range(args.pairs):

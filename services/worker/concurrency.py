@@ -29,15 +29,6 @@ refusal, tried first, cost more throughput than the refusals it saved, and one a
 in a row stopped the worker while it was still finding the level (docs/performance.md,
 "Adaptive concurrency").
 
-Slow start ends early, before any refusal, when latency climbs (HyStart++, RFC 9406): each
-round trip's lowest latency among its first ``rtt_samples`` answers is compared with the
-previous round trip's; once it is higher by an eighth of that (clamped to ``rtt_threshold_s``), the
-limit grows by a ``css_divisor``-th as fast (conservative slow start) for ``css_rounds`` round
-trips and then additively, unless latency falls back below where it climbed (a spurious climb:
-back to slow start). Serve answers its refusals about as late as its answers, so a limit that
-doubles until the first refusal arrives overshoots Serve's level by up to a round trip's
-doubling, and that burst is refused; latency climbs a round trip earlier, as Serve's queue fills.
-
 Without a ceiling, rising latency (the average of the last ``short_samples`` answers above
 ``latency_tolerance`` times the long-run average: a Serve queueing without bound) cuts the limit
 too. Latency's level alone is no signal here: Serve batches what it is sent, so more in flight
@@ -88,11 +79,6 @@ class LimitSettings:
     probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
     window_s: float = 5.0  # how far back the level that worked is looked for
     latency_tolerance: float = 2.0
-    hystart: bool = True  # slow start ends early when latency climbs (HyStart++)
-    rtt_samples: int = 8  # answers per round trip whose lowest latency counts (RFC 9406's N_RTT_SAMPLE)
-    rtt_threshold_s: tuple[float, float] = (0.004, 0.016)  # the climb: an 8th of the last, within these
-    css_divisor: int = 4  # conservative slow start grows this many times slower
-    css_rounds: int = 5  # round trips of conservative slow start before additive growth
     short_samples: int = 10  # window of the recent latency average (EMA)
     long_samples: int = 500  # window of the long-run latency average (EMA)
 
@@ -101,8 +87,6 @@ class LimitSettings:
             raise ValueError(f"need 1 <= min_limit <= max_limit, got {self.min_limit}, {self.max_limit}")
         if self.headroom < 0:
             raise ValueError(f"headroom must be >= 0, got {self.headroom}")
-        if self.rtt_samples < 1 or self.css_divisor < 1 or self.css_rounds < 0:
-            raise ValueError("need rtt_samples >= 1, css_divisor >= 1, css_rounds >= 0")
         if not 0 < self.backoff < 1:
             raise ValueError(f"backoff must be in (0, 1), got {self.backoff}")
 
@@ -140,13 +124,7 @@ class AdaptiveLimiter:
         self.settings = s = settings or LimitSettings()
         self._clock, self._sleep, self._on_limit = clock, sleep, on_limit
         self._limit = float(min(s.max_limit, max(s.min_limit, s.initial)))
-        self.slow_start = True  # until the first cut, or latency climbs for css_rounds round trips
-        # HyStart++: a round trip ends with the first answer to a request sent after it began.
-        self._round_start = float("-inf")
-        self._round_min = self._last_round_min = float("inf")
-        self._round_samples = 0
-        self.css_baseline: float | None = None  # in conservative slow start: the latency it began at
-        self._css_rounds = 0
+        self.slow_start = True  # until the first cut
         self.in_flight = 0  # slots taken, also by refused requests waiting out Retry-After
         self.sent = 0  # requests out to Serve
         self._holds: set[asyncio.Task[None]] = set()  # slots held for a Retry-After
@@ -257,8 +235,6 @@ class AdaptiveLimiter:
         self._samples += 1
         self._short = self._ema(self._short, latency, s.short_samples)
         self._long = self._ema(self._long, latency, s.long_samples)
-        if self.slow_start and s.hystart:
-            self._hystart(slot, now, latency)
         # The long-run average needs a fifth of its window first: during slow start latency
         # climbs with the limit (Serve batches more), which is no reason to cut.
         warm = self._samples >= max(s.short_samples, s.long_samples // 5)
@@ -267,38 +243,11 @@ class AdaptiveLimiter:
             if self._may_cut(slot, now):
                 self._set(self._limit * s.backoff)
         elif self.in_flight + 1 >= self._limit / 2:  # the limit is in use: worth raising
-            step = s.increase / max(self._limit, 1.0)
-            if self.slow_start:
-                step = 1.0 if self.css_baseline is None else 1.0 / s.css_divisor
+            step = 1.0 if self.slow_start else s.increase / max(self._limit, 1.0)
             if self.ceiling is not None and now >= self._ceiling_until:
                 self.ceiling = None  # probe past it
             top = self._limit + step if self.ceiling is None else min(self._limit + step, self.ceiling)
             self._set(max(self._limit, top))
-
-    def _hystart(self, slot: Slot, now: float, latency: float) -> None:
-        """RFC 9406's delay increase check, once per answer in slow start."""
-        s = self.settings
-        if slot.started >= self._round_start:  # the round trip has ended: a new one begins
-            self._round_start = now
-            self._last_round_min, self._round_min, self._round_samples = self._round_min, float("inf"), 0
-            if self.css_baseline is not None:
-                self._css_rounds += 1
-                if self._css_rounds >= s.css_rounds:
-                    self.slow_start = False  # latency stayed up: grow additively from here
-                    return
-        if self._round_samples >= s.rtt_samples:
-            return
-        self._round_min = min(self._round_min, latency)
-        self._round_samples += 1
-        if self._round_samples < s.rtt_samples:
-            return
-        if self.css_baseline is None:
-            low, high = s.rtt_threshold_s
-            climb = min(max(self._last_round_min / 8, low), high)
-            if self._round_min >= self._last_round_min + climb:  # (never true while last is inf)
-                self.css_baseline, self._css_rounds = self._round_min, 0
-        elif self._round_min < self.css_baseline:  # the climb was spurious
-            self.css_baseline = None
 
     @staticmethod
     def _ema(average: float | None, value: float, samples: int) -> float:

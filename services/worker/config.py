@@ -144,10 +144,6 @@ class WorkerSettings(TemporalSettings):
         LimitSettings.headroom, ge=0, le=64, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_HEADROOM),
         description="slots above the level Serve answered that a refusal cuts the adaptive limit to",
     )  # fmt: skip
-    serve_concurrency_hystart: bool = Field(
-        LimitSettings.hystart, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_HYSTART),
-        description="the adaptive limit's slow start slows down when latency climbs (HyStart++)",
-    )  # fmt: skip
     serve_wire: c.ServeWire = Field(
         "auto",
         validation_alias=_env(c.ENV_SERVE_WIRE),
@@ -247,12 +243,7 @@ class WorkerSettings(TemporalSettings):
             if on_limit:
                 on_limit(self.serve_max_connections)
             return NoLimit()
-        settings = LimitSettings(
-            self.serve_concurrency_min,
-            top,
-            headroom=self.serve_concurrency_headroom,
-            hystart=self.serve_concurrency_hystart,
-        )
+        settings = LimitSettings(self.serve_concurrency_min, top, headroom=self.serve_concurrency_headroom)
         return AdaptiveLimiter(settings, on_limit=on_limit)
 
     def deployment_config(self) -> WorkerDeploymentConfig | None:

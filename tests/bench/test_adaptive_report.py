@@ -78,10 +78,7 @@ def test_each_size_and_each_adaptive_variant_is_judged_apart_by_faster_run_and_b
 
 def test_a_variant_sets_only_the_limiters_own_settings():
     assert variant_env("defaults") == {}
-    assert variant_env(NO_HEADROOM + ",SERVE_CONCURRENCY_HYSTART=false") == {
-        c.ENV_SERVE_CONCURRENCY_HEADROOM: "0",
-        c.ENV_SERVE_CONCURRENCY_HYSTART: "false",
-    }
+    assert variant_env(NO_HEADROOM) == {c.ENV_SERVE_CONCURRENCY_HEADROOM: "0"}
     with pytest.raises(ValueError, match="SERVE_URL"):
         variant_env("SERVE_URL=http://elsewhere")
 

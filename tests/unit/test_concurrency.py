@@ -32,10 +32,8 @@ class FakeClock:
 
 def limiter(clock: FakeClock, **settings: object) -> tuple[AdaptiveLimiter, list[int]]:
     seen: list[int] = []
-    # No headroom nor HyStart unless a test asks: the cut lands on the level that worked, slow
-    # start doubles until the first cut, easier to follow.
-    values = {"min_limit": 1, "max_limit": 64, "initial": 8, "backoff": 0.5, "headroom": 0, "hystart": False}
-    values |= settings
+    # No headroom unless a test asks: the cut lands on the level that worked, easier to follow.
+    values = {"min_limit": 1, "max_limit": 64, "initial": 8, "backoff": 0.5, "headroom": 0, **settings}
     lim = AdaptiveLimiter(LimitSettings(**values), clock=clock, sleep=clock.sleep, on_limit=seen.append)  # type: ignore[arg-type]
     return lim, seen
 
@@ -205,12 +203,7 @@ def test_rising_latency_cuts_the_limit_before_any_refusal():
 def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_double():
     settings = LimitSettings()
     assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 8)
-    assert (settings.probe_interval_s, settings.window_s, settings.headroom, settings.hystart) == (
-        10.0,
-        5.0,
-        1,
-        True,
-    )
+    assert (settings.probe_interval_s, settings.window_s, settings.headroom) == (10.0, 5.0, 1)
     clock = FakeClock()
     lim = AdaptiveLimiter(LimitSettings(initial=20, max_limit=20), clock=clock, sleep=clock.sleep)
     for _ in range(50):
@@ -220,64 +213,6 @@ def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_do
     assert lim.limit == 20
     answer(lim, clock, 503, 0.1)
     assert lim.limit == 14
-
-
-def round_trip(lim: AdaptiveLimiter, clock: FakeClock, latency: float, status: int = 200) -> None:
-    """A round trip: as many requests as the limit allows sent together now (levels 1..limit),
-    each answered ``latency`` later (a microsecond apart), the limit in use meanwhile."""
-    start, n = clock.now, lim.limit
-    sent = [Slot(start, level) for level in range(1, n + 1)]
-    for i, slot in enumerate(sent):
-        clock.now = start + latency + i * 1e-6
-        slot.answered(status)
-        lim.in_flight = lim.sent = lim.limit - 1
-        lim.update(slot, clock.now)
-    clock.now += 0.001  # the next round trip is sent after these answers
-
-
-def test_hystart_slows_slow_start_when_a_round_trips_lowest_latency_climbs_then_grows_additively():
-    clock = FakeClock()
-    lim, seen = limiter(clock, initial=8, max_limit=200, hystart=True)
-    round_trip(lim, clock, 0.100)
-    round_trip(lim, clock, 0.101)  # within an eighth of 100 ms (12.5): still doubling
-    assert lim.limit == 32 and lim.slow_start and lim.css_baseline is None
-    # Serve's queue fills: this round trip's lowest latency is 30 ms up. After its first 8
-    # answers (+1 each, the 8th already at a quarter), the rest add a quarter slot each.
-    round_trip(lim, clock, 0.130)
-    assert lim.css_baseline == pytest.approx(0.130) and lim.slow_start
-    assert lim.limit == 32 + 7 + int(25 / 4)
-    for _ in range(4):  # conservative slow start: about 1.25x per round trip
-        before = lim.limit
-        round_trip(lim, clock, 0.130)
-        assert lim.slow_start and before + before // 4 <= lim.limit <= before + before // 4 + 1
-    round_trip(lim, clock, 0.130)  # 5 round trips on: additive, about one slot per round trip
-    assert not lim.slow_start
-    before = lim.limit
-    round_trip(lim, clock, 0.130)
-    assert lim.limit == before + 1
-    assert seen == sorted(seen), "latency alone never cut the limit"
-
-
-def test_hystart_resumes_slow_start_when_latency_falls_back_below_where_it_climbed():
-    clock = FakeClock()
-    lim, _ = limiter(clock, initial=8, max_limit=200, hystart=True)
-    round_trip(lim, clock, 0.100)
-    round_trip(lim, clock, 0.150)
-    assert lim.css_baseline == pytest.approx(0.150) and lim.limit == 16 + 7 + int(9 / 4)
-    before = lim.limit
-    round_trip(lim, clock, 0.120)  # lower than where the climb was seen: a spurious climb
-    assert lim.css_baseline is None and lim.slow_start
-    # 25.25 before: its first 7 answers added a quarter each, the 8th (which saw the lower
-    # latency) and the 16 after it one each: doubling again.
-    assert before == 25 and lim.limit == int(25.25 + 7 / 4 + 1 + 17) == 45
-
-
-def test_without_hystart_latency_climbing_in_slow_start_still_doubles():
-    clock = FakeClock()
-    lim, _ = limiter(clock, initial=8, max_limit=200, hystart=False)
-    for latency in (0.100, 0.150, 0.300):
-        round_trip(lim, clock, latency)
-    assert lim.limit == 64 and lim.css_baseline is None
 
 
 def test_latency_climbing_during_slow_start_does_not_cut():
@@ -417,12 +352,8 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     assert isinstance(lim, AdaptiveLimiter)
     assert (lim.settings.min_limit, lim.settings.max_limit, lim.limit) == (2, 40, 8) and seen == [8]
     assert lim.settings.headroom == LimitSettings().headroom
-    assert lim.settings.hystart is LimitSettings().hystart is True
-    plain = WorkerSettings(serve_concurrency_headroom=0, serve_concurrency_hystart=False).limiter()
-    assert isinstance(plain, AdaptiveLimiter) and (plain.settings.headroom, plain.settings.hystart) == (
-        0,
-        False,
-    )
+    exact = WorkerSettings(serve_concurrency_headroom=0).limiter()
+    assert isinstance(exact, AdaptiveLimiter) and exact.settings.headroom == 0
     capped = WorkerSettings(serve_max_connections=40, serve_concurrency_max=16).limiter()
     assert isinstance(capped, AdaptiveLimiter) and capped.settings.max_limit == 16
     off = WorkerSettings(serve_max_connections=40, serve_adaptive_concurrency=False).limiter(seen.append)
