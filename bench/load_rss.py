@@ -254,7 +254,7 @@ async def main_async(
             "machine_cpus": os.cpu_count(),
             "format": fmt,
             "row_group_rows": row_group_rows if fmt == "parquet" else None,
-            "arrow_memory_pool": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "default"),
+            "arrow_memory_pool": os.environ.get(c.ENV_ARROW_DEFAULT_MEMORY_POOL, "worker default: system"),
             "wire": wire,
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "tuning": Tuning(**tuning).model_dump(),

@@ -110,6 +110,9 @@ ENV_TEMPORAL_BUILD_ID = "TEMPORAL_BUILD_ID"
 # the pods it runs (the chart's worker.versioning.controller); read when TEMPORAL_BUILD_ID is unset.
 ENV_TEMPORAL_WORKER_BUILD_ID = "TEMPORAL_WORKER_BUILD_ID"
 
+# Arrow's own: its C++ default memory pool, read once when pyarrow loads (worker/malloc.py)
+ENV_ARROW_DEFAULT_MEMORY_POOL = "ARROW_DEFAULT_MEMORY_POOL"
+
 # Object storage: read by the storage libraries, not by this project's code (botocore, under
 # s3fs; gcsfs and google-auth). The chart sets them from worker.objectStore; tests name them here.
 ENV_AWS_ENDPOINT_URL_S3 = "AWS_ENDPOINT_URL_S3"  # botocore: the endpoint of S3 clients only

@@ -9,8 +9,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import sys
 
-import pyarrow as pa
+from services.constants import ENV_ARROW_DEFAULT_MEMORY_POOL
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
@@ -45,12 +46,30 @@ def release_free_memory() -> bool:
     return libc is not None and libc.malloc_trim(0) == 1
 
 
+def arrow_pool_before_import() -> bool:
+    """Every Arrow buffer from malloc, the C++ library's own too, unless
+    ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise: sets that variable, which Arrow reads once,
+    when ``pyarrow`` is imported. ``arrow_on_system_allocator`` after the import changes only
+    the pool pyarrow's Python calls pass; Parquet decoding and IPC writing still took Arrow's
+    bundled allocator (mimalloc), whose freed pages stayed resident apart from the heap
+    ``release_free_memory`` trims. For the worker's entry point, before anything imports
+    ``pyarrow``; True if the variable was set (False: the user's, or pyarrow already loaded)."""
+    if ENV_ARROW_DEFAULT_MEMORY_POOL in os.environ or "pyarrow" in sys.modules:
+        return False
+    os.environ[ENV_ARROW_DEFAULT_MEMORY_POOL] = "system"
+    return True
+
+
 def arrow_on_system_allocator() -> bool:
     """Arrow's buffers (Parquet pages, record batches) from malloc unless
-    ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise. Arrow's bundled allocator keeps freed pages
-    for reuse by its own arenas, apart from the heap ``release_free_memory`` trims: a Parquet
-    worker's peak RSS then grew with the batch. True if the pool was changed."""
-    if "ARROW_DEFAULT_MEMORY_POOL" in os.environ:  # Arrow reads it itself
+    ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise, for a worker started without
+    ``arrow_pool_before_import`` (in-process, or by a command that loaded pyarrow first): then
+    only for pyarrow's Python calls. Arrow's bundled allocator keeps freed pages for reuse by
+    its own arenas, apart from the heap ``release_free_memory`` trims: a Parquet worker's peak
+    RSS then grew with the batch. True if the pool was changed."""
+    import pyarrow as pa  # here: importing it chooses Arrow's pool (arrow_pool_before_import)
+
+    if ENV_ARROW_DEFAULT_MEMORY_POOL in os.environ:  # Arrow reads it itself
         return False
     if pa.default_memory_pool().backend_name == "system":
         return False
