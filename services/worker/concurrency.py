@@ -13,11 +13,12 @@ the limit to ``headroom`` slots above the highest level that worked and is below
 ``backoff`` times itself when nothing has worked lately), and that becomes a ceiling for
 ``probe_interval_s``: the limit climbs back to it and stays there instead of running into
 Serve's queue again every few round trips; past that it probes further, one slot per round trip.
-The headroom keeps Serve's queue from running dry: at exactly the level that worked, each
-answer leaves a gap until the next request arrives, while a slot or two more is refused now and
-then, and a refused slot only waits out its Retry-After (below).
 Taking the requests still out at a refusal instead undercounts: those answered a moment
 earlier have already left, and the limit then sits well below what Serve holds.
+A headroom was meant to keep Serve's queue from running dry (at exactly the level that worked,
+each answer leaves a gap until the next request arrives, while a slot or two more is refused
+now and then, and a refused slot only waits out its Retry-After, below); measured side by side,
+1 or 2 slots were not better than none (docs/performance.md), so it is 0 unless set.
 
 ``Retry-After``: the refused request waits it before it is sent again (the Serve client does
 that), and its slot stays taken until it has passed. So while Serve refuses everything (it is
@@ -74,7 +75,7 @@ class LimitSettings:
     max_limit: int = 32
     initial: int = 8  # slow start from here: a first burst much above Serve's queue is refused
     backoff: float = 0.7  # the cut when no level below the refused one has worked lately
-    headroom: int = 1  # slots above the level that worked a refusal cuts to (of 0-2, 1 did best)
+    headroom: int = 0  # slots above the level that worked a refusal cuts to (1, 2: not better)
     increase: float = 1.0  # slots added per round trip of answers
     probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
     window_s: float = 5.0  # how far back the level that worked is looked for

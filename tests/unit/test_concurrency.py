@@ -203,7 +203,7 @@ def test_rising_latency_cuts_the_limit_before_any_refusal():
 def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_double():
     settings = LimitSettings()
     assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 8)
-    assert (settings.probe_interval_s, settings.window_s, settings.headroom) == (10.0, 5.0, 1)
+    assert (settings.probe_interval_s, settings.window_s, settings.headroom) == (10.0, 5.0, 0)
     clock = FakeClock()
     lim = AdaptiveLimiter(LimitSettings(initial=20, max_limit=20), clock=clock, sleep=clock.sleep)
     for _ in range(50):
@@ -352,8 +352,8 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     assert isinstance(lim, AdaptiveLimiter)
     assert (lim.settings.min_limit, lim.settings.max_limit, lim.limit) == (2, 40, 8) and seen == [8]
     assert lim.settings.headroom == LimitSettings().headroom
-    exact = WorkerSettings(serve_concurrency_headroom=0).limiter()
-    assert isinstance(exact, AdaptiveLimiter) and exact.settings.headroom == 0
+    roomy = WorkerSettings(serve_concurrency_headroom=2).limiter()
+    assert isinstance(roomy, AdaptiveLimiter) and roomy.settings.headroom == 2
     capped = WorkerSettings(serve_max_connections=40, serve_concurrency_max=16).limiter()
     assert isinstance(capped, AdaptiveLimiter) and capped.settings.max_limit == 16
     off = WorkerSettings(serve_max_connections=40, serve_adaptive_concurrency=False).limiter(seen.append)
