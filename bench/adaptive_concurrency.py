@@ -49,7 +49,7 @@ FIXED = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "false"}
 ADAPTIVE = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "true"}
 REFUSED = ("429", "503")
 # What an adaptive variant may set (--adaptive): the limiter's settings the worker reads.
-VARIANT_ENV = (c.ENV_SERVE_CONCURRENCY_HEADROOM,)
+VARIANT_ENV = (c.ENV_SERVE_CONCURRENCY_HEADROOM, c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS)
 DEFAULTS = "defaults"
 
 

@@ -13,7 +13,11 @@ the limit to ``headroom`` slots above the highest level that worked and is below
 ``backoff`` times itself when nothing has worked lately), and that becomes a ceiling for
 ``probe_interval_s``: the limit climbs back to it and stays there instead of running into
 Serve's queue again every few round trips; past that it probes further, one slot per round trip.
-Taking the requests still out at a refusal instead undercounts: those answered a moment
+With ``bounded_cuts`` one refusal cuts at most to ``backoff`` times the limit, whatever the level
+below it that worked: a refusal at a low level while few levels have been answered (a batch's
+first round trip, or Serve's stray refusal just after a cut) otherwise cut the limit to 2-4 and
+the ceiling held it there for ``probe_interval_s``. Refusals that go on cut again, once per
+round trip. Taking the requests still out at a refusal instead undercounts: those answered a moment
 earlier have already left, and the limit then sits well below what Serve holds.
 A headroom was meant to keep Serve's queue from running dry (at exactly the level that worked,
 each answer leaves a gap until the next request arrives, while a slot or two more is refused
@@ -76,6 +80,7 @@ class LimitSettings:
     initial: int = 8  # slow start from here: a first burst much above Serve's queue is refused
     backoff: float = 0.7  # the cut when no level below the refused one has worked lately
     headroom: int = 0  # slots above the level that worked a refusal cuts to (1, 2: not better)
+    bounded_cuts: bool = True  # a refusal cuts by at most ``backoff`` (more refusals cut again)
     increase: float = 1.0  # slots added per round trip of answers
     probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
     window_s: float = 5.0  # how far back the level that worked is looked for
@@ -226,6 +231,8 @@ class AdaptiveLimiter:
         worked = self.worked(now, below=slot.level)
         # Near the refusal: the highest level that worked below it, plus the headroom.
         limit = self._limit * s.backoff if worked is None else float(worked + s.headroom)
+        if s.bounded_cuts:  # one refusal at a low level, with few levels answered yet, is no proof
+            limit = max(limit, self._limit * s.backoff)
         self._set(min(self._limit, limit))
         self.ceiling, self._ceiling_until = float(self.limit), now + s.probe_interval_s
 

@@ -144,6 +144,10 @@ class WorkerSettings(TemporalSettings):
         LimitSettings.headroom, ge=0, le=64, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_HEADROOM),
         description="slots above the level Serve answered that a refusal cuts the adaptive limit to",
     )  # fmt: skip
+    serve_concurrency_bounded_cuts: bool = Field(
+        LimitSettings.bounded_cuts, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS),
+        description="one refusal cuts the adaptive limit by at most 0.7x",
+    )  # fmt: skip
     serve_wire: c.ServeWire = Field(
         "auto",
         validation_alias=_env(c.ENV_SERVE_WIRE),
@@ -243,7 +247,12 @@ class WorkerSettings(TemporalSettings):
             if on_limit:
                 on_limit(self.serve_max_connections)
             return NoLimit()
-        settings = LimitSettings(self.serve_concurrency_min, top, headroom=self.serve_concurrency_headroom)
+        settings = LimitSettings(
+            self.serve_concurrency_min,
+            top,
+            headroom=self.serve_concurrency_headroom,
+            bounded_cuts=self.serve_concurrency_bounded_cuts,
+        )
         return AdaptiveLimiter(settings, on_limit=on_limit)
 
     def deployment_config(self) -> WorkerDeploymentConfig | None:

@@ -32,8 +32,17 @@ class FakeClock:
 
 def limiter(clock: FakeClock, **settings: object) -> tuple[AdaptiveLimiter, list[int]]:
     seen: list[int] = []
-    # No headroom unless a test asks: the cut lands on the level that worked, easier to follow.
-    values = {"min_limit": 1, "max_limit": 64, "initial": 8, "backoff": 0.5, "headroom": 0, **settings}
+    # No headroom nor bound on a cut unless a test asks: the cut lands on the level that worked,
+    # easier to follow.
+    values = {
+        "min_limit": 1,
+        "max_limit": 64,
+        "initial": 8,
+        "backoff": 0.5,
+        "headroom": 0,
+        "bounded_cuts": False,
+    }
+    values |= settings
     lim = AdaptiveLimiter(LimitSettings(**values), clock=clock, sleep=clock.sleep, on_limit=seen.append)  # type: ignore[arg-type]
     return lim, seen
 
@@ -134,6 +143,28 @@ def test_headroom_cuts_a_few_slots_above_the_level_that_worked_and_stray_refusal
     lim.settings = LimitSettings(max_limit=32, headroom=30)
     answer(lim, clock, 503, 0.1, level=5)
     assert lim.limit == 6, "a cut never raises the limit"
+
+
+def test_bounded_cuts_one_low_refusal_cuts_by_the_backoff_at_most_and_refusals_that_go_on_cut_again():
+    clock = FakeClock()
+    lim, seen = limiter(clock, initial=8, max_limit=32, bounded_cuts=True, backoff=0.7)
+    # The batch's first round trip: level 1 answered (slow start: 8 -> 9), then a stray refusal
+    # at level 2. Unbounded, the cut would land on 1 and the ceiling hold it there; bounded, 0.7x.
+    answer(lim, clock, 200, 0.05, level=1)
+    answer(lim, clock, 503, 0.05, retry_after=1, level=2)
+    assert lim.limit == int(0.7 * 9) == 6 == int(lim.ceiling) and seen == [8, 9, 6]
+    # Later, Serve having answered levels up to 12: a refusal at level 4 cuts to 0.7x, not to 3.
+    lim, seen = limiter(clock, initial=12, max_limit=12, bounded_cuts=True, backoff=0.7)
+    for level in range(1, 13):
+        answer(lim, clock, 200, 0.05, level=level)
+    answer(lim, clock, 503, 0.05, retry_after=1, level=4)
+    assert lim.limit == int(0.7 * 12) == 8
+    # Refusals that go on, one per round trip, cut again, 0.7x each, down to what worked (3).
+    limits = []
+    for _ in range(5):
+        answer(lim, clock, 503, 0.05, retry_after=1, level=4)
+        limits.append(lim.limit)
+    assert limits == [5, 4, 3, 3, 3] and seen == [12, 8, 5, 4, 3]
 
 
 def test_an_idle_limit_does_not_grow():
@@ -352,8 +383,12 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     assert isinstance(lim, AdaptiveLimiter)
     assert (lim.settings.min_limit, lim.settings.max_limit, lim.limit) == (2, 40, 8) and seen == [8]
     assert lim.settings.headroom == LimitSettings().headroom
-    roomy = WorkerSettings(serve_concurrency_headroom=2).limiter()
-    assert isinstance(roomy, AdaptiveLimiter) and roomy.settings.headroom == 2
+    assert lim.settings.bounded_cuts is LimitSettings().bounded_cuts is True
+    roomy = WorkerSettings(serve_concurrency_headroom=2, serve_concurrency_bounded_cuts=False).limiter()
+    assert isinstance(roomy, AdaptiveLimiter) and (roomy.settings.headroom, roomy.settings.bounded_cuts) == (
+        2,
+        False,
+    )
     capped = WorkerSettings(serve_max_connections=40, serve_concurrency_max=16).limiter()
     assert isinstance(capped, AdaptiveLimiter) and capped.settings.max_limit == 16
     off = WorkerSettings(serve_max_connections=40, serve_adaptive_concurrency=False).limiter(seen.append)
