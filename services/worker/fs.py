@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import IO
@@ -25,53 +23,44 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
-class AtomicFile:
-    """A file written over time and published whole by ``commit``, or never (``discard``).
+def is_local(uri: str) -> bool:
+    return isinstance(fsspec.core.url_to_fs(uri)[0], LocalFileSystem)
 
-    On a local disk: a temp file (in ``temp_dir``, default beside ``uri``; on the same disk)
-    renamed over ``uri`` once synced. Elsewhere: a local temp file copied up in one upload at
-    commit, so an object store never holds a half-written object or an upload left open while
-    the writer works (``OSError`` when there is no writable temp dir)."""
+
+class AtomicFile:
+    """A local file written over time and published whole by ``commit`` (synced, then renamed
+    over ``uri`` from a temp file in ``temp_dir``, default beside it, on the same disk), or
+    never (``discard``)."""
 
     def __init__(self, uri: str, temp_dir: str | None = None):
-        self._fs, self._path = fsspec.core.url_to_fs(uri)
-        self._tmp: str | None = None
-        if isinstance(self._fs, LocalFileSystem):
-            folder = fsspec.core.url_to_fs(temp_dir)[1] if temp_dir else os.path.dirname(self._path) or "."
-            os.makedirs(folder, exist_ok=True)
-            os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
-            self._tmp = os.path.join(folder, f"{os.path.basename(self._path)}.tmp-{uuid.uuid4().hex[:8]}")
-            self.file: IO[bytes] = open(self._tmp, "wb")
-        else:
-            self.file = tempfile.TemporaryFile()
+        path = fsspec.core.url_to_fs(uri)[1]
+        folder = fsspec.core.url_to_fs(temp_dir)[1] if temp_dir else os.path.dirname(path) or "."
+        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._path = path
+        self._tmp = os.path.join(folder, f"{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+        self.file: IO[bytes] = open(self._tmp, "wb")
 
     def commit(self) -> None:
         try:
-            if self._tmp is not None:
-                self.file.flush()
-                os.fsync(self.file.fileno())
-                self.file.close()
-                os.replace(self._tmp, self._path)
-            else:
-                self.file.seek(0)
-                with self._fs.open(self._path, "wb") as out:  # object stores commit on close
-                    shutil.copyfileobj(self.file, out, COPY_CHUNK)
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self._tmp, self._path)
         finally:
             self.discard()
 
     def discard(self) -> None:
         """Drop what was written (nothing, after ``commit``)."""
         self.file.close()
-        if self._tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
 
 
 @contextlib.contextmanager
 def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
     """Open ``uri`` for writing so that readers see the old content or the whole new one."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    if isinstance(fs, LocalFileSystem):
+    if is_local(uri):
         file = AtomicFile(uri)
         try:
             yield file.file
@@ -79,6 +68,7 @@ def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
         finally:
             file.discard()
     else:
+        fs, path = fsspec.core.url_to_fs(uri)
         with fs.open(path, "wb") as fh:  # object stores commit the object on close
             yield fh
 

@@ -109,10 +109,15 @@ class OutputLayout:
             progress = saved.progress
         return progress
 
-    def running_join(self, shard: int) -> RunningJoin:
-        """The shard's results file, written as its parts commit (``running_join``); its temp
-        file in the shard's parts folder, so a worker killed meanwhile leaves it there, never
-        beside the results. ``OSError`` if it cannot be opened."""
+    def running_join(self, shard: int) -> RunningJoin | None:
+        """The shard's results file, written as its parts commit (``running_join``), on a local
+        disk (or a volume): its temp file in the shard's parts folder, so a worker killed
+        meanwhile leaves it there, never beside the results. None on an object store, where
+        the join streams the parts into one upload at the end: a running file there would be a
+        local copy of the shard's results, and the worker's /tmp is small. ``OSError`` if it
+        cannot be opened."""
+        if not fs.is_local(self.uri):
+            return None
         return RunningJoin(self.shard_uri(shard), self.format, self.parts_uri(shard))
 
     def commit_shard(self, shard: int, parts: int, running: RunningJoin | None = None) -> None:

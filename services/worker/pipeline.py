@@ -1,7 +1,7 @@
 """One shard, end to end: read parts ahead, send their micro-batches to Serve, commit each part
 in order (results, errors, then its checkpoint, then onto the shard's running results file),
-and publish the shard's final files at the end. Temporal stays outside: the activity passes in where to resume and reads
-``progress`` for its heartbeats.
+and publish the shard's final files at the end. Temporal stays outside: the activity passes in
+where to resume and reads ``progress`` for its heartbeats.
 
 Several parts are in flight at once (``parts_in_flight``): the next parts' requests go out while
 the current one is committed, so Serve never idles at a checkpoint. One semaphore
@@ -181,7 +181,7 @@ class ShardPipeline:
     def _start_running_join(self) -> RunningJoin | None:
         try:
             return self.layout.running_join(self.input.shard)
-        except OSError:  # e.g. no writable temp dir for an object store's: joined at the end
+        except OSError:  # e.g. the parts folder is not writable: its first part will say so
             return None
 
     def _write_part(self, part: int, result: PartResult, checkpoint: Checkpoint) -> None:

@@ -14,11 +14,9 @@ from services.worker.layout import OutputLayout
 from services.worker.manifests import Checkpoint, ShardProgress
 
 
-@pytest.fixture(params=["local", "memory"])
-def output_uri(request, tmp_path) -> str:
-    if request.param == "local":
-        return str(tmp_path / "out")
-    return f"memory://running-{uuid.uuid4().hex[:8]}/out"  # no rename: uploaded whole at commit
+@pytest.fixture
+def output_uri(tmp_path) -> str:
+    return str(tmp_path / "out")
 
 
 def parquet_part(ids: list[str], predictions: list) -> bytes:
@@ -72,6 +70,16 @@ def test_one_missing_part_means_the_join(output_uri: str) -> None:
     running.add(parts[0])  # e.g. a write that never reached it
     layout.commit_shard(0, len(parts), running)
     assert fs.read_bytes(layout.shard_uri(0)) == b"".join(parts)
+
+
+def test_an_object_store_has_no_running_join_and_its_parts_are_joined() -> None:
+    """There the join streams the parts into one upload at the end; a running file would be a
+    local copy of the shard's results in the worker's small /tmp."""
+    layout = OutputLayout(f"memory://running-{uuid.uuid4().hex[:8]}/out", "parquet")
+    assert layout.running_join(0) is None
+    write_parts(layout, 0, [parquet_part(["a"], [1])])
+    layout.commit_shard(0, 1, None)
+    assert layout.final_counts(0) == (1, 0)
 
 
 def test_a_shard_that_gives_up_leaves_no_file_behind(tmp_path: Path) -> None:
