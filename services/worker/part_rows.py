@@ -3,8 +3,9 @@
 The JSON way commits a part every ``checkpoint_every`` records. The Arrow way costs Serve per
 request, not per row, and a part goes in one request when it fits, so its parts are larger
 (``columnar_part_rows``), but never much over a request's bytes (``max_request_bytes``): a part
-is held whole while its requests are out, so wide rows make smaller parts. The first part is
-the JSON way's size (or ``columnar_part_rows`` if smaller), which tells how wide the rows are.
+is held whole while its requests are out, so wide rows make smaller parts. A shard's first read
+is the JSON way's size (or ``columnar_part_rows`` if smaller), which tells how wide the rows
+are; when they fit, the rest of a whole part is read into the first (``ShardPipeline._read``).
 """
 
 from __future__ import annotations

@@ -108,8 +108,7 @@ class ShardPipeline:
             read_done = self.progress.done
             while self.progress.done < total:
                 while len(ahead) < self.input.parts_in_flight and read_done < total:
-                    raw = await asyncio.to_thread(reader.read, min(part_rows.rows, total - read_done))
-                    part_rows.saw(raw)
+                    raw = await asyncio.to_thread(self._read, reader, part_rows, total - read_done)
                     if not raw.count:  # the reader is past the shard's end: its checkpoint disagrees
                         raise ShardFailed(
                             Failure.INPUT_CHANGED,
@@ -177,6 +176,18 @@ class ShardPipeline:
             raise
         self._committed(result, progress)
         await self._trimmer.part_committed()
+
+    @staticmethod
+    def _read(reader: ShardReader, part_rows: PartRows, left: int) -> RawPart:
+        """The next part, of ``part_rows.rows`` records. A shard's first read on the Arrow path
+        is small, to see how wide its rows are; when a whole part fits a request, the rest of
+        the part is read at once and joins it, so the first part costs Serve no extra request."""
+        raw = reader.read(min(part_rows.rows, left))
+        part_rows.saw(raw)
+        if raw.count and (more := min(part_rows.rows, left) - raw.count) > 0:
+            rest = reader.read(more)
+            raw = RawPart(raw.chunks + rest.chunks, raw.count + rest.count, rest.end)
+        return raw
 
     def _start_running_join(self) -> RunningJoin | None:
         try:

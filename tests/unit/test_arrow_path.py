@@ -66,8 +66,9 @@ async def run(tmp_path: Path, name: str, spec: DataSpec, source: Path, wire: Ser
     plan = plan_batch(str(source), str(output), spec, shard_size=70)
     handler, seen = iris_handler()
     await run_shards(
-        plan, str(output), serve_client(handler, wire), checkpoint_every=30, model="iris", micro_batch_size=16
-    )
+        plan, str(output), serve_client(handler, wire), model="iris", micro_batch_size=16,
+        checkpoint_every=30, columnar_part_rows=30,  # parts of 30 rows both ways
+    )  # fmt: skip
     return read(output, spec.output_format), seen
 
 
@@ -149,7 +150,7 @@ def test_bodies_are_halved_under_the_byte_limit_and_a_row_alone_over_it_goes_jso
     assert bodies(pa.table({"text": ["y" * 50_000, "z"]}), 16, 40_000) is None
 
 
-async def test_arrow_parts_grow_to_columnar_part_rows_after_a_first_part_of_checkpoint_every(tmp_path):
+async def test_arrow_parts_are_columnar_part_rows_from_the_first_once_its_first_rows_fit(tmp_path):
     ids = iris_parquet(tmp_path / "in", files=1, rows=140)
     spec = DataSpec(input_columns=FEATURES, output_format="parquet")
     output = tmp_path / "out"
@@ -165,9 +166,10 @@ async def test_arrow_parts_grow_to_columnar_part_rows_after_a_first_part_of_chec
     await run_shards(
         plan, str(output), serve_client(handler), checkpoint_every=10, model="iris", columnar_part_rows=50
     )
-    # parts of 10 (the JSON way's size tells how wide rows are), 50, 50, 30; each in requests of
-    # Serve's listed 16 rows at most
-    assert Counter(rows) == Counter([10] + [16, 16, 16, 2] * 2 + [16, 14])
+    # parts of 50 (its first 10 rows, the JSON way's size, tell how wide rows are; the other 40
+    # are read into it: no request of 10 alone), 50, 40; each in requests of Serve's listed 16
+    # rows at most
+    assert Counter(rows) == Counter([16, 16, 16, 2] * 2 + [16, 16, 8])
     results, errors = read(output, "parquet")
     assert [r["id"] for r in results] == ids and not errors
 
