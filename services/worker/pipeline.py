@@ -102,9 +102,10 @@ class ShardPipeline:
         limit = asyncio.Semaphore(self.input.max_in_flight)
         total = self.entry.records
         part_rows = PartRows(self.input, columnar=self._arrow_rows is not None)
-        # Only a shard that starts at its first part can write its results file as it goes.
-        self._running = await asyncio.to_thread(self._start_running_join) if self.progress.part == 0 else None
         try:
+            # Only a shard that starts at its first part can write its results file as it goes.
+            if self.progress.part == 0:
+                self._running = await asyncio.to_thread(self._start_running_join)
             read_done = self.progress.done
             while self.progress.done < total:
                 while len(ahead) < self.input.parts_in_flight and read_done < total:
