@@ -12,7 +12,7 @@ come from the worker's own ``batch_inference_serve_requests`` by status.
   (Ray's ``max_queued_requests``; past that 503 with ``Retry-After``). Fixed limits swept over
   ``tuning.max_in_flight`` (per shard; ``max_concurrent_shards`` shards) against the adaptive
   limit at the largest of them (one setting per ``--adaptive`` variant: the limiter's own env
-  settings, e.g. ``SERVE_CONCURRENCY_HEADROOM=0``; each runs at normal load too), each
+  settings, e.g. ``SERVE_CONCURRENCY_BOUNDED_CUTS=false``; each runs at normal load too), each
   setting ``--rounds`` times in alternating order, at each batch size of ``--overload-records``
   (a short batch measures the start, where a fresh worker finds Serve's limit; a long one the
   steady state). Reported per size: requests refused (429/503) as % of those sent, records/s,
@@ -49,7 +49,7 @@ FIXED = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "false"}
 ADAPTIVE = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "true"}
 REFUSED = ("429", "503")
 # What an adaptive variant may set (--adaptive): the limiter's settings the worker reads.
-VARIANT_ENV = (c.ENV_SERVE_CONCURRENCY_HEADROOM, c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS)
+VARIANT_ENV = (c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS,)
 DEFAULTS = "defaults"
 
 

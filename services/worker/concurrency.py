@@ -9,7 +9,7 @@ A refusal (429, 503, 504, a timeout) cuts the limit at most once per round trip:
 requests sent before the last cut say nothing about the new limit. Each request carries its
 *level*, the requests out with it when it was sent, and the limiter keeps the highest level
 Serve answered in the last ``window_s`` (the level that worked). A refusal at level ``r`` cuts
-the limit to ``headroom`` slots above the highest level that worked and is below ``r`` (to
+the limit to just below it, to the highest level that worked and is below ``r`` (to
 ``backoff`` times itself when nothing has worked lately), and that becomes a ceiling for
 ``probe_interval_s``: the limit climbs back to it and stays there instead of running into
 Serve's queue again every few round trips; past that it probes further, one slot per round trip.
@@ -19,10 +19,6 @@ first round trip, or Serve's stray refusal just after a cut) otherwise cut the l
 the ceiling held it there for ``probe_interval_s``. Refusals that go on cut again, once per
 round trip. Taking the requests still out at a refusal instead undercounts: those answered a moment
 earlier have already left, and the limit then sits well below what Serve holds.
-A headroom was meant to keep Serve's queue from running dry (at exactly the level that worked,
-each answer leaves a gap until the next request arrives, while a slot or two more is refused
-now and then, and a refused slot only waits out its Retry-After, below); measured side by side,
-1 or 2 slots were not better than none (docs/performance.md), so it is 0 unless set.
 
 ``Retry-After``: the refused request waits it before it is sent again (the Serve client does
 that), and its slot stays taken until it has passed. So while Serve refuses everything (it is
@@ -79,7 +75,6 @@ class LimitSettings:
     max_limit: int = 32
     initial: int = 8  # slow start from here: a first burst much above Serve's queue is refused
     backoff: float = 0.7  # the cut when no level below the refused one has worked lately
-    headroom: int = 0  # slots above the level that worked a refusal cuts to (1, 2: not better)
     bounded_cuts: bool = True  # a refusal cuts by at most ``backoff`` (more refusals cut again)
     increase: float = 1.0  # slots added per round trip of answers
     probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
@@ -91,8 +86,6 @@ class LimitSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.min_limit <= self.max_limit:
             raise ValueError(f"need 1 <= min_limit <= max_limit, got {self.min_limit}, {self.max_limit}")
-        if self.headroom < 0:
-            raise ValueError(f"headroom must be >= 0, got {self.headroom}")
         if not 0 < self.backoff < 1:
             raise ValueError(f"backoff must be in (0, 1), got {self.backoff}")
 
@@ -229,8 +222,8 @@ class AdaptiveLimiter:
         if not self._may_cut(slot, now):
             return
         worked = self.worked(now, below=slot.level)
-        # Near the refusal: the highest level that worked below it, plus the headroom.
-        limit = self._limit * s.backoff if worked is None else float(worked + s.headroom)
+        # Just below the refusal: the highest level that worked there.
+        limit = self._limit * s.backoff if worked is None else float(worked)
         if s.bounded_cuts:  # one refusal at a low level, with few levels answered yet, is no proof
             limit = max(limit, self._limit * s.backoff)
         self._set(min(self._limit, limit))

@@ -140,10 +140,6 @@ class WorkerSettings(TemporalSettings):
         None, ge=1, le=1024, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_MAX),
         description="the adaptive limit never goes above this (unset: serve_max_connections)",
     )  # fmt: skip
-    serve_concurrency_headroom: int = Field(
-        LimitSettings.headroom, ge=0, le=64, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_HEADROOM),
-        description="slots above the level Serve answered that a refusal cuts the adaptive limit to",
-    )  # fmt: skip
     serve_concurrency_bounded_cuts: bool = Field(
         LimitSettings.bounded_cuts, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS),
         description="one refusal cuts the adaptive limit by at most 0.7x",
@@ -250,7 +246,6 @@ class WorkerSettings(TemporalSettings):
         settings = LimitSettings(
             self.serve_concurrency_min,
             top,
-            headroom=self.serve_concurrency_headroom,
             bounded_cuts=self.serve_concurrency_bounded_cuts,
         )
         return AdaptiveLimiter(settings, on_limit=on_limit)

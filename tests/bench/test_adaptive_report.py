@@ -12,7 +12,7 @@ from bench.adaptive_concurrency import gauges, markdown, summary, variant_env
 from services import constants as c
 from services import metrics as m
 
-NO_HEADROOM = f"{c.ENV_SERVE_CONCURRENCY_HEADROOM}=0"
+UNBOUNDED = f"{c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS}=false"
 
 
 def run(
@@ -38,7 +38,7 @@ def test_each_size_and_each_adaptive_variant_is_judged_apart_by_faster_run_and_b
         run("adaptive", 4, 50_000, 7_100, 1.5, 1),
         run("adaptive", 4, 50_000, 6_900, 0.5, 2),
         # another variant, one round only
-        run("adaptive", 4, 50_000, 3_600, 0.1, 1, variant=NO_HEADROOM),
+        run("adaptive", 4, 50_000, 3_600, 0.1, 1, variant=UNBOUNDED),
         # 200k: one setting each way
         run("fixed", 4, 200_000, 6_000, 5.0),
         run("adaptive", 4, 200_000, 6_600, 0.7),
@@ -49,36 +49,36 @@ def test_each_size_and_each_adaptive_variant_is_judged_apart_by_faster_run_and_b
     ]
     for row in normal[:2]:
         row["refused_pct"] = 0.0
-    normal.append({**normal[0], "variant": NO_HEADROOM, "records_per_s": 20_000})
+    normal.append({**normal[0], "variant": UNBOUNDED, "records_per_s": 20_000})
     out = summary(normal, overload)
     assert out["normal adaptive/fixed"] == 1.25
-    assert out[f"normal adaptive {NO_HEADROOM}/fixed"] == 0.5
-    assert out[f"normal A/B adaptive {NO_HEADROOM}"] == 0.4
-    assert out["normal refused % (max)"] == {"adaptive": 0.0, f"adaptive {NO_HEADROOM}": 0.0, "fixed": 0.0}
+    assert out[f"normal adaptive {UNBOUNDED}/fixed"] == 0.5
+    assert out[f"normal A/B adaptive {UNBOUNDED}"] == 0.4
+    assert out["normal refused % (max)"] == {"adaptive": 0.0, f"adaptive {UNBOUNDED}": 0.0, "fixed": 0.0}
     short, long = out["overload"]
     assert short["records"] == 50_000 and long["records"] == 200_000
     assert short["best fixed"] == {"max_in_flight": 4, "records_per_s": 8_000}
     assert short["best fixed by median"] == {"max_in_flight": 2, "records_per_s": 7_100}
     variants = {a["variant"]: a for a in short["adaptive"]}
-    with_headroom, without = variants.pop("defaults"), variants.pop(NO_HEADROOM)
+    defaults, without = variants.pop("defaults"), variants.pop(UNBOUNDED)
     assert not variants
-    assert with_headroom["records/s / best fixed, faster runs"] == round(7_100 / 8_000, 3)
-    assert with_headroom["records/s / best fixed, medians"] == round(6_900 / 7_100, 3)
+    assert defaults["records/s / best fixed, faster runs"] == round(7_100 / 8_000, 3)
+    assert defaults["records/s / best fixed, medians"] == round(6_900 / 7_100, 3)
     # round by round against the best fixed setting by median (fixed 2): 6800/7000, 7100/7200, 6900/7100
-    assert with_headroom["records/s / best fixed, run by run"] == [0.971, 0.972, 0.986]
-    assert with_headroom["records/s / best fixed, run by run (median)"] == 0.972
+    assert defaults["records/s / best fixed, run by run"] == [0.971, 0.972, 0.986]
+    assert defaults["records/s / best fixed, run by run (median)"] == 0.972
     assert without["records/s / best fixed, run by run"] == [0.5]  # 3600/7200, its one round
-    assert (with_headroom["refused % (max)"], without["refused % (max)"]) == (1.5, 0.1)
+    assert (defaults["refused % (max)"], without["refused % (max)"]) == (1.5, 0.1)
     assert short["refused % fixed at the same cap (max)"] == 3.0
     assert long["adaptive"][0]["records/s / best fixed, faster runs"] == 1.1
     text = markdown({"normal": normal, "overload": overload, "summary": out})
     assert "overload 200,000 records, adaptive (defaults) records/s / best fixed, faster runs: 1.1" in text
-    assert f"| overload | adaptive | 4 | {NO_HEADROOM} | 50,000 | 3,600 |" in text
+    assert f"| overload | adaptive | 4 | {UNBOUNDED} | 50,000 | 3,600 |" in text
 
 
 def test_a_variant_sets_only_the_limiters_own_settings():
     assert variant_env("defaults") == {}
-    assert variant_env(NO_HEADROOM) == {c.ENV_SERVE_CONCURRENCY_HEADROOM: "0"}
+    assert variant_env(UNBOUNDED) == {c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS: "false"}
     with pytest.raises(ValueError, match="SERVE_URL"):
         variant_env("SERVE_URL=http://elsewhere")
 

@@ -32,14 +32,13 @@ class FakeClock:
 
 def limiter(clock: FakeClock, **settings: object) -> tuple[AdaptiveLimiter, list[int]]:
     seen: list[int] = []
-    # No headroom nor bound on a cut unless a test asks: the cut lands on the level that worked,
-    # easier to follow.
+    # No bound on a cut unless a test asks: the cut lands on the level that worked, easier to
+    # follow.
     values = {
         "min_limit": 1,
         "max_limit": 64,
         "initial": 8,
         "backoff": 0.5,
-        "headroom": 0,
         "bounded_cuts": False,
     }
     values |= settings
@@ -111,38 +110,6 @@ def test_a_refusal_cuts_to_the_highest_level_that_worked_below_it_in_the_window(
     assert lim.worked(clock.now) is None
     answer(lim, clock, 503, 0.1, level=10)  # nothing worked lately: backoff, 0.5 here
     assert lim.limit == 6 == lim.ceiling
-
-
-def test_headroom_cuts_a_few_slots_above_the_level_that_worked_and_stray_refusals_there_hold_it():
-    clock = FakeClock()
-    lim, seen = limiter(clock, max_limit=32, headroom=2, probe_interval_s=10)
-    for _ in range(8):  # slow start to 16, answered at levels 8..15
-        answer(lim, clock, 200, 0.1)
-    assert lim.limit == 16
-    for _ in range(16):  # and on to 32: every level up to 31 answered
-        answer(lim, clock, 200, 0.1)
-    assert lim.limit == 32
-    answer(lim, clock, 503, 0.1, retry_after=1, level=12)  # Serve holds about 11
-    assert lim.limit == 13 == lim.ceiling, "11 worked below 12: plus 2"
-    # Serve keeps its queue full at 13: now and then a refusal at the top, one round trip
-    # apart, while the levels just below keep being answered. The limit holds at 13 (without
-    # headroom each would cut a slot, and the limit would sink below what Serve holds).
-    for _ in range(20):
-        for level in range(1, 13):
-            answer(lim, clock, 200, 0.1, level=level)
-        answer(lim, clock, 503, 0.1, retry_after=1, level=13)
-        assert lim.limit == 13
-    assert seen == [8, *range(9, 33), 13]
-    # Capacity drops: only 4 answered in the last window. The next refusal cuts to 4 + 2, and
-    # the limit never rises from a cut: a refusal at 5 with 4 working leaves 6 alone.
-    clock.now += 6
-    for level in range(1, 5):
-        answer(lim, clock, 200, 0.1, level=level)
-    answer(lim, clock, 503, 0.1, level=5)
-    assert lim.limit == 6 == lim.ceiling
-    lim.settings = LimitSettings(max_limit=32, headroom=30)
-    answer(lim, clock, 503, 0.1, level=5)
-    assert lim.limit == 6, "a cut never raises the limit"
 
 
 def test_bounded_cuts_one_low_refusal_cuts_by_the_backoff_at_most_and_refusals_that_go_on_cut_again():
@@ -234,7 +201,7 @@ def test_rising_latency_cuts_the_limit_before_any_refusal():
 def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_double():
     settings = LimitSettings()
     assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 8)
-    assert (settings.probe_interval_s, settings.window_s, settings.headroom) == (10.0, 5.0, 0)
+    assert (settings.probe_interval_s, settings.window_s) == (10.0, 5.0)
     clock = FakeClock()
     lim = AdaptiveLimiter(LimitSettings(initial=20, max_limit=20), clock=clock, sleep=clock.sleep)
     for _ in range(50):
@@ -382,13 +349,9 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     lim = WorkerSettings(serve_max_connections=40, serve_concurrency_min=2).limiter(seen.append)
     assert isinstance(lim, AdaptiveLimiter)
     assert (lim.settings.min_limit, lim.settings.max_limit, lim.limit) == (2, 40, 8) and seen == [8]
-    assert lim.settings.headroom == LimitSettings().headroom
     assert lim.settings.bounded_cuts is LimitSettings().bounded_cuts is True
-    roomy = WorkerSettings(serve_concurrency_headroom=2, serve_concurrency_bounded_cuts=False).limiter()
-    assert isinstance(roomy, AdaptiveLimiter) and (roomy.settings.headroom, roomy.settings.bounded_cuts) == (
-        2,
-        False,
-    )
+    unbounded = WorkerSettings(serve_concurrency_bounded_cuts=False).limiter()
+    assert isinstance(unbounded, AdaptiveLimiter) and unbounded.settings.bounded_cuts is False
     capped = WorkerSettings(serve_max_connections=40, serve_concurrency_max=16).limiter()
     assert isinstance(capped, AdaptiveLimiter) and capped.settings.max_limit == 16
     off = WorkerSettings(serve_max_connections=40, serve_adaptive_concurrency=False).limiter(seen.append)
