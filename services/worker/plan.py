@@ -17,14 +17,12 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import fsspec
 import pyarrow as pa
-from fsspec.implementations.local import LocalFileSystem
 from pydantic import ValidationError
 
 from services.constants import PLAN_FILE
 from services.errors import BatchError, Failure
-from services.worker import csv_records, duplicates, parquet_files, retry, text_files
+from services.worker import csv_records, duplicates, fs, parquet_files, retry, text_files
 from services.worker.contracts import COLUMNAR_SHARD_SIZE, SHARD_SIZE, PlanInput
 from services.worker.inputs import FoundFile, InputError, resolve
 from services.worker.layout import OutputLayout
@@ -197,7 +195,7 @@ def _check_same_batch(earlier: Plan, input: PlanInput, found: list[FoundFile]) -
 
 
 def _scan_all(found: list[FoundFile], spec: DataSpec, ids: duplicates.DuplicateIds) -> list[_Scanned]:
-    local = all(isinstance(fsspec.core.url_to_fs(f.uri)[0], LocalFileSystem) for f in found[:1])
+    local = all(fs.is_local(f.uri) for f in found[:1])
     lock = threading.Lock()
     with concurrent.futures.ThreadPoolExecutor(LOCAL_SCANS if local else REMOTE_SCANS) as pool:
         scanned = list(pool.map(lambda f: _scan(f, spec, ids, lock), found))
