@@ -1,9 +1,11 @@
 """An adaptive limit on the requests a worker has in flight to Serve, shared by all its shards.
 
-AIMD, as in Netflix's concurrency-limits, with TCP's slow start: from ``initial`` the limit
-doubles every round trip (one slot per prompt answer) until it is first cut; from then each
-prompt answer adds ``increase / limit`` (about one slot per round trip), only while the slots
-are in use.
+AIMD, as in Netflix's concurrency-limits, with TCP's slow start: from ``initial`` each prompt
+answer adds ``slow_start_growth`` slots (1: the limit doubles every round trip) until the limit
+is first cut; from then each prompt answer adds ``increase / limit`` (about one slot per round
+trip), only while the slots are in use. Serve's refusals take as long as its answers, so the
+slow start grows for a whole round trip past Serve's level before the first refusal is back: a
+gentler growth overshoots less.
 
 A refusal (429, 503, 504, a timeout) cuts the limit at most once per round trip: answers to
 requests sent before the last cut say nothing about the new limit. Each request carries its
@@ -77,6 +79,7 @@ class LimitSettings:
     backoff: float = 0.7  # the cut when no level below the refused one has worked lately
     bounded_cuts: bool = True  # a refusal cuts by at most ``backoff`` (more refusals cut again)
     increase: float = 1.0  # slots added per round trip of answers
+    slow_start_growth: float = 1.0  # slots added per answer in slow start (1: doubling per round trip)
     probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
     window_s: float = 5.0  # how far back the level that worked is looked for
     latency_tolerance: float = 2.0
@@ -88,6 +91,8 @@ class LimitSettings:
             raise ValueError(f"need 1 <= min_limit <= max_limit, got {self.min_limit}, {self.max_limit}")
         if not 0 < self.backoff < 1:
             raise ValueError(f"backoff must be in (0, 1), got {self.backoff}")
+        if not 0 < self.slow_start_growth <= 1:
+            raise ValueError(f"slow_start_growth must be in (0, 1], got {self.slow_start_growth}")
 
 
 class Slot:
@@ -244,7 +249,7 @@ class AdaptiveLimiter:
             if self._may_cut(slot, now):
                 self._set(self._limit * s.backoff)
         elif self.in_flight + 1 >= self._limit / 2:  # the limit is in use: worth raising
-            step = 1.0 if self.slow_start else s.increase / max(self._limit, 1.0)
+            step = s.slow_start_growth if self.slow_start else s.increase / max(self._limit, 1.0)
             if self.ceiling is not None and now >= self._ceiling_until:
                 self.ceiling = None  # probe past it
             top = self._limit + step if self.ceiling is None else min(self._limit + step, self.ceiling)

@@ -144,6 +144,17 @@ class WorkerSettings(TemporalSettings):
         LimitSettings.bounded_cuts, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS),
         description="one refusal cuts the adaptive limit by at most 0.7x",
     )  # fmt: skip
+    serve_concurrency_slow_start_growth: float = Field(
+        LimitSettings.slow_start_growth, gt=0, le=1,
+        validation_alias=_env(c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH),
+        description="slots the adaptive limit gains per answer until its first cut (1: it doubles "
+        "per round trip, 0.5: it grows by half)",
+    )  # fmt: skip
+    serve_concurrency_probe_interval_s: float = Field(
+        LimitSettings.probe_interval_s, gt=0,
+        validation_alias=_env(c.ENV_SERVE_CONCURRENCY_PROBE_INTERVAL_S),
+        description="how long the level below a refusal caps the adaptive limit before it probes higher",
+    )  # fmt: skip
     serve_wire: c.ServeWire = Field(
         "auto",
         validation_alias=_env(c.ENV_SERVE_WIRE),
@@ -247,6 +258,8 @@ class WorkerSettings(TemporalSettings):
             self.serve_concurrency_min,
             top,
             bounded_cuts=self.serve_concurrency_bounded_cuts,
+            slow_start_growth=self.serve_concurrency_slow_start_growth,
+            probe_interval_s=self.serve_concurrency_probe_interval_s,
         )
         return AdaptiveLimiter(settings, on_limit=on_limit)
 

@@ -79,6 +79,11 @@ def test_each_size_and_each_adaptive_variant_is_judged_apart_by_faster_run_and_b
 def test_a_variant_sets_only_the_limiters_own_settings():
     assert variant_env("defaults") == {}
     assert variant_env(UNBOUNDED) == {c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS: "false"}
+    gentler = f"{c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH}=0.5,{c.ENV_SERVE_CONCURRENCY_PROBE_INTERVAL_S}=5"
+    assert variant_env(gentler) == {
+        c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH: "0.5",
+        c.ENV_SERVE_CONCURRENCY_PROBE_INTERVAL_S: "5",
+    }
     with pytest.raises(ValueError, match="SERVE_URL"):
         variant_env("SERVE_URL=http://elsewhere")
 

@@ -134,6 +134,57 @@ def test_bounded_cuts_one_low_refusal_cuts_by_the_backoff_at_most_and_refusals_t
     assert limits == [5, 4, 3, 3, 3] and seen == [12, 8, 5, 4, 3]
 
 
+def test_a_gentler_slow_start_grows_the_limit_by_half_per_round_trip():
+    clock = FakeClock()
+    lim, seen = limiter(clock, initial=8, max_limit=32, slow_start_growth=0.5)
+    for _ in range(8):  # a round trip of answers at 8: half a slot each
+        answer(lim, clock, 200, 0.1)
+    assert lim.limit == 12 and lim.slow_start
+    for _ in range(12):
+        answer(lim, clock, 200, 0.1)
+    assert lim.limit == 18 and seen == [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
+    with pytest.raises(ValueError, match="slow_start_growth"):
+        LimitSettings(slow_start_growth=0)
+    with pytest.raises(ValueError, match="slow_start_growth"):
+        LimitSettings(slow_start_growth=1.5)
+
+
+def round_trips(lim: AdaptiveLimiter, clock: FakeClock, holds: int, n: int) -> tuple[int, list[int]]:
+    """``n`` round trips against a Serve that holds ``holds`` requests and refuses the rest as
+    slowly as it answers (as the bench's Serve does): each round trip the whole limit goes out
+    (levels 1..limit) and comes back 0.1 s later, answers first. The requests refused, and the
+    highest limit of each round trip."""
+    refused, peaks = 0, []
+    for _ in range(n):
+        sent = [Slot(clock.now, level) for level in range(1, lim.limit + 1)]
+        clock.now += 0.1
+        peak = lim.limit
+        for slot in sent:
+            slot.answered(200 if slot.level <= holds else 503, 1.0)
+            refused += slot.level > holds
+            lim.in_flight = lim.limit - 1  # the limit is in use
+            lim.update(slot, clock.now)
+            peak = max(peak, lim.limit)
+        peaks.append(peak)
+    return refused, peaks
+
+
+def test_growing_by_half_in_slow_start_overshoots_a_serve_that_holds_8_less_than_doubling():
+    # The defaults' cuts (bounded, 0.7x); a fresh worker's first round trips against the bench's
+    # overloaded Serve (4 + 4). Doubling: 16 go out in the second round trip and its 8 answers
+    # raise the limit to 24 before the first refusal is back; bounded cuts then take two more
+    # round trips of refusals to come down (24 -> 16 -> 11 -> 8).
+    clock = FakeClock()
+    lim, _ = limiter(clock, bounded_cuts=True, backoff=0.7, max_limit=32)
+    assert round_trips(lim, clock, holds=8, n=6) == (8 + 8 + 3, [16, 24, 16, 11, 8, 8])
+    assert lim.limit == 8
+    # By half: 12 go out in the second round trip, 4 refused; one more round trip of 3.
+    clock = FakeClock()
+    lim, _ = limiter(clock, bounded_cuts=True, backoff=0.7, max_limit=32, slow_start_growth=0.5)
+    assert round_trips(lim, clock, holds=8, n=6) == (4 + 3, [12, 16, 11, 8, 8, 8])
+    assert lim.limit == 8
+
+
 def test_an_idle_limit_does_not_grow():
     clock = FakeClock()
     lim, _ = limiter(clock)
@@ -352,6 +403,15 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     assert lim.settings.bounded_cuts is LimitSettings().bounded_cuts is True
     unbounded = WorkerSettings(serve_concurrency_bounded_cuts=False).limiter()
     assert isinstance(unbounded, AdaptiveLimiter) and unbounded.settings.bounded_cuts is False
+    assert (lim.settings.slow_start_growth, lim.settings.probe_interval_s) == (1.0, 10.0)
+    tuned = WorkerSettings(
+        serve_concurrency_slow_start_growth=0.5, serve_concurrency_probe_interval_s=5
+    ).limiter()
+    assert isinstance(tuned, AdaptiveLimiter)
+    assert (tuned.settings.slow_start_growth, tuned.settings.probe_interval_s) == (0.5, 5.0)
+    for bad in ({"serve_concurrency_slow_start_growth": 0}, {"serve_concurrency_slow_start_growth": 2}):
+        with pytest.raises(ValidationError):
+            WorkerSettings(**bad)
     capped = WorkerSettings(serve_max_connections=40, serve_concurrency_max=16).limiter()
     assert isinstance(capped, AdaptiveLimiter) and capped.settings.max_limit == 16
     off = WorkerSettings(serve_max_connections=40, serve_adaptive_concurrency=False).limiter(seen.append)
