@@ -150,7 +150,7 @@ async def read_send_write(
                     piece, table = table.slice(0, left), table.slice(left)
                     if write:
                         if writer is None:
-                            out = files.enter_context(fs.atomic_writer(layout.shard_uri(shard)))
+                            out = files.enter_context(fs.atomic_writer(layout.shard_uri(shard), arrow=True))
                             writer = pq.ParquetWriter(out, piece.schema)
                         await asyncio.to_thread(writer.write_table, piece)
                     written += piece.num_rows

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import IO
 
 import fsspec
+import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
 COPY_CHUNK = 1 << 20
@@ -30,16 +31,20 @@ def is_local(uri: str) -> bool:
 class AtomicFile:
     """A local file written over time and published whole by ``commit`` (synced, then renamed
     over ``uri`` from a temp file in ``temp_dir``, default beside it, on the same disk), or
-    never (``discard``)."""
+    never (``discard``).
 
-    def __init__(self, uri: str, temp_dir: str | None = None):
+    With ``arrow`` the file is Arrow's own (``pa.OSFile``), for Arrow's writers: they write a
+    Parquet file in many small pieces, and through a Python file each piece waits for the GIL,
+    which the worker's event loop holds most of the time (the writes then took seconds)."""
+
+    def __init__(self, uri: str, temp_dir: str | None = None, *, arrow: bool = False):
         path = fsspec.core.url_to_fs(uri)[1]
         folder = fsspec.core.url_to_fs(temp_dir)[1] if temp_dir else os.path.dirname(path) or "."
         os.makedirs(folder, exist_ok=True)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._path = path
         self._tmp = os.path.join(folder, f"{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
-        self.file: IO[bytes] = open(self._tmp, "wb")
+        self.file: IO[bytes] | pa.NativeFile = pa.OSFile(self._tmp, "wb") if arrow else open(self._tmp, "wb")
 
     def commit(self) -> None:
         try:
@@ -58,10 +63,11 @@ class AtomicFile:
 
 
 @contextlib.contextmanager
-def atomic_writer(uri: str) -> Iterator[IO[bytes]]:
-    """Open ``uri`` for writing so that readers see the old content or the whole new one."""
+def atomic_writer(uri: str, *, arrow: bool = False) -> Iterator[IO[bytes] | pa.NativeFile]:
+    """Open ``uri`` for writing so that readers see the old content or the whole new one;
+    ``arrow``: for Arrow's writers (``AtomicFile``)."""
     if is_local(uri):
-        file = AtomicFile(uri)
+        file = AtomicFile(uri, arrow=arrow)
         try:
             yield file.file
             file.commit()
@@ -130,3 +136,12 @@ def open_input(uri: str) -> IO[bytes]:
     # fsspec's remote files (S3, GCS, ...) have no readline(limit); io's buffer gives it, over
     # their own ranged reads.
     return io.BufferedReader(fs.open(path, "rb"), buffer_size=COPY_CHUNK)  # type: ignore[arg-type]
+
+
+def open_arrow_input(uri: str) -> IO[bytes] | pa.NativeFile:
+    """A file for Arrow's readers: a local one as Arrow's own, whose reads never wait for the
+    GIL (see ``AtomicFile``); a remote one as ``open_input``'s."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        return pa.OSFile(path)
+    return open_input(uri)

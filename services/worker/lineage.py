@@ -92,7 +92,7 @@ def result_keys(layout: OutputLayout, shards: int) -> Iterator[list[bytes]]:
         if not fs.exists(uri):
             continue
         if layout.format == "parquet":
-            with fs.open_input(uri) as fh:
+            with fs.open_arrow_input(uri) as fh:
                 for batch in pq.ParquetFile(fh).iter_batches(batch_size=CHUNK_RECORDS, columns=["id"]):
                     yield [k for v in batch.column(0).to_pylist() if (k := duplicates.id_key(v)) is not None]
             continue

@@ -27,7 +27,7 @@ def unreadable(uri: str, exc: BaseException) -> InputError:
 
 
 def open_parquet(uri: str) -> tuple[pq.ParquetFile, IO[bytes]]:
-    fh = fs.open_input(uri)
+    fh = fs.open_arrow_input(uri)
     try:
         return pq.ParquetFile(fh), fh
     except (pa.ArrowException, OSError) as exc:

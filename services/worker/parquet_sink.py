@@ -59,7 +59,7 @@ def read_part(data: bytes) -> pa.Table:
 
 
 def _read_part_schema(uri: str) -> pa.Schema:
-    with fs.open_input(uri) as fh:
+    with fs.open_arrow_input(uri) as fh:
         if fh.read(4) == PARQUET_MAGIC:
             fh.seek(0)
             return pq.read_schema(fh)
@@ -109,7 +109,7 @@ def join(target: str, parts: list[Sequence[str]]) -> None:
         convert = None
     except _MIXED:
         schema, convert = None, _as_json_text
-    with fs.atomic_writer(target) as out:
+    with fs.atomic_writer(target, arrow=True) as out:
         writer = None
         for src in sources:
             part = read_part(fs.read_bytes(src))
@@ -125,5 +125,5 @@ def join(target: str, parts: list[Sequence[str]]) -> None:
 
 
 def count_rows(uri: str) -> int:
-    with fs.open_input(uri) as fh:
+    with fs.open_arrow_input(uri) as fh:
         return pq.read_metadata(fh).num_rows

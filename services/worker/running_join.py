@@ -24,7 +24,7 @@ _FAILED = (OSError, pa.ArrowException)
 
 class RunningJoin:
     def __init__(self, uri: str, output_format: OutputFormat, temp_dir: str):
-        self._file = fs.AtomicFile(uri, temp_dir)
+        self._file = fs.AtomicFile(uri, temp_dir, arrow=output_format == "parquet")
         self._parquet = output_format == "parquet"
         self._writer: pq.ParquetWriter | None = None
         self.parts = 0  # appended so far
