@@ -79,7 +79,9 @@ class LimitSettings:
     backoff: float = 0.7  # the cut when no level below the refused one has worked lately
     bounded_cuts: bool = True  # a refusal cuts by at most ``backoff`` (more refusals cut again)
     increase: float = 1.0  # slots added per round trip of answers
-    slow_start_growth: float = 1.0  # slots added per answer in slow start (1: doubling per round trip)
+    # Slots added per answer in slow start: 1 doubles the limit per round trip, 0.5 grows it by half
+    # (the first burst overshoots Serve's level less: fewer refusals, docs/performance.md).
+    slow_start_growth: float = 0.5
     probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
     window_s: float = 5.0  # how far back the level that worked is looked for
     latency_tolerance: float = 2.0

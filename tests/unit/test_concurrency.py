@@ -40,6 +40,7 @@ def limiter(clock: FakeClock, **settings: object) -> tuple[AdaptiveLimiter, list
         "initial": 8,
         "backoff": 0.5,
         "bounded_cuts": False,
+        "slow_start_growth": 1.0,  # doubling per round trip: whole slots, easier to follow
     }
     values |= settings
     lim = AdaptiveLimiter(LimitSettings(**values), clock=clock, sleep=clock.sleep, on_limit=seen.append)  # type: ignore[arg-type]
@@ -178,9 +179,10 @@ def test_growing_by_half_in_slow_start_overshoots_a_serve_that_holds_8_less_than
     lim, _ = limiter(clock, bounded_cuts=True, backoff=0.7, max_limit=32)
     assert round_trips(lim, clock, holds=8, n=6) == (8 + 8 + 3, [16, 24, 16, 11, 8, 8])
     assert lim.limit == 8
-    # By half: 12 go out in the second round trip, 4 refused; one more round trip of 3.
+    # By half (the default): 12 go out in the second round trip, 4 refused; one more round trip
+    # of 3.
     clock = FakeClock()
-    lim, _ = limiter(clock, bounded_cuts=True, backoff=0.7, max_limit=32, slow_start_growth=0.5)
+    lim = AdaptiveLimiter(LimitSettings(), clock=clock, sleep=clock.sleep)
     assert round_trips(lim, clock, holds=8, n=6) == (4 + 3, [12, 16, 11, 8, 8, 8])
     assert lim.limit == 8
 
@@ -252,7 +254,7 @@ def test_rising_latency_cuts_the_limit_before_any_refusal():
 def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_double():
     settings = LimitSettings()
     assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 8)
-    assert (settings.probe_interval_s, settings.window_s) == (10.0, 5.0)
+    assert (settings.probe_interval_s, settings.window_s, settings.slow_start_growth) == (10.0, 5.0, 0.5)
     clock = FakeClock()
     lim = AdaptiveLimiter(LimitSettings(initial=20, max_limit=20), clock=clock, sleep=clock.sleep)
     for _ in range(50):
@@ -403,12 +405,12 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     assert lim.settings.bounded_cuts is LimitSettings().bounded_cuts is True
     unbounded = WorkerSettings(serve_concurrency_bounded_cuts=False).limiter()
     assert isinstance(unbounded, AdaptiveLimiter) and unbounded.settings.bounded_cuts is False
-    assert (lim.settings.slow_start_growth, lim.settings.probe_interval_s) == (1.0, 10.0)
+    assert (lim.settings.slow_start_growth, lim.settings.probe_interval_s) == (0.5, 10.0)
     tuned = WorkerSettings(
-        serve_concurrency_slow_start_growth=0.5, serve_concurrency_probe_interval_s=5
+        serve_concurrency_slow_start_growth=1, serve_concurrency_probe_interval_s=5
     ).limiter()
     assert isinstance(tuned, AdaptiveLimiter)
-    assert (tuned.settings.slow_start_growth, tuned.settings.probe_interval_s) == (0.5, 5.0)
+    assert (tuned.settings.slow_start_growth, tuned.settings.probe_interval_s) == (1.0, 5.0)
     for bad in ({"serve_concurrency_slow_start_growth": 0}, {"serve_concurrency_slow_start_growth": 2}):
         with pytest.raises(ValidationError):
             WorkerSettings(**bad)
