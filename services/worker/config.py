@@ -150,11 +150,6 @@ class WorkerSettings(TemporalSettings):
         description="slots the adaptive limit gains per answer until its first cut (1: it doubles "
         "per round trip, 0.5: it grows by half)",
     )  # fmt: skip
-    serve_concurrency_probe_interval_s: float = Field(
-        LimitSettings.probe_interval_s, gt=0,
-        validation_alias=_env(c.ENV_SERVE_CONCURRENCY_PROBE_INTERVAL_S),
-        description="how long the level below a refusal caps the adaptive limit before it probes higher",
-    )  # fmt: skip
     serve_wire: c.ServeWire = Field(
         "auto",
         validation_alias=_env(c.ENV_SERVE_WIRE),
@@ -259,7 +254,6 @@ class WorkerSettings(TemporalSettings):
             top,
             bounded_cuts=self.serve_concurrency_bounded_cuts,
             slow_start_growth=self.serve_concurrency_slow_start_growth,
-            probe_interval_s=self.serve_concurrency_probe_interval_s,
         )
         return AdaptiveLimiter(settings, on_limit=on_limit)
 

@@ -79,10 +79,10 @@ def test_each_size_and_each_adaptive_variant_is_judged_apart_by_faster_run_and_b
 def test_a_variant_sets_only_the_limiters_own_settings():
     assert variant_env("defaults") == {}
     assert variant_env(UNBOUNDED) == {c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS: "false"}
-    gentler = f"{c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH}=0.5,{c.ENV_SERVE_CONCURRENCY_PROBE_INTERVAL_S}=5"
-    assert variant_env(gentler) == {
-        c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH: "0.5",
-        c.ENV_SERVE_CONCURRENCY_PROBE_INTERVAL_S: "5",
+    both = f"{c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH}=1,{c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS}=false"
+    assert variant_env(both) == {
+        c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH: "1",
+        c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS: "false",
     }
     with pytest.raises(ValueError, match="SERVE_URL"):
         variant_env("SERVE_URL=http://elsewhere")

@@ -405,12 +405,9 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     assert lim.settings.bounded_cuts is LimitSettings().bounded_cuts is True
     unbounded = WorkerSettings(serve_concurrency_bounded_cuts=False).limiter()
     assert isinstance(unbounded, AdaptiveLimiter) and unbounded.settings.bounded_cuts is False
-    assert (lim.settings.slow_start_growth, lim.settings.probe_interval_s) == (0.5, 10.0)
-    tuned = WorkerSettings(
-        serve_concurrency_slow_start_growth=1, serve_concurrency_probe_interval_s=5
-    ).limiter()
-    assert isinstance(tuned, AdaptiveLimiter)
-    assert (tuned.settings.slow_start_growth, tuned.settings.probe_interval_s) == (1.0, 5.0)
+    assert lim.settings.slow_start_growth == LimitSettings().slow_start_growth == 0.5
+    doubling = WorkerSettings(serve_concurrency_slow_start_growth=1).limiter()
+    assert isinstance(doubling, AdaptiveLimiter) and doubling.settings.slow_start_growth == 1.0
     for bad in ({"serve_concurrency_slow_start_growth": 0}, {"serve_concurrency_slow_start_growth": 2}):
         with pytest.raises(ValidationError):
             WorkerSettings(**bad)
