@@ -31,7 +31,7 @@ from bench import harness
 from services import constants as c
 from services.local.paths import SAMPLE_DATASET
 from services.serve.models import BUILTIN_MODELS, IrisClassifier
-from services.worker import fs
+from services.worker import fs, parquet_sink
 from services.worker.contracts import COLUMNAR_SHARD_SIZE, Tuning
 from services.worker.layout import OutputLayout
 from services.worker.plan import shard_sizes
@@ -151,7 +151,7 @@ async def read_send_write(
                     if write:
                         if writer is None:
                             out = files.enter_context(fs.atomic_writer(layout.shard_uri(shard), arrow=True))
-                            writer = pq.ParquetWriter(out, piece.schema)
+                            writer = parquet_sink.results_writer(out, piece)  # as A's
                         await asyncio.to_thread(writer.write_table, piece)
                     written += piece.num_rows
                     left -= piece.num_rows

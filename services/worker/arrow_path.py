@@ -235,7 +235,7 @@ async def predict_part(
         tables.append(table)
     succeeded = sum(t.num_rows for t in tables)
     if plan.spec.output_format == "parquet":
-        body = parquet_sink.to_bytes(tables)
+        body: bytes | pa.Table = parquet_sink.part_table(tables)
     else:
         body = b"".join(_jsonl(t, part.keeps is not None) for t in tables)
     return PartResult(body, succeeded, jsonl_sink.failures(failures), failures)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from services import json_codec
@@ -22,6 +23,11 @@ from services.worker import fs
 
 _MIXED = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 PARQUET_MAGIC = b"PAR1"
+# A column is dictionary-encoded when its first rows hold at most this many distinct values per
+# row. Parquet's writer otherwise encodes every column so, and falls back only once a row
+# group's dictionary passes 1 MiB, which a part's rows never reach: unique ids and scores were
+# hashed into dictionaries that made the writer slower and the file larger.
+DICTIONARY_DISTINCT_SHARE = 0.5
 
 
 def _array(values: list[Any]) -> pa.Array:
@@ -41,10 +47,56 @@ def table(
     return pa.table(columns)
 
 
+def _leaves(name: str, column: pa.ChunkedArray) -> list[tuple[str, pa.ChunkedArray]]:
+    """A column's Parquet leaf columns by path (a struct's fields as ``name.field``); none for
+    lists and maps, whose leaves are left plain."""
+    if pa.types.is_struct(column.type):
+        return [
+            leaf
+            for i, field in enumerate(column.type)
+            for leaf in _leaves(f"{name}.{field.name}", pc.struct_field(column, [i]))
+        ]
+    if pa.types.is_nested(column.type):
+        return []
+    return [(name, column)]
+
+
+def _few_distinct(values: pa.ChunkedArray) -> bool:
+    if pa.types.is_dictionary(values.type):
+        return True  # categories already
+    try:
+        distinct = pc.count_distinct(values).as_py()
+    except pa.ArrowNotImplementedError:  # e.g. an all-null column: nothing to encode
+        return False
+    return distinct <= DICTIONARY_DISTINCT_SHARE * max(1, len(values))
+
+
+def dictionary_columns(first: pa.Table) -> list[str]:
+    """The leaf columns worth a dictionary, judged by the first rows written (see
+    ``DICTIONARY_DISTINCT_SHARE``)."""
+    return [
+        path
+        for name in first.column_names
+        for path, values in _leaves(name, first.column(name))
+        if _few_distinct(values)
+    ]
+
+
+def results_writer(sink: Any, first: pa.Table) -> pq.ParquetWriter:
+    """A Parquet writer for tables like ``first``, dictionary-encoding only the columns where it
+    pays (``dictionary_columns``)."""
+    return pq.ParquetWriter(sink, first.schema, use_dictionary=dictionary_columns(first))
+
+
+def part_table(tables: list[pa.Table]) -> pa.Table:
+    """A part's result tables as one (an empty one for none)."""
+    return _concat(tables) if tables else table([], [], None, [])
+
+
 def to_bytes(tables: list[pa.Table]) -> bytes:
     """A part's result tables as one Arrow IPC stream: no encoding beyond the buffers themselves,
     and the join reads it back without decoding."""
-    t = _concat(tables) if tables else table([], [], None, [])
+    t = part_table(tables)
     out = pa.BufferOutputStream()
     with pa.ipc.new_stream(out, t.schema) as writer:
         writer.write_table(t)
@@ -110,12 +162,12 @@ def join(target: str, parts: list[Sequence[str]]) -> None:
     except _MIXED:
         schema, convert = None, _as_json_text
     with fs.atomic_writer(target, arrow=True) as out:
-        writer = None
+        writer: pq.ParquetWriter | None = None
         for src in sources:
             part = read_part(fs.read_bytes(src))
             part = convert(part) if convert else part.cast(schema)
             if writer is None:
-                writer = pq.ParquetWriter(out, part.schema)
+                writer = results_writer(out, part)
             writer.write_table(part)
         if writer is None:
             writer = pq.ParquetWriter(

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from services.errors import Failure
 from services.worker import arrow_path, jsonl_sink, micro_batches, parquet_sink, telemetry
 from services.worker.contracts import ShardInput
@@ -39,9 +41,11 @@ DRAIN_S = 5.0
 
 @dataclass
 class PartResult:
-    """One part's results and errors as file content, and how many records each holds."""
+    """One part's results and errors, and how many records each holds. Results are JSONL file
+    content, or for Parquet output a table: it is encoded for its part file as the part commits,
+    in a thread, not on the event loop, and the running results file takes it as it is."""
 
-    results: bytes
+    results: bytes | pa.Table
     succeeded: int
     errors: bytes
     failures: list[RecordFailure]
@@ -197,7 +201,9 @@ class ShardPipeline:
             return None
 
     def _write_part(self, part: int, result: PartResult, checkpoint: Checkpoint) -> None:
-        self.layout.write_part(self.input.shard, part, result.results, result.errors, checkpoint)
+        results = result.results
+        content = results if isinstance(results, bytes) else parquet_sink.to_bytes([results])
+        self.layout.write_part(self.input.shard, part, content, result.errors, checkpoint)
         if self._running is not None:
             self._running.add(result.results)  # after the part is durable: it only follows them
 
@@ -283,5 +289,5 @@ class ShardPipeline:
             )
             succeeded += len(good)
         ordered = [failures[pos] for pos in sorted(failures)]
-        body = parquet_sink.to_bytes(out) if self._parquet else b"".join(out)
+        body = parquet_sink.part_table(out) if self._parquet else b"".join(out)
         return PartResult(body, succeeded, jsonl_sink.failures(ordered), ordered)

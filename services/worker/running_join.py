@@ -30,15 +30,15 @@ class RunningJoin:
         self.parts = 0  # appended so far
         self.given_up = False
 
-    def add(self, results: bytes) -> None:
-        """Append the next committed part's results (a part file's content)."""
+    def add(self, results: bytes | pa.Table) -> None:
+        """Append the next committed part's results (a part file's content, or its table)."""
         if self.given_up:
             return
         try:
             if self._parquet:
-                part = parquet_sink.read_part(results)
+                part = results if isinstance(results, pa.Table) else parquet_sink.read_part(results)
                 if self._writer is None:
-                    self._writer = pq.ParquetWriter(self._file.file, part.schema)
+                    self._writer = parquet_sink.results_writer(self._file.file, part)
                 elif not part.schema.equals(self._writer.schema):
                     self.give_up()
                     return
