@@ -5,7 +5,7 @@ answer adds ``slow_start_growth`` slots (1: the limit doubles every round trip) 
 is first cut; from then each prompt answer adds ``increase / limit`` (about one slot per round
 trip), only while the slots are in use. Serve's refusals take as long as its answers, so the
 slow start grows for a whole round trip past Serve's level before the first refusal is back: a
-gentler growth overshoots less.
+gentler growth overshoots less (the default grows the limit by a quarter per round trip).
 
 A refusal (429, 503, 504, a timeout) cuts the limit at most once per round trip: answers to
 requests sent before the last cut say nothing about the new limit. Each request carries its
@@ -79,9 +79,10 @@ class LimitSettings:
     backoff: float = 0.7  # the cut when no level below the refused one has worked lately
     bounded_cuts: bool = True  # a refusal cuts by at most ``backoff`` (more refusals cut again)
     increase: float = 1.0  # slots added per round trip of answers
-    # Slots added per answer in slow start: 1 doubles the limit per round trip, 0.5 grows it by half
-    # (the first burst overshoots Serve's level less: fewer refusals, docs/performance.md).
-    slow_start_growth: float = 0.5
+    # Slots added per answer in slow start: 1 doubles the limit per round trip, 0.25 grows it by a
+    # quarter (the first burst overshoots Serve's level less: fewer refusals; at normal load no
+    # slower within the bench's noise, docs/performance.md).
+    slow_start_growth: float = 0.25
     probe_interval_s: float = 10.0  # how long the level below a refusal caps the limit
     window_s: float = 5.0  # how far back the level that worked is looked for
     latency_tolerance: float = 2.0

@@ -170,7 +170,7 @@ def round_trips(lim: AdaptiveLimiter, clock: FakeClock, holds: int, n: int) -> t
     return refused, peaks
 
 
-def test_growing_by_half_in_slow_start_overshoots_a_serve_that_holds_8_less_than_doubling():
+def test_a_gentler_slow_start_overshoots_a_serve_that_holds_8_less():
     # The defaults' cuts (bounded, 0.7x); a fresh worker's first round trips against the bench's
     # overloaded Serve (4 + 4). Doubling: 16 go out in the second round trip and its 8 answers
     # raise the limit to 24 before the first refusal is back; bounded cuts then take two more
@@ -179,12 +179,27 @@ def test_growing_by_half_in_slow_start_overshoots_a_serve_that_holds_8_less_than
     lim, _ = limiter(clock, bounded_cuts=True, backoff=0.7, max_limit=32)
     assert round_trips(lim, clock, holds=8, n=6) == (8 + 8 + 3, [16, 24, 16, 11, 8, 8])
     assert lim.limit == 8
-    # By half (the default): 12 go out in the second round trip, 4 refused; one more round trip
-    # of 3.
+    # By half: 12 go out in the second round trip, 4 refused; one more round trip of 3.
     clock = FakeClock()
-    lim = AdaptiveLimiter(LimitSettings(), clock=clock, sleep=clock.sleep)
+    lim, _ = limiter(clock, bounded_cuts=True, backoff=0.7, max_limit=32, slow_start_growth=0.5)
     assert round_trips(lim, clock, holds=8, n=6) == (4 + 3, [12, 16, 11, 8, 8, 8])
     assert lim.limit == 8
+    # By a quarter (the default): 10 go out in the second round trip, 2 refused, and the first
+    # cut lands on 8 (the level that worked; 0.7x of 12 is 8.4): no second round trip of them.
+    clock = FakeClock()
+    lim = AdaptiveLimiter(LimitSettings(), clock=clock, sleep=clock.sleep)
+    assert round_trips(lim, clock, holds=8, n=6) == (2, [10, 12, 8, 8, 8, 8])
+    assert lim.limit == 8
+
+
+def test_a_quarter_per_round_trip_reaches_the_cap_of_32_from_8_in_7_round_trips():
+    # What a fresh worker pays at normal load for the default's fewer refusals: 7 round trips to
+    # 32 where growing by half takes 4 (each round trip's whole limit answered).
+    for growth, trips in ((0.25, 7), (0.5, 4), (1.0, 2)):
+        clock = FakeClock()
+        lim, _ = limiter(clock, initial=8, max_limit=32, slow_start_growth=growth)
+        assert round_trips(lim, clock, holds=32, n=trips - 1)[1][-1] < 32
+        assert round_trips(lim, clock, holds=32, n=1) == (0, [32])
 
 
 def test_an_idle_limit_does_not_grow():
@@ -254,7 +269,7 @@ def test_rising_latency_cuts_the_limit_before_any_refusal():
 def test_defaults_back_off_by_three_tenths_and_tolerate_latency_that_does_not_double():
     settings = LimitSettings()
     assert (settings.backoff, settings.latency_tolerance, settings.initial) == (0.7, 2.0, 8)
-    assert (settings.probe_interval_s, settings.window_s, settings.slow_start_growth) == (10.0, 5.0, 0.5)
+    assert (settings.probe_interval_s, settings.window_s, settings.slow_start_growth) == (10.0, 5.0, 0.25)
     clock = FakeClock()
     lim = AdaptiveLimiter(LimitSettings(initial=20, max_limit=20), clock=clock, sleep=clock.sleep)
     for _ in range(50):
@@ -405,7 +420,7 @@ def test_worker_settings_build_the_limiter_within_their_caps():
     assert lim.settings.bounded_cuts is LimitSettings().bounded_cuts is True
     unbounded = WorkerSettings(serve_concurrency_bounded_cuts=False).limiter()
     assert isinstance(unbounded, AdaptiveLimiter) and unbounded.settings.bounded_cuts is False
-    assert lim.settings.slow_start_growth == LimitSettings().slow_start_growth == 0.5
+    assert lim.settings.slow_start_growth == LimitSettings().slow_start_growth == 0.25
     doubling = WorkerSettings(serve_concurrency_slow_start_growth=1).limiter()
     assert isinstance(doubling, AdaptiveLimiter) and doubling.settings.slow_start_growth == 1.0
     for bad in ({"serve_concurrency_slow_start_growth": 0}, {"serve_concurrency_slow_start_growth": 2}):
