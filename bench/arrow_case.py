@@ -99,6 +99,21 @@ def replica_pid(marker: str | None, model: str) -> int | None:
     return None
 
 
+# Samples per second: enough for a 2 s batch to show its parts; the profiled round runs slower
+# (py-spy reads the process's memory), so throughput comes from the other rounds.
+PROFILE_RATE_HZ = 200
+
+
+def _thread_of(frames: list[str]) -> str:
+    """Which of the worker's threads a stack is on: the event loop's (requests, the Temporal
+    SDK), the pool's (``asyncio.to_thread``: reads, part files, Parquet encoding) or another."""
+    if any("run_forever" in frame for frame in frames):
+        return "event loop"
+    if any(frame.startswith("_worker (concurrent/futures/thread.py") for frame in frames):
+        return "thread pool"
+    return "other"
+
+
 @contextlib.contextmanager
 def profiled(pid: int | None, path: Path | None):
     """py-spy sampling ``pid`` into ``path`` (folded stacks, its "raw" format) while the block runs."""
@@ -115,7 +130,7 @@ def profiled(pid: int | None, path: Path | None):
             "--format",
             "raw",
             "--rate",
-            "50",
+            str(PROFILE_RATE_HZ),
             "--output",
             str(path),
             "--nonblocking",
@@ -136,9 +151,10 @@ def profiled(pid: int | None, path: Path | None):
 def summarize(path: Path, top: int = 12) -> dict[str, list[tuple[str, float]]]:
     """A py-spy folded-stack file's top frames by own samples ("self") and by samples anywhere
     on the stack ("total"), as shares of all samples (idle included: an idle worker waits in
-    epoll/select, which shows as such)."""
+    epoll/select, which shows as such), and the shares of each kind of thread ("threads")."""
     own: dict[str, int] = {}
     anywhere: dict[str, int] = {}
+    threads: dict[str, int] = {}
     samples = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -148,6 +164,8 @@ def summarize(path: Path, top: int = 12) -> dict[str, list[tuple[str, float]]]:
         samples += n
         frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]  # per function
         own[frames[-1]] = own.get(frames[-1], 0) + n
+        thread = _thread_of(frames)
+        threads[thread] = threads.get(thread, 0) + n
         for frame in set(frames):
             anywhere[frame] = anywhere.get(frame, 0) + n
 
@@ -155,7 +173,7 @@ def summarize(path: Path, top: int = 12) -> dict[str, list[tuple[str, float]]]:
         best = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
         return [(frame, round(100 * k / max(samples, 1), 1)) for frame, k in best]
 
-    return {"samples": samples, "self": share(own), "total": share(anywhere)}  # type: ignore[dict-item]
+    return {"samples": samples, "threads": share(threads), "self": share(own), "total": share(anywhere)}  # type: ignore[dict-item]
 
 
 # --- A -----------------------------------------------------------------------------------------

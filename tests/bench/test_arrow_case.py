@@ -48,11 +48,12 @@ def test_serve_cpu_is_split_by_role_and_new_processes_count_from_zero():
 def test_a_profile_is_summarised_per_function(tmp_path: Path):
     folded = tmp_path / "p.txt"
     folded.write_text(
-        "main (w.py:1);send (w.py:5);encode (arrow_wire.py:30) 3\n"
-        "main (w.py:1);send (w.py:6);encode (arrow_wire.py:31) 1\n"
-        "main (w.py:1);write (w.py:9) 4\n"
+        "main (w.py:1);run_forever (asyncio/base_events.py:607);send (w.py:5);encode (arrow_wire.py:30) 3\n"
+        "main (w.py:1);run_forever (asyncio/base_events.py:607);send (w.py:6);encode (arrow_wire.py:31) 1\n"
+        "main (w.py:1);_worker (concurrent/futures/thread.py:83);write (w.py:9) 4\n"
     )
     summary = arrow_case.summarize(folded)
     assert summary["samples"] == 8
     assert dict(summary["self"]) == {"encode (arrow_wire.py)": 50.0, "write (w.py)": 50.0}
     assert dict(summary["total"])["main (w.py)"] == 100.0 and dict(summary["total"])["send (w.py)"] == 50.0
+    assert dict(summary["threads"]) == {"event loop": 50.0, "thread pool": 50.0}
