@@ -179,6 +179,11 @@ def summarize(path: Path, top: int = 12) -> dict[str, list[tuple[str, float]]]:
 # --- A -----------------------------------------------------------------------------------------
 
 
+def results_mb(output: Path) -> float:
+    """The size of a batch's results files (its Parquet shards), in MB."""
+    return round(sum(f.stat().st_size for f in output.rglob("*.parquet")) / 1e6, 1)
+
+
 async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | None) -> dict[str, Any]:
     source = parquet_case.dataset(env, n)
     output = env.workdir / "out" / f"A-{wire}-{n}-{uuid.uuid4().hex[:6]}"
@@ -215,6 +220,7 @@ async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | No
         worker.terminate()
         worker.wait(60)
     assert result.succeeded == n and parquet_case.count_outputs(output) == n, result
+    output_mb = results_mb(output)
     shutil.rmtree(output, ignore_errors=True)
     return {
         "run": f"A-{wire}",
@@ -224,6 +230,7 @@ async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | No
         "worker_cpu_s": round(cpu, 2),
         **ray,
         "worker_peak_rss_mb": round(rss, 1),
+        "output_mb": output_mb,
     }
 
 
@@ -286,6 +293,7 @@ async def run_b_arrow(
     gc.unfreeze()
     ray = cpu_spent(ray_before, ray_cpu(env.ray_marker))
     assert done == n and parquet_case.count_outputs(output) == n, done
+    output_mb = results_mb(output)
     if not keep:
         shutil.rmtree(output, ignore_errors=True)
     return {
@@ -297,6 +305,7 @@ async def run_b_arrow(
         "seconds": round(seconds, 2),
         "records_per_s": round(n / seconds),
         "cpu_s": round(cpu, 2),  # the client's
+        "output_mb": output_mb,
         **ray,
     }
 
