@@ -148,7 +148,7 @@ class WorkerSettings(TemporalSettings):
         LimitSettings.slow_start_growth, gt=0, le=1,
         validation_alias=_env(c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH),
         description="slots the adaptive limit gains per answer until its first cut (1: it doubles "
-        "per round trip, 0.5: it grows by half)",
+        "per round trip, 0.25: it grows by a quarter)",
     )  # fmt: skip
     serve_wire: c.ServeWire = Field(
         "auto",

@@ -26,7 +26,7 @@ def unreadable(uri: str, exc: BaseException) -> InputError:
     return InputError(Failure.INPUT_UNREADABLE, f"{uri}: not a readable Parquet file ({exc})")
 
 
-def open_parquet(uri: str) -> tuple[pq.ParquetFile, IO[bytes]]:
+def open_parquet(uri: str) -> tuple[pq.ParquetFile, IO[bytes] | pa.NativeFile]:
     fh = fs.open_arrow_input(uri)
     try:
         return pq.ParquetFile(fh), fh
