@@ -22,13 +22,6 @@ the ceiling held it there for ``probe_interval_s``. Refusals that go on cut agai
 round trip. Taking the requests still out at a refusal instead undercounts: those answered a moment
 earlier have already left, and the limit then sits well below what Serve holds.
 
-With ``ignore_stray_refusals``, a refusal at or below the ceiling cuts nothing when Serve has
-answered a request sent at that level or higher since the previous refusal: near its limit
-Serve refuses a request now and then whatever the level (its queue length is counted with a
-lag), and each such refusal cut the limit again until it sat at half of what Serve holds.
-Refusals in a row, with no answer at their level between them, still cut: Serve's capacity
-dropped.
-
 ``Retry-After``: the refused request waits it before it is sent again (the Serve client does
 that), and its slot stays taken until it has passed. So while Serve refuses everything (it is
 restarting, or its capacity dropped) the slots fill with refused requests and the worker sends
@@ -85,7 +78,6 @@ class LimitSettings:
     initial: int = 8  # slow start from here: a first burst much above Serve's queue is refused
     backoff: float = 0.7  # the cut when no level below the refused one has worked lately
     bounded_cuts: bool = True  # a refusal cuts by at most ``backoff`` (more refusals cut again)
-    ignore_stray_refusals: bool = True  # below the ceiling, one refusal between answers cuts nothing
     increase: float = 1.0  # slots added per round trip of answers
     # Slots added per answer in slow start: 1 doubles the limit per round trip, 0.25 grows it by a
     # quarter (the first burst overshoots Serve's level less: fewer refusals; at normal load no
@@ -144,7 +136,6 @@ class AdaptiveLimiter:
         self.sent = 0  # requests out to Serve
         self._holds: set[asyncio.Task[None]] = set()  # slots held for a Retry-After
         self._last_cut = float("-inf")
-        self._last_refused = float("-inf")
         self._short: float | None = None
         self._long: float | None = None
         self.ceiling: float | None = None
@@ -234,21 +225,9 @@ class AdaptiveLimiter:
         self.slow_start = False
         return True
 
-    def _stray(self, slot: Slot) -> bool:
-        """Whether a refusal is a stray one (see the module): at or below the ceiling, with an
-        answer at its level or higher since the previous refusal."""
-        return (
-            self.settings.ignore_stray_refusals
-            and self.ceiling is not None
-            and slot.level <= self.ceiling
-            and any(at > self._last_refused for level, at in self._answered_at.items() if level >= slot.level)
-        )
-
     def _refused(self, slot: Slot, now: float) -> None:
         s = self.settings
-        stray = self._stray(slot)
-        self._last_refused = now
-        if stray or not self._may_cut(slot, now):
+        if not self._may_cut(slot, now):
             return
         worked = self.worked(now, below=slot.level)
         # Just below the refusal: the highest level that worked there.

@@ -144,11 +144,6 @@ class WorkerSettings(TemporalSettings):
         LimitSettings.bounded_cuts, validation_alias=_env(c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS),
         description="one refusal cuts the adaptive limit by at most 0.7x",
     )  # fmt: skip
-    serve_concurrency_ignore_stray_refusals: bool = Field(
-        LimitSettings.ignore_stray_refusals,
-        validation_alias=_env(c.ENV_SERVE_CONCURRENCY_IGNORE_STRAY_REFUSALS),
-        description="below the adaptive limit's ceiling, one refusal between answers cuts nothing",
-    )
     serve_concurrency_slow_start_growth: float = Field(
         LimitSettings.slow_start_growth, gt=0, le=1,
         validation_alias=_env(c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH),
@@ -259,7 +254,6 @@ class WorkerSettings(TemporalSettings):
             top,
             bounded_cuts=self.serve_concurrency_bounded_cuts,
             slow_start_growth=self.serve_concurrency_slow_start_growth,
-            ignore_stray_refusals=self.serve_concurrency_ignore_stray_refusals,
         )
         return AdaptiveLimiter(settings, on_limit=on_limit)
 

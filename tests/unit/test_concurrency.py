@@ -434,27 +434,3 @@ def test_worker_settings_build_the_limiter_within_their_caps():
         WorkerSettings(serve_max_connections=8, serve_concurrency_max=16)
     with pytest.raises(ValidationError):
         WorkerSettings(serve_concurrency_min=8, serve_concurrency_max=4)
-
-
-@pytest.mark.parametrize("ignore", [True, False])
-def test_a_stray_refusal_below_the_ceiling_cuts_nothing_but_refusals_in_a_row_do(ignore: bool):
-    clock = FakeClock()
-    lim, _ = limiter(
-        clock, initial=10, max_limit=10, bounded_cuts=True, backoff=0.7, ignore_stray_refusals=ignore
-    )
-    for level in range(1, 9):
-        answer(lim, clock, 200, 0.05, level=level)
-    answer(lim, clock, 503, 0.05, retry_after=1, level=10)  # above what Serve holds: cut to 8
-    assert lim.limit == 8 == lim.ceiling
-    # Serve answers at 8 and, now and then, refuses one at 7 or 8: strays, with answers between.
-    for level in (7, 8, 8):
-        answer(lim, clock, 200, 0.05, level=8)
-        answer(lim, clock, 503, 0.05, retry_after=1, level=level)
-    if not ignore:  # each cut again, once per round trip, down to what worked below it
-        assert lim.limit < 8
-        return
-    assert lim.limit == 8
-    # Serve's capacity drops: it answers only lower levels between its refusals, which cut.
-    answer(lim, clock, 200, 0.05, level=5)
-    answer(lim, clock, 503, 0.05, retry_after=1, level=6)
-    assert lim.limit == 5  # to what worked below 6
