@@ -93,17 +93,16 @@ def part_table(tables: list[pa.Table]) -> pa.Table:
     return _concat(tables) if tables else table([], [], None, [])
 
 
-def to_bytes(tables: list[pa.Table]) -> bytes:
-    """A part's result tables as one Arrow IPC stream: no encoding beyond the buffers themselves,
-    and the join reads it back without decoding."""
-    t = part_table(tables)
+def to_bytes(t: pa.Table) -> bytes:
+    """A part's results table (``part_table``) as an Arrow IPC stream, its part file's content:
+    no encoding beyond the buffers themselves, and the join reads it back without decoding."""
     out = pa.BufferOutputStream()
     with pa.ipc.new_stream(out, t.schema) as writer:
         writer.write_table(t)
     return out.getvalue().to_pybytes()
 
 
-def read_part(data: bytes) -> pa.Table:
+def _read_part(data: bytes) -> pa.Table:
     # A part written before parts were Arrow IPC is a Parquet file (a shard resumed by a newer worker).
     if data[:4] == PARQUET_MAGIC:
         return pq.read_table(io.BytesIO(data))
@@ -164,7 +163,7 @@ def join(target: str, parts: list[Sequence[str]]) -> None:
     with fs.atomic_writer(target, arrow=True) as out:
         writer: pq.ParquetWriter | None = None
         for src in sources:
-            part = read_part(fs.read_bytes(src))
+            part = _read_part(fs.read_bytes(src))
             part = convert(part) if convert else part.cast(schema)
             if writer is None:
                 writer = results_writer(out, part)

@@ -202,10 +202,10 @@ class ShardPipeline:
 
     def _write_part(self, part: int, result: PartResult, checkpoint: Checkpoint) -> None:
         results = result.results
-        content = results if isinstance(results, bytes) else parquet_sink.to_bytes([results])
+        content = results if isinstance(results, bytes) else parquet_sink.to_bytes(results)
         self.layout.write_part(self.input.shard, part, content, result.errors, checkpoint)
         if self._running is not None:
-            self._running.add(result.results)  # after the part is durable: it only follows them
+            self._running.add(results)  # after the part is durable: it only follows them
 
     def _committed(self, result: PartResult, progress: ShardProgress) -> None:
         telemetry.record_part(self.input.model, result.succeeded, result.failures)

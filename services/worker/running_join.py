@@ -31,12 +31,14 @@ class RunningJoin:
         self.given_up = False
 
     def add(self, results: bytes | pa.Table) -> None:
-        """Append the next committed part's results (a part file's content, or its table)."""
+        """Append the next committed part's results, as the pipeline holds them
+        (``PartResult.results``): JSON Lines content, or for Parquet output the part's table."""
         if self.given_up:
             return
         try:
             if self._parquet:
-                part = results if isinstance(results, pa.Table) else parquet_sink.read_part(results)
+                assert isinstance(results, pa.Table)
+                part = results
                 if self._writer is None:
                     self._writer = parquet_sink.results_writer(self._file.file, part)
                 elif not part.schema.equals(self._writer.schema):

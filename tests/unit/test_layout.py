@@ -97,7 +97,7 @@ def test_parquet_parts_are_arrow_joined_into_parquet_even_beside_parts_of_an_ear
     old_part = io.BytesIO()
     pq.write_table(parquet_sink.table(["a", "b"], [1, 2], None, []), old_part)
     fs.write_bytes(fs.join(layout.parts_uri(0), "part-00000.out.parquet"), old_part.getvalue())
-    new_part = parquet_sink.to_bytes([parquet_sink.table(["c"], [3.5], None, [])])
+    new_part = parquet_sink.to_bytes(parquet_sink.table(["c"], [3.5], None, []))
     assert new_part[:4] != b"PAR1" and pa.ipc.open_stream(new_part).read_all().num_rows == 1
     checkpoint = Checkpoint(plan_id="p1", progress=ShardProgress(part=2, done=3))
     layout.write_part(0, 1, new_part, b"", checkpoint)

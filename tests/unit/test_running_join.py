@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,14 +20,16 @@ def output_uri(tmp_path) -> str:
     return str(tmp_path / "out")
 
 
-def parquet_part(ids: list[str], predictions: list) -> bytes:
-    return parquet_sink.to_bytes([parquet_sink.table(ids, predictions, None, [])])
+def parquet_part(ids: list[str], predictions: list) -> pa.Table:
+    return parquet_sink.table(ids, predictions, None, [])
 
 
-def write_parts(layout: OutputLayout, shard: int, parts: list[bytes]) -> None:
+def write_parts(layout: OutputLayout, shard: int, parts: list[bytes] | list[pa.Table]) -> None:
+    """The parts' files, as the pipeline writes them (a Parquet part's table as Arrow IPC)."""
     for n, results in enumerate(parts):
         checkpoint = Checkpoint(plan_id="p", progress=ShardProgress(part=n + 1, done=n + 1))
-        layout.write_part(shard, n, results, b"", checkpoint)
+        content = results if isinstance(results, bytes) else parquet_sink.to_bytes(results)
+        layout.write_part(shard, n, content, b"", checkpoint)
 
 
 def test_a_running_join_writes_what_the_join_of_the_parts_writes(output_uri: str) -> None:
