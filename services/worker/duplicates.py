@@ -81,21 +81,29 @@ def chunk_keys(records: Records, id_field: str = "id") -> list[bytes]:
 
 
 # 64-bit FNV-1a over 8-byte words, then the length and murmur3's final mix (so the low bits,
-# which pick a spill bucket, depend on every byte). numpy does it for many keys at once.
+# which pick a spill bucket, depend on every byte). numpy does it for many keys at once. A key
+# is hashed by its content with a seed per kind: a string's bytes between its quotes, an
+# integer's digits. So an Arrow string column is hashed where its values lie, without a copy of
+# each in quotes.
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_STRING_SEED = np.uint64(0x84222325CBF29CE4)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _MIX = np.uint64(0xFF51AFD7ED558CCD)
 _SHIFT = np.uint64(33)
+_ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-def _block_hashes(block: Any, lengths: Any) -> Any:
-    """int64 hashes of the keys laid out one per row of ``block`` (uint8, C order, width a
-    multiple of 8, zero past each key's ``lengths``)."""
+def _block_hashes(block: Any, lengths: Any, quoted: Any) -> Any:
+    """int64 hashes of the contents laid out one per row of ``block`` (uint8, C order, width a
+    multiple of 8, what follows each content's ``lengths`` bytes ignored); ``quoted``: which
+    are strings."""
     words = block.view(np.uint64)
-    used = (lengths + 7) // 8
-    hashes = np.full(len(lengths), _FNV_OFFSET, dtype=np.uint64)
+    hashes = np.where(quoted, _STRING_SEED, _FNV_OFFSET).astype(np.uint64)
     for column in range(words.shape[1]):
-        hashes = np.where(column < used, (hashes ^ words[:, column]) * _FNV_PRIME, hashes)
+        left = lengths - 8 * column  # content bytes from this word on
+        bits = (8 * left.clip(1, 8)).astype(np.uint64)
+        keep = _ALL_ONES >> (np.uint64(64) - bits)  # the content's bytes (little-endian: the low ones)
+        hashes = np.where(left > 0, (hashes ^ (words[:, column] & keep)) * _FNV_PRIME, hashes)
     hashes ^= lengths.astype(np.uint64)
     hashes ^= hashes >> _SHIFT
     hashes *= _MIX
@@ -110,13 +118,8 @@ def _rows(padded: Any, starts: Any, width: int) -> Any:
 
 
 def _word_width(lengths: Any) -> int:
-    """Bytes per row that hold the longest key in whole 8-byte words."""
+    """Bytes per row that hold the longest content in whole 8-byte words."""
     return max(8, -(-int(lengths.max()) // 8) * 8)
-
-
-def _zero_past(block: Any, lengths: Any) -> Any:
-    np.multiply(block, np.arange(block.shape[1]) < lengths[:, None], out=block)
-    return block
 
 
 def key_hashes(keys: Sequence[bytes]) -> Any:
@@ -126,14 +129,18 @@ def key_hashes(keys: Sequence[bytes]) -> Any:
         return np.empty(0, dtype=np.int64)
     lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    return _laid_out_hashes(np.frombuffer(b"".join(keys), dtype=np.uint8), starts, lengths)
+    data = np.frombuffer(b"".join(keys), dtype=np.uint8)
+    first = np.concatenate((data, [0]))[starts]
+    quoted = (first == ord('"')) & (lengths >= 2)
+    return _laid_out_hashes(data, starts + quoted, lengths - 2 * quoted, quoted)
 
 
-def _laid_out_hashes(data: Any, starts: Any, lengths: Any) -> Any:
-    """``key_hashes`` of the keys at ``starts`` (``lengths`` bytes each) in ``data`` (uint8)."""
+def _laid_out_hashes(data: Any, starts: Any, lengths: Any, quoted: Any) -> Any:
+    """Hashes of the contents at ``starts`` (``lengths`` bytes each) in ``data`` (uint8);
+    ``quoted``: which are strings (an array, or one bool for all)."""
     width = _word_width(lengths)
     padded = np.concatenate((data, np.zeros(width, dtype=np.uint8)))
-    return _block_hashes(_zero_past(_rows(padded, starts, width), lengths), lengths)
+    return _block_hashes(_rows(padded, starts, width), lengths, quoted)
 
 
 def _escapes(data: Any) -> bool:
@@ -152,24 +159,23 @@ def _laid_out(text: pa.Array) -> tuple[Any, Any]:
 
 
 def column_key_hashes(column: pa.Array) -> Any:
-    """``key_hashes`` of the valid ids in an Arrow id column (a Parquet file's). Integers, and
-    strings with nothing JSON escapes, are their own canonical JSON (a string in quotes), so
-    their keys are laid out from Arrow's buffers without a Python object per id; any other
-    column goes value by value through ``id_key``."""
+    """``key_hashes`` of the valid ids in an Arrow id column (a Parquet file's). Integers are
+    their own canonical JSON, and so are strings with nothing JSON escapes (in quotes): both are
+    hashed from Arrow's buffers without a Python object per id; any other column goes value by
+    value through ``id_key``."""
     column = column.drop_null()
     if pa.types.is_integer(column.type):
-        text = pc.cast(column, pa.large_string())
+        text, quoted = pc.cast(column, pa.large_string()), False
     elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        text, quoted = column, True
         if len(column) and _escapes(_laid_out(column)[0]):
             return key_hashes([k for v in column.to_pylist() if (k := id_key(v)) is not None])
-        quote, none = pa.scalar('"', pa.large_string()), pa.scalar("", pa.large_string())
-        text = pc.binary_join_element_wise(quote, column.cast(pa.large_string()), quote, none)
     else:
         return key_hashes([k for v in column.to_pylist() if (k := id_key(v)) is not None])
     if not len(text):
         return np.empty(0, dtype=np.int64)
     data, offsets = _laid_out(text)
-    return _laid_out_hashes(data, offsets[:-1], np.diff(offsets))
+    return _laid_out_hashes(data, offsets[:-1], np.diff(offsets), quoted)
 
 
 def chunk_key_hashes(records: Records, id_field: str = "id") -> Any:

@@ -67,12 +67,13 @@ def test_chunk_keys_are_the_candidate_keys_of_the_chunks_lines(chunk_bytes: int)
 
 
 def test_key_hashes_depend_on_the_key_alone() -> None:
-    keys = [b'"a"', b"7", b'"' + b"x" * 40 + b'"', b'"ab"', b"", b'"a\x00"', b'"a"']
+    keys = [b'"a"', b"7", b'"7"', b'"' + b"x" * 40 + b'"', b'"ab"', b"", b'""', b'"a\x00"', b'"a"']
     one_by_one = [int(duplicates.key_hashes([key])[0]) for key in keys]
     together = duplicates.key_hashes(keys).tolist()
     assert together == one_by_one  # whatever else is hashed with a key, and however long
     assert together[0] == together[-1] and len(set(together)) == len(keys) - 1
-    # keys that differ in their last byte, or only in length, differ
+    # a string and an integer of the same characters differ, and so do keys that differ in
+    # their last byte, or only in length
     assert len(set(duplicates.key_hashes([b"12345678", b"12345679", b"1234567", b"123456780"]).tolist())) == 4
 
 
@@ -89,6 +90,7 @@ def test_key_hashes_depend_on_the_key_alone() -> None:
         pa.array(["a", "b", "c", "d"]).slice(1, 2),  # a slice: Arrow's offsets do not start at 0
         pa.array(['q"', "c", "d\n"]).slice(1, 1),  # what JSON escapes only outside the slice
         pa.array([], pa.string()),
+        pa.array(["", ""]),  # no bytes at all
     ],
 )
 def test_column_key_hashes_are_the_hashes_of_each_valid_ids_key(column: pa.Array) -> None:
