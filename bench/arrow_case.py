@@ -12,7 +12,9 @@ D:       Ray Data ``read_parquet`` -> ``map_batches`` -> ``write_parquet`` (parq
 
 Beside records/s: the worker's (or B's client's) CPU-seconds and Serve's (every process of the
 local Ray cluster: replicas, proxy, controller, raylet, GCS; and the replicas + proxy alone) per
-batch. ``--profile`` records a py-spy profile of A's worker and of the iris replica per path.
+batch, the Temporal dev server's, and all of them together (``all_cpu_s``): a batch that keeps
+both cores busy takes about ``all_cpu_s`` / 2 seconds, so A/B is near B's ``all_cpu_s`` over
+A's. ``--profile`` records a py-spy profile of A's worker and of the iris replica per path.
 
     python -m bench.arrow_case [--rows 1000000] [--rounds 2] [--profile] [--out docs/]
 """
@@ -76,6 +78,11 @@ def _role(cmdline: str) -> str:
     if "ServeReplica" in cmdline:
         return "ingress" if ":Ingress" in cmdline else "model"
     return "other"
+
+
+def temporal_cpu(env: harness.BenchEnv) -> float:
+    """CPU-seconds of the Temporal dev server so far (0 when the bench did not start it)."""
+    return harness.cpu_seconds(env.temporal_pid) if env.temporal_pid else 0.0
 
 
 def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
@@ -195,7 +202,7 @@ async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | No
         warm_up = parquet_case.dataset(env, harness.WARM_UP_RECORDS)
         await harness.warm_up_batch(env, client, queue, warm_up, MODEL, **parquet_case.batch_fields())
         idle_cpu = harness.cpu_seconds(worker.pid)
-        ray_before = ray_cpu(env.ray_marker)
+        ray_before, temporal_before = ray_cpu(env.ray_marker), temporal_cpu(env)
         worker_profile = profile_dir / f"A-{wire}-worker.txt" if profile_dir else None
         serve_profile = profile_dir / f"A-{wire}-replica.txt" if profile_dir else None
         started = time.perf_counter()
@@ -215,6 +222,7 @@ async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | No
         seconds = time.perf_counter() - started
         cpu = harness.cpu_seconds(worker.pid) - idle_cpu
         ray = cpu_spent(ray_before, ray_cpu(env.ray_marker))
+        temporal = temporal_cpu(env) - temporal_before
         rss = harness.peak_rss_mb(worker.pid)
     finally:
         worker.terminate()
@@ -229,6 +237,8 @@ async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | No
         "records_per_s": round(n / seconds),
         "worker_cpu_s": round(cpu, 2),
         **ray,
+        "temporal_cpu_s": round(temporal, 2),
+        "all_cpu_s": round(cpu + ray["ray_cpu_s"] + temporal, 2),
         "worker_peak_rss_mb": round(rss, 1),
         "output_mb": output_mb,
     }
@@ -256,7 +266,7 @@ async def run_b_arrow(
     route = c.MODEL_INFERENCE_ROUTE.format(model=MODEL)
     headers = {c.AUTH_HEADER: f"{c.AUTH_SCHEME} {env.token}", "Content-Type": c.ARROW_CONTENT_TYPE}
     limit = asyncio.Semaphore(concurrency)
-    ray_before = ray_cpu(env.ray_marker)
+    ray_before, temporal_before = ray_cpu(env.ray_marker), temporal_cpu(env)
     gc.freeze()
     started, cpu_started = time.perf_counter(), time.process_time()
     async with httpx.AsyncClient(
@@ -292,6 +302,7 @@ async def run_b_arrow(
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     gc.unfreeze()
     ray = cpu_spent(ray_before, ray_cpu(env.ray_marker))
+    temporal = temporal_cpu(env) - temporal_before
     assert done == n and parquet_case.count_outputs(output) == n, done
     output_mb = results_mb(output)
     if not keep:
@@ -307,6 +318,8 @@ async def run_b_arrow(
         "cpu_s": round(cpu, 2),  # the client's
         "output_mb": output_mb,
         **ray,
+        "temporal_cpu_s": round(temporal, 2),
+        "all_cpu_s": round(cpu + ray["ray_cpu_s"] + temporal, 2),
     }
 
 
@@ -332,6 +345,7 @@ async def main_async(rows: int, rounds: int, profile: bool, out: Path) -> dict[s
     try:
         async with local_stack(work) as (temporal, serve):
             env = harness.BenchEnv.for_stack(temporal.address, serve, serve.token_file, work)
+            env.temporal_pid = temporal.proc.pid if temporal.proc else None
             parquet_case.dataset(env, rows)
             # warm-up: Serve's replicas, the worker's imports, the page cache
             await run_a(env, min(rows, 50_000), "json", None)

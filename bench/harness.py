@@ -55,6 +55,7 @@ class BenchEnv:
     ray_address: str | None = None  # GCS address, for Ray Data
     ray_env: dict[str, str] | None = None
     worker_metrics_port: int = 0  # set by run_project: A's latencies come from the worker's metrics
+    temporal_pid: int | None = None  # the dev server's process, whose CPU A's batches cost too
 
     @classmethod
     def for_stack(

@@ -12,7 +12,9 @@ from bench import arrow_case, harness
 
 @pytest.fixture
 def bench_env(temporal_server, serve_stack, serve_token_file, tmp_path):
-    return harness.BenchEnv.for_stack(temporal_server.address, serve_stack, serve_token_file, tmp_path)
+    env = harness.BenchEnv.for_stack(temporal_server.address, serve_stack, serve_token_file, tmp_path)
+    env.temporal_pid = temporal_server.proc.pid
+    return env
 
 
 @pytest.mark.integration
@@ -21,6 +23,8 @@ async def test_arrow_case_smoke(bench_env):
         row = await arrow_case.run_a(bench_env, 300, wire, None)
         assert row["run"] == f"A-{wire}" and row["records"] == 300
         assert row["serve_cpu_s"] > 0, "Serve's processes were found and did the work"
+        parts = row["worker_cpu_s"] + row["ray_cpu_s"] + row["temporal_cpu_s"]
+        assert row["temporal_cpu_s"] >= 0 and row["all_cpu_s"] == pytest.approx(parts, abs=0.02)
     row = await arrow_case.run_b_arrow(bench_env, 300, micro_batch=10)
     # Serve's processes together, over 30 requests (one request of 300 rows can cost all of
     # Serve under the 10 ms that /proc counts and the figures round to).
