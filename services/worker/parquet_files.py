@@ -26,16 +26,10 @@ def unreadable(uri: str, exc: BaseException) -> InputError:
     return InputError(Failure.INPUT_UNREADABLE, f"{uri}: not a readable Parquet file ({exc})")
 
 
-# Bytes of a column chunk read at a time. Unbuffered, pyarrow reads a row group's column chunks
-# whole, so what a reader holds would follow the file's row groups (1Mi rows by pyarrow's
-# default), not the rows a shard reads at a time.
-READ_BUFFER_BYTES = 256 * 1024
-
-
 def open_parquet(uri: str) -> tuple[pq.ParquetFile, IO[bytes] | pa.NativeFile]:
     fh = fs.open_arrow_input(uri)
     try:
-        return pq.ParquetFile(fh, buffer_size=READ_BUFFER_BYTES), fh
+        return pq.ParquetFile(fh), fh
     except (pa.ArrowException, OSError) as exc:
         fh.close()
         if isinstance(exc, FileNotFoundError | PermissionError):
