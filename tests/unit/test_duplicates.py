@@ -8,6 +8,8 @@ import random
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.worker import duplicates, jsonl_scan
 
@@ -98,6 +100,27 @@ def test_column_key_hashes_are_the_hashes_of_each_valid_ids_key(column: pa.Array
     does (a string in quotes, an integer as written), skipping nulls and ids of other types."""
     keys = [k for v in column.to_pylist() if (k := duplicates.id_key(v)) is not None]
     assert duplicates.column_key_hashes(column).tolist() == duplicates.key_hashes(keys).tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(st.text(max_size=30), st.none()), max_size=40),
+    st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40),
+    st.booleans(),
+)
+def test_column_key_hashes_match_the_keys_for_any_ids(texts, numbers, large) -> None:
+    """Any string or integer column, hashed from Arrow's buffers, gives each id the hash of its
+    key, and a string never collides with the integer of the same digits."""
+    column = pa.array(texts, pa.large_string() if large else pa.string())
+    keys = [k for v in texts if (k := duplicates.id_key(v)) is not None]
+    assert duplicates.column_key_hashes(column).tolist() == duplicates.key_hashes(keys).tolist()
+    ints = pa.array(numbers, pa.int64())
+    assert (
+        duplicates.column_key_hashes(ints).tolist()
+        == duplicates.key_hashes([duplicates.id_key(n) for n in numbers]).tolist()
+    )
+    as_text = duplicates.column_key_hashes(pa.array([str(n) for n in numbers]))
+    assert not set(as_text.tolist()) & set(duplicates.column_key_hashes(ints).tolist())
 
 
 @pytest.mark.parametrize("chunk_bytes", [7, 64, 1 << 20])
