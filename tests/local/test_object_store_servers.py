@@ -89,9 +89,12 @@ def test_fake_gcs_stops_when_the_block_raises() -> None:
     assert wait_closed(url)
 
 
+# Ctrl-C raises KeyboardInterrupt even where the tests run as a background job (`cmd &`), which
+# starts with SIGINT ignored: Python then installs no handler of its own, and SIGINT did nothing.
 HOLD_FAKE_GCS = """
-import time
+import signal, time
 from tests.helpers.object_stores import fake_gcs
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with fake_gcs() as url:
     print(url, flush=True)
     time.sleep(60)
