@@ -85,6 +85,12 @@ def temporal_cpu(env: harness.BenchEnv) -> float:
     return harness.cpu_seconds(env.temporal_pid) if env.temporal_pid else 0.0
 
 
+def cpu_totals(own: float, ray: dict[str, float], temporal: float) -> dict[str, float]:
+    """A batch's Temporal server CPU-seconds, and all its CPU-seconds: ``own`` (the worker's or
+    B's client's), Ray's (``cpu_spent``) and Temporal's."""
+    return {"temporal_cpu_s": round(temporal, 2), "all_cpu_s": round(own + ray["ray_cpu_s"] + temporal, 2)}
+
+
 def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
     """CPU-seconds between two ``ray_cpu`` snapshots: all of Ray's, Serve's (replicas and
     proxy) and each role's."""
@@ -237,8 +243,7 @@ async def run_a(env: harness.BenchEnv, n: int, wire: str, profile_dir: Path | No
         "records_per_s": round(n / seconds),
         "worker_cpu_s": round(cpu, 2),
         **ray,
-        "temporal_cpu_s": round(temporal, 2),
-        "all_cpu_s": round(cpu + ray["ray_cpu_s"] + temporal, 2),
+        **cpu_totals(cpu, ray, temporal),
         "worker_peak_rss_mb": round(rss, 1),
         "output_mb": output_mb,
     }
@@ -318,8 +323,7 @@ async def run_b_arrow(
         "cpu_s": round(cpu, 2),  # the client's
         "output_mb": output_mb,
         **ray,
-        "temporal_cpu_s": round(temporal, 2),
-        "all_cpu_s": round(cpu + ray["ray_cpu_s"] + temporal, 2),
+        **cpu_totals(cpu, ray, temporal),
     }
 
 

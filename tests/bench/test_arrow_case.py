@@ -19,16 +19,19 @@ def bench_env(temporal_server, serve_stack, serve_token_file, tmp_path):
 
 @pytest.mark.integration
 async def test_arrow_case_smoke(bench_env):
+    temporal = []
     for wire in ("json", "auto"):
         row = await arrow_case.run_a(bench_env, 300, wire, None)
         assert row["run"] == f"A-{wire}" and row["records"] == 300
         assert row["serve_cpu_s"] > 0, "Serve's processes were found and did the work"
-        parts = row["worker_cpu_s"] + row["ray_cpu_s"] + row["temporal_cpu_s"]
-        assert row["temporal_cpu_s"] >= 0 and row["all_cpu_s"] == pytest.approx(parts, abs=0.02)
+        # The dev server's process was found and ran the batch's workflow (0.09-0.17 s here).
+        assert row["temporal_cpu_s"] > 0
+        temporal.append(row["temporal_cpu_s"])
     row = await arrow_case.run_b_arrow(bench_env, 300, micro_batch=10)
     # Serve's processes together, over 30 requests (one request of 300 rows can cost all of
     # Serve under the 10 ms that /proc counts and the figures round to).
     assert row["records"] == 300 and row["serve_cpu_s"] > 0
+    assert row["temporal_cpu_s"] < min(temporal), "B runs no workflow: Temporal idles"
 
 
 def test_serve_cpu_is_split_by_role_and_new_processes_count_from_zero():
