@@ -130,7 +130,7 @@ def key_hashes(keys: Sequence[bytes]) -> Any:
     lengths = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
     starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     data = np.frombuffer(b"".join(keys), dtype=np.uint8)
-    first = np.concatenate((data, [0]))[starts]
+    first = np.concatenate((data, np.zeros(1, dtype=np.uint8)))[starts]  # an empty last key: 0
     quoted = (first == ord('"')) & (lengths >= 2)
     return _laid_out_hashes(data, starts + quoted, lengths - 2 * quoted, quoted)
 
