@@ -28,6 +28,10 @@ from services.local.processes import LOOPBACK, free_port, stop_marked, venv_bin
 SERVE_CONFIG = REPO_ROOT / "charts" / "batch-inference" / "files" / "serve-config.yaml"
 
 CLUSTER_MARKER = "BATCH_INFERENCE_LOCAL_RAY"
+# How long a stopping cluster gets after SIGTERM before SIGKILL. Ray's processes wait on each
+# other as they stop (the GCS server and its monitor last, 12-15 s here, as `ray stop`'s own 16 s
+# grace allows); a local cluster keeps nothing they would save, so it gets a short one.
+STOP_GRACE_S = 3.0
 
 
 def ensure_token(path: Path) -> Path:
@@ -81,6 +85,7 @@ class LocalRayServe:
         self._haproxy_ports: dict[str, int] = {}  # picked once, when high_throughput is on
         self.marker = secrets.token_hex(8)
         self.started = False
+        self.deployed: dict[str, Any] | None = None  # the Serve config last deployed
 
     @classmethod
     def on_free_ports(cls, state_dir: Path, token_file: Path, **kwargs: Any) -> LocalRayServe:
@@ -202,7 +207,7 @@ class LocalRayServe:
         result = self._run(*cmd)
         if attempt < 3 and result.returncode != 0 and "used by other" in result.stdout + result.stderr:
             # A port picked free a moment ago was taken meanwhile: clean up, retry once with new ones.
-            stop_marked(CLUSTER_MARKER, self.marker)
+            stop_marked(CLUSTER_MARKER, self.marker, timeout_s=STOP_GRACE_S)
             return self.start(timeout_s, attempt + 1)
         if result.returncode != 0:
             raise RuntimeError(f"ray start failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
@@ -218,6 +223,7 @@ class LocalRayServe:
         result = self._run(venv_bin("serve"), "deploy", str(path), "-a", self.dashboard)
         if result.returncode != 0:
             raise RuntimeError(f"serve deploy failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        self.deployed = config
         self.wait_running([app["name"] for app in config["applications"]], timeout_s)
 
     def status(self) -> dict[str, Any]:
@@ -245,6 +251,6 @@ class LocalRayServe:
         # The cluster is ours alone: stopping its processes stops Serve too (no `serve shutdown`).
         # Also when start() was interrupted (Ctrl-C, SIGTERM) in `ray start`: what it had
         # started carries the marker.
-        stop_marked(CLUSTER_MARKER, self.marker)
+        stop_marked(CLUSTER_MARKER, self.marker, timeout_s=STOP_GRACE_S)
         shutil.rmtree(self.haproxy_dir(), ignore_errors=True)
         self.started = False
