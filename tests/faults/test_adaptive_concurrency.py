@@ -19,8 +19,8 @@ from services import constants as c
 from services.local.ray_serve import LocalRayServe
 from services.worker.concurrency import AdaptiveLimiter, LimitSettings
 from services.worker.contracts import BatchInferenceOutput
-from tests.faults.test_serve_faults import overloaded_config, private_serve  # noqa: F401 (fixture)
 from tests.helpers.batches import assert_exactly_once, echo_batch
+from tests.helpers.private_serve import overloaded_config
 from tests.helpers.workers import Attempts, worker_on
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -49,7 +49,7 @@ async def _run(
 
 async def test_adaptive_limit_keeps_refusals_a_small_fraction_under_overload(
     client,
-    private_serve: LocalRayServe,  # noqa: F811
+    private_serve: LocalRayServe,
     tmp_path: Path,
 ):
     await asyncio.to_thread(private_serve.deploy, overloaded_config(private_serve, "echo", 1))

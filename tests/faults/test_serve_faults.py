@@ -1,19 +1,15 @@
 """Ray Serve failing under a running batch: overloaded (503), then stopped and brought back.
 
-Both run on a private local Ray Serve started by this module (stopping the session's Serve
-would break other tests), with an in-process worker whose Serve client reports every HTTP
-attempt through its ``on_attempt`` hook.
+Both run on the fault tests' private local Ray Serve (``tests/faults/conftest.py``; stopping the
+session's Serve would break other tests), with an in-process worker whose Serve client reports
+every HTTP attempt through its ``on_attempt`` hook.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import copy
 import json
-import os
 import re
-import signal
 import time
 import uuid
 from collections import Counter
@@ -28,68 +24,17 @@ from temporalio.exceptions import ApplicationError
 from services import constants as c
 from services import metrics as m
 from services.errors import Failure
-from services.local.processes import free_port, marked_pids
-from services.local.ray_serve import CLUSTER_MARKER, LocalRayServe, ensure_token, load_serve_config
+from services.local.processes import free_port
+from services.local.ray_serve import LocalRayServe, ensure_token
 from services.worker.contracts import Progress
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.telemetry import BatchProgressPoller
 from tests.helpers.batches import assert_exactly_once, echo_batch, execute_batch, start_batch
+from tests.helpers.private_serve import crash, overloaded_config
 from tests.helpers.proxy import CountingProxy
 from tests.helpers.workers import Attempts, outage_batch, start_until_a_quarter_done, worker_on
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-
-@pytest.fixture(scope="module")
-def private_serve(tmp_path_factory: pytest.TempPathFactory):
-    state = tmp_path_factory.mktemp("private-serve")
-    token = ensure_token(state / "serve-token")
-    stack = LocalRayServe(
-        state / "ray",
-        token,
-        http_port=free_port(),
-        gcs_port=free_port(),
-        dashboard_port=free_port(),
-        metrics_port=free_port(),
-    )
-    try:
-        stack.start()
-        yield stack
-    finally:
-        crash(stack)
-
-
-def crash(stack: LocalRayServe) -> None:
-    """SIGKILL every process of this private Ray cluster at once (Serve dies without a
-    goodbye; faster than a graceful stop, which waits for stragglers)."""
-    pids = marked_pids(CLUSTER_MARKER, stack.marker)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 15
-    while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if _alive(p)]
-        time.sleep(0.1)
-    stack.started = False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-
-
-def overloaded_config(stack: LocalRayServe, model: str, retry_after_s: int) -> dict:
-    """The shared Serve config with ``model`` able to hold only 2 + 2 requests; past that its
-    replicas answer 503 with ``Retry-After`` (Ray's ``backpressure_config``)."""
-    config = copy.deepcopy(load_serve_config(stack.config_path, port=stack.http_port))
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == model:
-            deployment["max_ongoing_requests"] = 2
-            deployment["max_queued_requests"] = 2
-            deployment["backpressure_config"] = {"status_code": 503, "retry_after_s": retry_after_s}
-    return config
 
 
 async def test_overloaded_serve_answers_503_and_the_batch_completes_without_errors(

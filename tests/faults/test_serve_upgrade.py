@@ -2,9 +2,9 @@
 does in place on the running cluster for any change to the RayService's serveConfigV2 (every
 upgradeStrategy type), reproduced on local Ray with ``serve deploy``.
 
-A private local Ray Serve (redeploying the session's would disturb other tests), an in-process
-worker whose Serve client reports every HTTP attempt, and a baseline batch of the same size
-on the same cluster to say what the upgrade cost.
+The fault tests' private local Ray Serve (``tests/faults/conftest.py``; redeploying the
+session's would disturb other tests), an in-process worker whose Serve client reports every HTTP
+attempt, and a baseline batch of the same size on the same cluster to say what the upgrade cost.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.local.ray_serve import LocalRayServe, ensure_token, load_serve_config
+from services.local.ray_serve import LocalRayServe
 from tests.helpers.batches import assert_exactly_once, echo_batch, start_batch
+from tests.helpers.private_serve import shared_config
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import Attempts, worker_on
 
@@ -38,23 +39,12 @@ TUNING = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def private_serve(tmp_path_factory: pytest.TempPathFactory):
-    state = tmp_path_factory.mktemp("upgrade-serve")
-    stack = LocalRayServe.on_free_ports(state / "ray", ensure_token(state / "serve-token"))
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
-
-
 def new_version(stack: LocalRayServe) -> dict:
     """The shared config as a new release would change it: the application's args (what
     ``serve.applicationArgs`` sets; Serve hashes import_path, runtime_env and args into every
     deployment's code version, so all replicas are replaced, as for a new model version) and
     echo's batching (``user_config``, applied by ``reconfigure``)."""
-    config = copy.deepcopy(load_serve_config(stack.config_path, port=stack.http_port))
+    config = copy.deepcopy(shared_config(stack))
     app = config["applications"][0]
     app["args"]["max_records_per_request"] = 1000
     (echo,) = [d for d in app["deployments"] if d["name"] == "echo"]
@@ -114,7 +104,7 @@ async def test_batch_completes_exactly_once_while_serve_is_redeployed_with_a_new
         after = await asyncio.to_thread(running_replicas, private_serve)
         return start, done, before, after
 
-    # The cluster is this module's own and stops with it: no need to restore the shared config.
+    # Not put back here: a later test's ``private_serve`` redeploys the shared config if it needs it.
     attempts, took, result, side = await run_batch(
         client, private_serve, tmp_path / "upgrade", "up-new", during=redeploy
     )

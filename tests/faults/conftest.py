@@ -1,0 +1,24 @@
+"""The fault tests' private local Ray Serve (``tests/helpers/private_serve.py``): started once
+for the session, brought back to the shared config before each test that takes it."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.local.ray_serve import LocalRayServe, ensure_token
+from tests.helpers.private_serve import crash, ready
+
+
+@pytest.fixture(scope="session")
+def private_cluster(tmp_path_factory: pytest.TempPathFactory):
+    state = tmp_path_factory.mktemp("private-serve")
+    stack = LocalRayServe.on_free_ports(state / "ray", ensure_token(state / "serve-token"))
+    try:
+        yield stack
+    finally:
+        crash(stack)
+
+
+@pytest.fixture
+def private_serve(private_cluster: LocalRayServe) -> LocalRayServe:
+    return ready(private_cluster)

@@ -1,0 +1,64 @@
+"""A local Ray Serve of the fault tests' own, which they overload, crash, restart and redeploy
+(doing that to the session's Serve would break other tests). One cluster serves every fault
+module: ``ready`` brings it back to the shared config before each test, so a cluster start
+(~30 s here) is paid once."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import signal
+import time
+from pathlib import Path
+
+from services.local.processes import marked_pids
+from services.local.ray_serve import CLUSTER_MARKER, LocalRayServe, load_serve_config
+
+
+def shared_config(stack: LocalRayServe) -> dict:
+    return load_serve_config(stack.config_path, port=stack.http_port)
+
+
+def ready(stack: LocalRayServe) -> LocalRayServe:
+    """Running, with the shared config deployed: started again after a ``crash``, redeployed
+    after a test left another config (a test that changes it puts it back itself where it can,
+    since a redeploy of new code replaces every replica)."""
+    if not stack.started:
+        stack.start()
+    elif stack.deployed != shared_config(stack):
+        stack.deploy()
+    return stack
+
+
+def overloaded_config(stack: LocalRayServe, model: str, retry_after_s: int) -> dict:
+    """The shared Serve config with ``model`` able to hold only 2 + 2 requests; past that its
+    replicas answer 503 with ``Retry-After`` (Ray's ``backpressure_config``)."""
+    config = copy.deepcopy(shared_config(stack))
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == model:
+            deployment["max_ongoing_requests"] = 2
+            deployment["max_queued_requests"] = 2
+            deployment["backpressure_config"] = {"status_code": 503, "retry_after_s": retry_after_s}
+    return config
+
+
+def crash(stack: LocalRayServe) -> None:
+    """SIGKILL every process of this private Ray cluster at once (Serve dies without a
+    goodbye; faster than a graceful stop, which waits for stragglers)."""
+    pids = marked_pids(CLUSTER_MARKER, stack.marker)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while pids and time.monotonic() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        time.sleep(0.1)
+    stack.started = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
