@@ -18,6 +18,10 @@ come from the worker's own ``batch_inference_serve_requests`` by status.
   steady state). Reported per size: requests refused (429/503) as % of those sent, records/s,
   and each adaptive variant's records/s over the best fixed setting's (faster runs, medians,
   and run by run within a round).
+- ``--warm-up N``: each run's worker first runs N records untimed with the run's own settings
+  (under overload: against the overloaded Serve), as a worker deployed for days has: the timed
+  batch then starts at the limit the worker has learnt. Without it every timed batch pays a
+  fresh worker's start (the worst case).
 
     .venv/bin/python -m bench.adaptive_concurrency [--records 100000] [--overload-records 50000 200000]
 """
@@ -98,10 +102,12 @@ def gauges(metrics_text: str) -> tuple[float | None, float | None]:
     return limit, in_flight
 
 
-async def sample_gauges(env: harness.BenchEnv, every_s: float, into: list[tuple[float, float]]) -> None:
-    """The worker's (limit, in flight) every ``every_s`` until cancelled: what the limit did over
-    the batch. ``run_project`` picks the worker's metrics port as it starts it; until that worker
-    answers (or after the previous one left) a scrape fails and is skipped."""
+async def sample_gauges(
+    env: harness.BenchEnv, every_s: float, timed: asyncio.Event, into: list[tuple[float, float]]
+) -> None:
+    """The worker's (limit, in flight) every ``every_s`` from the timed batch's start until
+    cancelled: what the limit did over the batch."""
+    await timed.wait()
     async with httpx.AsyncClient(timeout=1) as http:
         while True:
             await asyncio.sleep(every_s)
@@ -117,10 +123,10 @@ async def sample_gauges(env: harness.BenchEnv, every_s: float, into: list[tuple[
 async def run_sampled(env: harness.BenchEnv, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """``harness.run_project`` with the worker's limit and in-flight gauges sampled meanwhile."""
     samples: list[tuple[float, float]] = []
-    env.worker_metrics_port = 0  # no scrape of the previous run's worker
-    sampler = asyncio.create_task(sample_gauges(env, 0.25, samples))
+    timed = asyncio.Event()
+    sampler = asyncio.create_task(sample_gauges(env, 0.25, timed, samples))
     try:
-        figures = await harness.run_project(env, *args, **kwargs)
+        figures = await harness.run_project(env, *args, timed=timed, **kwargs)
     finally:
         sampler.cancel()
     if samples:
@@ -152,6 +158,11 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     async with local_stack(work) as (temporal, serve):
         env = harness.BenchEnv.for_stack(temporal.address, serve, serve.token_file, work)
         micro_batch, concurrency = harness.project_setting()
+        warm_up = None
+        if args.warm_up:
+            warm_up = harness.make_dataset(
+                work / "data" / f"warm-up-{args.warm_up}.jsonl", args.warm_up, MODEL
+            )
         # Each adaptive variant at normal load too: one may change how a batch starts there.
         kinds: list[tuple[str, str | None]] = [("adaptive", v) for v in args.adaptive]
         kinds += [("fixed", None), ("B", None)]
@@ -162,7 +173,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     figures = await harness.run_direct(env, args.records, MODEL, micro_batch, concurrency)
                 else:
                     worker_env = {**ADAPTIVE, **variant_env(variant)} if variant else FIXED
-                    figures = await run_sampled(env, args.records, MODEL, worker_env=worker_env)
+                    figures = await run_sampled(
+                        env, args.records, MODEL, worker_env=worker_env, warm_up=warm_up
+                    )
                     figures.update(refusals(figures))
                 row = {"load": "normal", "kind": kind, "pair": pair}
                 if variant is not None:
@@ -184,7 +197,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 worker_env = FIXED
                 if kind == "adaptive":
                     worker_env = {**ADAPTIVE, **variant_env(variant or DEFAULTS)}
-                figures = await run_sampled(env, n, MODEL, worker_env=worker_env, tuning=tuning)
+                figures = await run_sampled(
+                    env, n, MODEL, worker_env=worker_env, tuning=tuning, warm_up=warm_up
+                )
                 row = {"load": "overload", "kind": kind, "max_in_flight": max_in_flight, "round": rnd}
                 if variant is not None:
                     row["variant"] = variant
@@ -351,6 +366,13 @@ def main() -> None:
         f"of {', '.join(VARIANT_ENV)}",
     )
     p.add_argument("--rounds", type=int, default=2, help="runs of each overload setting")
+    p.add_argument(
+        "--warm-up",
+        type=int,
+        default=0,
+        help="records each run's worker first runs untimed with the same settings, as a long-lived "
+        "worker has (0: none, a fresh worker per timed batch)",
+    )
     p.add_argument("--ongoing", type=int, default=4, help="echo's max_ongoing_requests under overload")
     p.add_argument("--queued", type=int, default=4, help="echo's max_queued_requests under overload")
     p.add_argument("--retry-after", type=int, default=1, help="Serve's Retry-After under overload, s")

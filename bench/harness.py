@@ -13,6 +13,7 @@ F: the workflow's shape with activities that do nothing (``bench/floor.py``): Te
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import itertools
 import json
@@ -264,6 +265,11 @@ async def warm_up_batch(
     shutil.rmtree(output, ignore_errors=True)
 
 
+async def scrape_worker(env: BenchEnv) -> str:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return (await http.get(f"http://{LOOPBACK}:{env.worker_metrics_port}/metrics")).text
+
+
 async def run_project(
     env: BenchEnv,
     n: int,
@@ -272,12 +278,14 @@ async def run_project(
     count: Callable[[Path], int] = count_outputs,
     worker_env: dict[str, str] | None = None,
     warm_up: Path | None = None,
+    timed: asyncio.Event | None = None,
     **batch: Any,
 ) -> dict[str, Any]:
     """A on ``source`` (default: the JSONL records for ``model``); ``count`` counts what it
-    wrote; ``worker_env``: more worker settings; ``warm_up``: a small input of the same kind
-    the worker runs first, untimed (see ``warm_up_batch``); ``batch``: more
-    ``BatchInferenceInput`` fields."""
+    wrote; ``worker_env``: more worker settings; ``warm_up``: an input the worker runs first,
+    untimed (see ``warm_up_batch``; its requests are not counted in ``serve_requests``, but are
+    in the latency quantiles);
+    ``timed``: set as the timed batch starts; ``batch``: more ``BatchInferenceInput`` fields."""
     source = source or make_dataset(env.workdir / "data" / f"{model}-{n}.jsonl", n, model)
     output = env.workdir / "out" / f"A-{model}-{n}-{uuid.uuid4().hex[:6]}"
     queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -285,9 +293,13 @@ async def run_project(
     env.worker_metrics_port = free_port()
     worker = start_worker_process(env, queue, worker_env)
     try:
+        before: dict[str, int] = {}
         if warm_up is not None:
             await warm_up_batch(env, client, queue, warm_up, model, **batch)
+            before = counter_by_label(await scrape_worker(env), m.SERVE_REQUESTS, m.CODE)
         idle_cpu = cpu_seconds(worker.pid)
+        if timed is not None:
+            timed.set()
         started = time.perf_counter()
         handle = await client.start_workflow(
             c.WORKFLOW_NAME,
@@ -300,10 +312,10 @@ async def run_project(
         seconds = time.perf_counter() - started
         rss = peak_rss_mb(worker.pid)
         cpu = cpu_seconds(worker.pid) - idle_cpu
-        async with httpx.AsyncClient(timeout=10) as http:
-            metrics = (await http.get(f"http://{LOOPBACK}:{env.worker_metrics_port}/metrics")).text
+        metrics = await scrape_worker(env)
         p50, p99 = histogram_quantiles(metrics, m.SERVE_REQUEST_DURATION.name, (0.5, 0.99))
         requests = counter_by_label(metrics, m.SERVE_REQUESTS, m.CODE)
+        requests = dict(collections.Counter(requests) - collections.Counter(before))
     finally:
         worker.terminate()
         worker.wait(60)
