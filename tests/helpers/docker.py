@@ -7,16 +7,24 @@ rayproject/ray:<ver>-py311 has no stand-in there: ``ray-standin.Dockerfile`` bui
 Python stand-in with the same pinned Ray and the same user, tagged with the public name, so
 Dockerfile.serve builds unchanged. Images are cached by tag between runs; the project images are
 rebuilt every session (Docker's layer cache makes that a few seconds when nothing changed).
+
+``Preparation`` does all of that in a background thread from the start of the session: on a fresh
+machine it is minutes of downloading and unpacking packages, which the other tests need not wait
+for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
+import threading
 import time
 import tomllib
+from concurrent.futures import Future
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +59,38 @@ class DockerUnavailable(Exception):
     pass
 
 
+_running: set[subprocess.Popen] = set()
+
+
+def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with the output captured, in a process group of its own that
+    ``stop_running`` can stop (a build or an apt install outlives its Python caller otherwise)."""
+    with subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        _running.add(proc)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException:
+            _stop(proc)
+            raise
+        finally:
+            _running.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+def stop_running() -> None:
+    """Stop every command ``run`` still has going (the session is ending, or was interrupted)."""
+    for proc in list(_running):
+        _stop(proc)
+
+
 class Docker:
     def __init__(self, scripts: Path, env: dict[str, str]):
         self.scripts = scripts
@@ -70,9 +110,7 @@ class Docker:
         if os.geteuid() != 0:
             raise DockerUnavailable("starting a private dockerd needs root")
         try:
-            result = subprocess.run(
-                ["bash", str(scripts / "dockerd-start.sh")], capture_output=True, text=True, timeout=900
-            )
+            result = run(["bash", str(scripts / "dockerd-start.sh")], timeout=900)
         except subprocess.TimeoutExpired:
             raise DockerUnavailable("dockerd-start.sh did not finish within 15 minutes") from None
         if result.returncode != 0:
@@ -85,9 +123,7 @@ class Docker:
         return cls(scripts, env)
 
     def __call__(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [self.bin, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        result = run([self.bin, *args], timeout, self.env)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"docker {' '.join(args[:3])} ... failed ({result.returncode}):\n"
@@ -112,10 +148,7 @@ class Docker:
         timings: dict[str, float] = {}
         if not self.has_image(PYTHON_BASE):
             started = time.monotonic()
-            result = subprocess.run(
-                ["bash", str(self.scripts / "base-image.sh"), PYTHON_BASE],
-                env=self.env, capture_output=True, text=True, timeout=1800,
-            )  # fmt: skip
+            result = run(["bash", str(self.scripts / "base-image.sh"), PYTHON_BASE], 1800, self.env)
             assert result.returncode == 0, f"base-image.sh failed:\n{result.stderr[-3000:]}"
             timings[PYTHON_BASE] = time.monotonic() - started
         ray_image = ray_base_image()
@@ -140,3 +173,32 @@ class Docker:
 
     def remove(self, name: str) -> None:
         self("rm", "-f", name, check=False, timeout=120)
+
+
+class Preparation:
+    """The engine, the base images and the two project images, made one after the other in a
+    background thread; each fixture waits only for what it needs. ``stop`` stops what is still
+    running when the session ends first."""
+
+    def __init__(self) -> None:
+        self.engine: Future[tuple[Docker, dict[str, float]]] = Future()
+        self.images: dict[str, Future[float]] = {WORKER_IMAGE: Future(), SERVE_IMAGE: Future()}
+        self._thread = threading.Thread(target=self._prepare, name="docker-preparation", daemon=True)
+        self._thread.start()
+
+    def _prepare(self) -> None:
+        futures = [self.engine, *self.images.values()]
+        try:
+            engine = Docker.start()
+            self.engine.set_result((engine, engine.ensure_bases()))
+            dockerfiles = {WORKER_IMAGE: "Dockerfile.worker", SERVE_IMAGE: "Dockerfile.serve"}
+            for tag, image in self.images.items():
+                image.set_result(engine.build(REPO_ROOT / dockerfiles[tag], tag, REPO_ROOT))
+        except BaseException as exc:  # said by every fixture that waits for what is not done
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+
+    def stop(self) -> None:
+        stop_running()
+        self._thread.join(30)
