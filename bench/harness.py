@@ -283,9 +283,9 @@ async def run_project(
 ) -> dict[str, Any]:
     """A on ``source`` (default: the JSONL records for ``model``); ``count`` counts what it
     wrote; ``worker_env``: more worker settings; ``warm_up``: an input the worker runs first,
-    untimed (see ``warm_up_batch``; its requests are not counted in ``serve_requests``, but are
-    in the latency quantiles);
-    ``timed``: set as the timed batch starts; ``batch``: more ``BatchInferenceInput`` fields."""
+    untimed (see ``warm_up_batch``; its requests are left out of ``serve_requests``, not out of
+    the latency quantiles); ``timed``: set as the timed batch starts; ``batch``: more
+    ``BatchInferenceInput`` fields."""
     source = source or make_dataset(env.workdir / "data" / f"{model}-{n}.jsonl", n, model)
     output = env.workdir / "out" / f"A-{model}-{n}-{uuid.uuid4().hex[:6]}"
     queue = f"bench-{uuid.uuid4().hex[:8]}"
