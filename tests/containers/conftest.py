@@ -1,6 +1,6 @@
 """Session fixtures for the container tests: the Docker engine and the two project images,
 prepared in the background from the end of collection (``tests/helpers/docker.py``) when any
-selected test needs them."""
+selected test needs them; those tests run last."""
 
 from __future__ import annotations
 
@@ -16,6 +16,11 @@ def preparation() -> Preparation:
     if _preparation is None:
         _preparation = Preparation()
     return _preparation
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that need Docker run last: the preparation has the whole session beside them."""
+    items.sort(key=lambda item: "docker" in getattr(item, "fixturenames", ()))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -10,7 +10,8 @@ rebuilt every session (Docker's layer cache makes that a few seconds when nothin
 
 ``Preparation`` does all of that in a background thread from the start of the session: on a fresh
 machine it is minutes of downloading and unpacking packages, which the other tests need not wait
-for.
+for. It runs at the lowest CPU and I/O priority (``nice``, ``ionice``), since the tests beside it
+measure time; a dockerd it starts keeps that priority, and so do the builds it runs.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class DockerUnavailable(Exception):
 
 
 _running: set[subprocess.Popen] = set()
+# What runs beside the other tests yields to them.
+LOW_PRIORITY = ["nice", "-n", "19", *(["ionice", "-c", "3"] if shutil.which("ionice") else [])]
 
 
 def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -110,7 +113,7 @@ class Docker:
         if os.geteuid() != 0:
             raise DockerUnavailable("starting a private dockerd needs root")
         try:
-            result = run(["bash", str(scripts / "dockerd-start.sh")], timeout=900)
+            result = run([*LOW_PRIORITY, "bash", str(scripts / "dockerd-start.sh")], timeout=900)
         except subprocess.TimeoutExpired:
             raise DockerUnavailable("dockerd-start.sh did not finish within 15 minutes") from None
         if result.returncode != 0:
@@ -148,7 +151,9 @@ class Docker:
         timings: dict[str, float] = {}
         if not self.has_image(PYTHON_BASE):
             started = time.monotonic()
-            result = run(["bash", str(self.scripts / "base-image.sh"), PYTHON_BASE], 1800, self.env)
+            result = run(
+                [*LOW_PRIORITY, "bash", str(self.scripts / "base-image.sh"), PYTHON_BASE], 1800, self.env
+            )
             assert result.returncode == 0, f"base-image.sh failed:\n{result.stderr[-3000:]}"
             timings[PYTHON_BASE] = time.monotonic() - started
         ray_image = ray_base_image()
