@@ -46,7 +46,7 @@ from bench.__main__ import RESULTS, machine
 from bench.local_stack import local_stack, stop_on_sigterm
 from services import constants as c
 from services import metrics as m
-from services.local.ray_serve import LocalRayServe, load_serve_config
+from services.local.ray_serve import LocalRayServe
 
 MODEL = "echo"
 FIXED = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "false"}
@@ -79,7 +79,7 @@ def variant_arg(text: str) -> str:
 def overloaded_config(stack: LocalRayServe, ongoing: int, queued: int, retry_after_s: int) -> dict:
     """The shared Serve config with the echo deployment holding only ``ongoing`` + ``queued``
     requests; past that its callers get 503 with ``Retry-After`` (Ray's ``backpressure_config``)."""
-    config = copy.deepcopy(load_serve_config(stack.config_path, port=stack.http_port))
+    config = copy.deepcopy(stack.serve_config())
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] == MODEL:
             deployment["max_ongoing_requests"] = ongoing

@@ -215,9 +215,14 @@ class LocalRayServe:
         self.deploy(timeout_s=timeout_s)
         return self
 
+    def serve_config(self) -> dict[str, Any]:
+        """The shared Serve config (the chart's), on this stack's loopback port: what ``deploy``
+        deploys by default."""
+        return load_serve_config(self.config_path, port=self.http_port)
+
     def deploy(self, config: dict[str, Any] | None = None, timeout_s: float = 180) -> None:
         """``serve deploy`` a config (default: the shared one, on loopback) and wait for RUNNING."""
-        config = config or load_serve_config(self.config_path, port=self.http_port)
+        config = config or self.serve_config()
         path = self.state_dir / "serve-config.local.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         result = self._run(venv_bin("serve"), "deploy", str(path), "-a", self.dashboard)

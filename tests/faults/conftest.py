@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from services.local.ray_serve import LocalRayServe, ensure_token
-from tests.helpers.private_serve import crash, ready
+from tests.helpers.private_serve import ready
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +16,7 @@ def private_cluster(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield stack
     finally:
-        crash(stack)
+        stack.stop()
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import pytest
 
 from services.local.ray_serve import LocalRayServe
 from tests.helpers.batches import assert_exactly_once, echo_batch, start_batch
-from tests.helpers.private_serve import shared_config
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import Attempts, worker_on
 
@@ -44,7 +43,7 @@ def new_version(stack: LocalRayServe) -> dict:
     ``serve.applicationArgs`` sets; Serve hashes import_path, runtime_env and args into every
     deployment's code version, so all replicas are replaced, as for a new model version) and
     echo's batching (``user_config``, applied by ``reconfigure``)."""
-    config = copy.deepcopy(shared_config(stack))
+    config = copy.deepcopy(stack.serve_config())
     app = config["applications"][0]
     app["args"]["max_records_per_request"] = 1000
     (echo,) = [d for d in app["deployments"] if d["name"] == "echo"]

@@ -13,11 +13,7 @@ import time
 from pathlib import Path
 
 from services.local.processes import marked_pids
-from services.local.ray_serve import CLUSTER_MARKER, LocalRayServe, load_serve_config
-
-
-def shared_config(stack: LocalRayServe) -> dict:
-    return load_serve_config(stack.config_path, port=stack.http_port)
+from services.local.ray_serve import CLUSTER_MARKER, LocalRayServe
 
 
 def ready(stack: LocalRayServe) -> LocalRayServe:
@@ -26,7 +22,7 @@ def ready(stack: LocalRayServe) -> LocalRayServe:
     since a redeploy of new code replaces every replica)."""
     if not stack.started:
         stack.start()
-    elif stack.deployed != shared_config(stack):
+    elif stack.deployed != stack.serve_config():
         stack.deploy()
     return stack
 
@@ -34,7 +30,7 @@ def ready(stack: LocalRayServe) -> LocalRayServe:
 def overloaded_config(stack: LocalRayServe, model: str, retry_after_s: int) -> dict:
     """The shared Serve config with ``model`` able to hold only 2 + 2 requests; past that its
     replicas answer 503 with ``Retry-After`` (Ray's ``backpressure_config``)."""
-    config = copy.deepcopy(shared_config(stack))
+    config = copy.deepcopy(stack.serve_config())
     for deployment in config["applications"][0]["deployments"]:
         if deployment["name"] == model:
             deployment["max_ongoing_requests"] = 2
