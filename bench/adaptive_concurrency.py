@@ -18,6 +18,12 @@ come from the worker's own ``batch_inference_serve_requests`` by status.
   steady state). Reported per size: requests refused (429/503) as % of those sent, records/s,
   and each adaptive variant's records/s over the best fixed setting's (faster runs, medians,
   and run by run within a round).
+- ``--duel N``: after a size's sweep, N more pairs of runs at that size: the best fixed setting
+  by the sweep's medians against each adaptive variant, in alternating order. The sweep picks
+  the best of several noisy settings, so its own runs flatter the winner (the largest of four
+  medians of three runs sits above the best setting's true rate); the duel's runs take no part
+  in the pick, so their ratios are a fair estimate, reported as the geometric mean of the pairs
+  with a 95% confidence interval (Student's t on the log ratios).
 - ``--warm-up N``: each run's worker first runs N records untimed with the run's own settings
   (under overload: against the overloaded Serve), as a worker deployed for days has: the timed
   batch then starts at the limit the worker has learnt. Without it every timed batch pays a
@@ -32,6 +38,7 @@ import argparse
 import asyncio
 import copy
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -40,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from scipy import stats
 
 from bench import harness
 from bench.__main__ import RESULTS, machine
@@ -55,6 +63,9 @@ REFUSED = ("429", "503")
 # What an adaptive variant may set (--adaptive): the limiter's settings the worker reads.
 VARIANT_ENV = (c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS, c.ENV_SERVE_CONCURRENCY_SLOW_START_GROWTH)
 DEFAULTS = "defaults"
+# An overload run's phase: the sweep picks the best fixed setting, the duel measures against it.
+SWEEP, DUEL = "sweep", "duel"
+Setting = tuple[str, int, str | None]  # kind, max_in_flight per shard, adaptive variant
 
 
 def variant_env(variant: str) -> dict[str, str]:
@@ -184,26 +195,38 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
         config = overloaded_config(serve, args.ongoing, args.queued, args.retry_after)
         await asyncio.to_thread(serve.deploy, config)
-        settings: list[tuple[str, int, int | None]] = [("fixed", mif, None) for mif in args.sweep]
+        settings: list[Setting] = [("fixed", mif, None) for mif in args.sweep]
         settings += [("adaptive", max(args.sweep), v) for v in args.adaptive]
-        runs = [(n, rnd) for n in args.overload_records for rnd in range(args.rounds)]
-        for n, rnd in runs:
-            for kind, max_in_flight, variant in settings if rnd % 2 == 0 else settings[::-1]:
-                tuning = {
-                    "micro_batch_size": args.overload_micro_batch,
-                    "max_in_flight": max_in_flight,
-                    "max_concurrent_shards": args.shards,
-                }
-                worker_env = FIXED
-                if kind == "adaptive":
-                    worker_env = {**ADAPTIVE, **variant_env(variant or DEFAULTS)}
-                figures = await run_sampled(
-                    env, n, MODEL, worker_env=worker_env, tuning=tuning, warm_up=warm_up
-                )
-                row = {"load": "overload", "kind": kind, "max_in_flight": max_in_flight, "round": rnd}
-                if variant is not None:
-                    row["variant"] = variant
-                add(overload, {**row, **figures, **refusals(figures)})
+
+        async def overload_run(n: int, setting: Setting, phase: str, rnd: int) -> None:
+            kind, max_in_flight, variant = setting
+            tuning = {
+                "micro_batch_size": args.overload_micro_batch,
+                "max_in_flight": max_in_flight,
+                "max_concurrent_shards": args.shards,
+            }
+            worker_env = FIXED
+            if kind == "adaptive":
+                worker_env = {**ADAPTIVE, **variant_env(variant or DEFAULTS)}
+            figures = await run_sampled(env, n, MODEL, worker_env=worker_env, tuning=tuning, warm_up=warm_up)
+            row = {"load": "overload", "phase": phase, "kind": kind, "max_in_flight": max_in_flight}
+            row["round"] = rnd
+            if variant is not None:
+                row["variant"] = variant
+            add(overload, {**row, **figures, **refusals(figures)})
+
+        for n in args.overload_records:
+            for rnd in range(args.rounds):
+                for setting in settings if rnd % 2 == 0 else settings[::-1]:
+                    await overload_run(n, setting, SWEEP, rnd)
+            if not args.duel:
+                continue
+            sweep = [r for r in overload if (r["records"], r["phase"], r["kind"]) == (n, SWEEP, "fixed")]
+            best: Setting = ("fixed", best_fixed_by_median(sweep)[0], None)
+            duel = [best, *(s for s in settings if s[0] == "adaptive")]
+            for rnd in range(args.duel):
+                for setting in duel if rnd % 2 == 0 else duel[::-1]:
+                    await overload_run(n, setting, DUEL, rnd)
     results["normal"], results["overload"] = normal, overload
     results["summary"] = summary(normal, overload)
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -225,13 +248,65 @@ def summary(normal: list[dict[str, Any]], overload: list[dict[str, Any]]) -> dic
         same = sorted(p[kind] / p["fixed"] for p in by_pair.values() if {kind, "fixed"} <= p.keys())
         if same:
             out[f"normal {kind}/fixed"] = round(statistics.median(same), 3)
-    out["normal refused % (max)"] = {
-        kind: max((r["refused_pct"] or 0) for r in normal if normal_label(r) == kind)
-        for kind in [*adaptive, "fixed"]
-    }
+    if normal:
+        out["normal refused % (max)"] = {
+            kind: max((r["refused_pct"] or 0) for r in normal if normal_label(r) == kind)
+            for kind in [*adaptive, "fixed"]
+        }
     out["overload"] = []
     for n in sorted({r["records"] for r in overload}):
-        out["overload"].append(overload_summary(n, [r for r in overload if r["records"] == n]))
+        size = [r for r in overload if r["records"] == n]
+        row = overload_summary(n, [r for r in size if r["phase"] == SWEEP])
+        duel = [r for r in size if r["phase"] == DUEL]
+        if duel:
+            row["duel"] = duel_summary(duel)
+        out["overload"].append(row)
+    return out
+
+
+def best_fixed_by_median(runs: list[dict[str, Any]]) -> tuple[int, float]:
+    """The fixed ``max_in_flight`` with the highest median records/s over ``runs``, and that median."""
+    rates: dict[int, list[float]] = {}
+    for r in runs:
+        rates.setdefault(r["max_in_flight"], []).append(r["records_per_s"])
+    return max(((mif, statistics.median(x)) for mif, x in rates.items()), key=lambda pair: pair[1])
+
+
+def geometric_mean_interval(ratios: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """The geometric mean of ``ratios`` and its confidence interval: Student's t on the logs (the
+    ratios of paired runs are roughly log-normal: the machine's load scales both runs of a pair)."""
+    logs = [math.log(x) for x in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), math.nan, math.nan
+    half = stats.t.ppf((1 + confidence) / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def duel_summary(duel: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each adaptive variant against the fixed setting of its duel, pair by pair (same round)."""
+    fixed = {r["round"]: r for r in duel if r["kind"] == "fixed"}
+    mif = next(iter(fixed.values()))["max_in_flight"]
+    out = []
+    adaptive = [r for r in duel if r["kind"] == "adaptive" and r["round"] in fixed]
+    for variant in sorted({r["variant"] for r in adaptive}):
+        mine = [r for r in adaptive if r["variant"] == variant]
+        ratios = [r["records_per_s"] / fixed[r["round"]]["records_per_s"] for r in mine]
+        mean, low, high = geometric_mean_interval(ratios)
+        out.append(
+            {
+                "variant": variant,
+                "fixed max_in_flight": mif,
+                "pairs": len(ratios),
+                "records/s / fixed, geometric mean": round(mean, 3),
+                "95% interval": [round(low, 3), round(high, 3)],
+                "records/s / fixed, pair by pair": [round(x, 3) for x in ratios],
+                "records/s median, adaptive": statistics.median(r["records_per_s"] for r in mine),
+                "records/s median, fixed": statistics.median(r["records_per_s"] for r in fixed.values()),
+                "refused % (max), adaptive": max(r["refused_pct"] for r in mine),
+                "refused % (max), fixed": max(r["refused_pct"] for r in fixed.values()),
+            }
+        )
     return out
 
 
@@ -275,15 +350,11 @@ def overload_summary(n: int, overload: list[dict[str, Any]]) -> dict[str, Any]:
     top = max(fixed, key=lambda row: row["records_per_s"])
     out["best fixed"] = {"max_in_flight": top["max_in_flight"], "records_per_s": top["records_per_s"]}
     # By medians too: each setting's faster run flatters whichever had the luckier moment.
-    by_median = max(fixed, key=lambda row: statistics.median(row["records_per_s_runs"]))
-    out["best fixed by median"] = {
-        "max_in_flight": by_median["max_in_flight"],
-        "records_per_s": statistics.median(by_median["records_per_s_runs"]),
-    }
+    mif, median = best_fixed_by_median([r for r in overload if r["kind"] == "fixed"])
+    out["best fixed by median"] = {"max_in_flight": mif, "records_per_s": median}
     # And round by round: a run beside the other in time shares the machine's load of the
     # moment, which moved single runs by 2x on the shared machine.
     rates = {(*setting_of(r), r["round"]): r["records_per_s"] for r in overload}
-    mif = by_median["max_in_flight"]
     same_cap = next(row for row in fixed if row["max_in_flight"] == adaptive[0]["max_in_flight"])
     out["refused % fixed at the same cap (max)"] = max(same_cap["refused_pct"])
     out["adaptive"] = []
@@ -313,13 +384,13 @@ def overload_summary(n: int, overload: list[dict[str, Any]]) -> dict[str, Any]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        "| load | run | max_in_flight | variant | records | records/s | s | requests sent "
+        "| load | phase | run | max_in_flight | variant | records | records/s | s | requests sent "
         "| refused (429/503) | refused % |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["normal"] + results["overload"]:
         cells = [
-            r["load"], r["kind"], str(r.get("max_in_flight", "")), r.get("variant", ""),
+            r["load"], r.get("phase", ""), r["kind"], str(r.get("max_in_flight", "")), r.get("variant", ""),
             f"{r['records']:,}",
             f"{r['records_per_s']:,}", str(r["seconds"]), str(r.get("sent", "")),
             str(r.get("refused", "")), str(r.get("refused_pct", "")),
@@ -338,6 +409,13 @@ def markdown(results: dict[str, Any]) -> str:
                 if key != "variant":
                     lines.append(
                         f"- overload {size['records']:,} records, adaptive ({variant['variant']}) "
+                        f"{key}: {value}"
+                    )
+        for variant in size.get("duel", []):
+            for key, value in variant.items():
+                if key != "variant":
+                    lines.append(
+                        f"- overload {size['records']:,} records, duel, adaptive ({variant['variant']}) "
                         f"{key}: {value}"
                     )
     return "\n".join(lines)
@@ -365,7 +443,14 @@ def main() -> None:
         help=f"adaptive settings to run side by side, each {DEFAULTS!r} or NAME=VALUE[,NAME=VALUE] "
         f"of {', '.join(VARIANT_ENV)}",
     )
-    p.add_argument("--rounds", type=int, default=2, help="runs of each overload setting")
+    p.add_argument("--rounds", type=int, default=2, help="runs of each overload setting in the sweep")
+    p.add_argument(
+        "--duel",
+        type=int,
+        default=0,
+        help="pairs of runs per size after the sweep: the sweep's best fixed setting against each "
+        "adaptive variant (0: none)",
+    )
     p.add_argument(
         "--warm-up",
         type=int,

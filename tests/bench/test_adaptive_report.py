@@ -5,10 +5,19 @@ stack: ``python -m bench.adaptive_concurrency``)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from bench.adaptive_concurrency import gauges, markdown, summary, variant_env
+from bench.adaptive_concurrency import (
+    best_fixed_by_median,
+    gauges,
+    geometric_mean_interval,
+    markdown,
+    summary,
+    variant_env,
+)
 from services import constants as c
 from services import metrics as m
 
@@ -16,11 +25,19 @@ UNBOUNDED = f"{c.ENV_SERVE_CONCURRENCY_BOUNDED_CUTS}=false"
 
 
 def run(
-    kind: str, mif: int, records: int, rate: int, refused_pct: float, rnd: int = 0, variant: str = "defaults"
+    kind: str,
+    mif: int,
+    records: int,
+    rate: int,
+    refused_pct: float,
+    rnd: int = 0,
+    variant: str = "defaults",
+    phase: str = "sweep",
 ) -> dict:
     row = {
-        "load": "overload", "kind": kind, "max_in_flight": mif, "round": rnd, "records": records,
-        "records_per_s": rate, "seconds": round(records / rate, 2), "refused_pct": refused_pct,
+        "load": "overload", "phase": phase, "kind": kind, "max_in_flight": mif, "round": rnd,
+        "records": records, "records_per_s": rate, "seconds": round(records / rate, 2),
+        "refused_pct": refused_pct,
     }  # fmt: skip
     return row | {"variant": variant} if kind == "adaptive" else row
 
@@ -73,7 +90,55 @@ def test_each_size_and_each_adaptive_variant_is_judged_apart_by_faster_run_and_b
     assert long["adaptive"][0]["records/s / best fixed, faster runs"] == 1.1
     text = markdown({"normal": normal, "overload": overload, "summary": out})
     assert "overload 200,000 records, adaptive (defaults) records/s / best fixed, faster runs: 1.1" in text
-    assert f"| overload | adaptive | 4 | {UNBOUNDED} | 50,000 | 3,600 |" in text
+    assert f"| overload | sweep | adaptive | 4 | {UNBOUNDED} | 50,000 | 3,600 |" in text
+
+
+def test_the_duel_measures_against_the_sweeps_pick_on_runs_of_its_own():
+    sweep = [
+        run("fixed", 2, 50_000, 7_000, 0.0),
+        run("fixed", 4, 50_000, 9_000, 5.0),  # the sweep's winner, by a lucky moment
+        run("adaptive", 4, 50_000, 6_000, 0.2),
+    ]
+    duel = [
+        run("fixed", 4, 50_000, 8_000, 5.0, 0, phase="duel"),
+        run("adaptive", 4, 50_000, 8_000, 0.4, 0, phase="duel"),
+        run("adaptive", 4, 50_000, 6_400, 0.3, 1, phase="duel"),
+        run("fixed", 4, 50_000, 6_400, 4.0, 1, phase="duel"),
+        run("fixed", 4, 50_000, 7_000, 4.5, 2, phase="duel"),
+        run("adaptive", 4, 50_000, 7_700, 0.1, 2, phase="duel"),
+    ]
+    (size,) = summary([], sweep + duel)["overload"]
+    # the sweep's figures leave the duel's runs out
+    assert size["best fixed by median"] == {"max_in_flight": 4, "records_per_s": 9_000}
+    assert size["adaptive"][0]["records/s / best fixed, run by run"] == [round(6_000 / 9_000, 3)]
+    (defaults,) = size["duel"]
+    assert defaults["fixed max_in_flight"] == 4 and defaults["pairs"] == 3
+    assert defaults["records/s / fixed, pair by pair"] == [1.0, 1.0, 1.1]
+    assert defaults["records/s / fixed, geometric mean"] == round(1.1 ** (1 / 3), 3)
+    low, high = defaults["95% interval"]
+    assert low < 1.0 < 1.1 < high
+    assert (defaults["refused % (max), adaptive"], defaults["refused % (max), fixed"]) == (0.4, 5.0)
+    text = markdown({"normal": [], "overload": sweep + duel, "summary": summary([], sweep + duel)})
+    assert "overload 50,000 records, duel, adaptive (defaults) pairs: 3" in text
+
+
+def test_the_interval_narrows_with_more_pairs_and_is_students_t():
+    mean, low, high = geometric_mean_interval([0.9, 1.1])
+    assert mean == pytest.approx(math.sqrt(0.99))
+    # two pairs: t(0.975, 1) = 12.706 times the logs' standard deviation (|d| sqrt(2), d either
+    # log's distance from their mean) over sqrt(2)
+    half = 12.706 * abs(math.log(0.9) - math.log(mean))
+    assert math.log(high / mean) == pytest.approx(half, rel=1e-3)
+    assert math.log(mean / low) == pytest.approx(half, rel=1e-3)
+    _, low8, high8 = geometric_mean_interval([0.9, 1.1] * 4)
+    assert low < low8 < 1 < high8 < high
+    assert math.isnan(geometric_mean_interval([1.0])[1])
+
+
+def test_the_best_fixed_setting_is_the_highest_median():
+    runs = [run("fixed", 2, 1, rate, 0, rnd) for rnd, rate in enumerate((5, 6, 7))]
+    runs += [run("fixed", 4, 1, rate, 0, rnd) for rnd, rate in enumerate((9, 1, 2))]
+    assert best_fixed_by_median(runs) == (2, 6)
 
 
 def test_a_variant_sets_only_the_limiters_own_settings():
