@@ -272,15 +272,18 @@ def best_fixed_by_median(runs: list[dict[str, Any]]) -> tuple[int, float]:
     return max(((mif, statistics.median(x)) for mif, x in rates.items()), key=lambda pair: pair[1])
 
 
-def geometric_mean_interval(ratios: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+def geometric_mean_interval(
+    ratios: list[float], confidence: float = 0.95
+) -> tuple[float, tuple[float, float] | None]:
     """The geometric mean of ``ratios`` and its confidence interval: Student's t on the logs (the
-    ratios of paired runs are roughly log-normal: the machine's load scales both runs of a pair)."""
+    ratios of paired runs are roughly log-normal: the machine's load scales both runs of a pair);
+    no interval from a single ratio."""
     logs = [math.log(x) for x in ratios]
     mean = statistics.fmean(logs)
     if len(logs) < 2:
-        return math.exp(mean), math.nan, math.nan
+        return math.exp(mean), None
     half = stats.t.ppf((1 + confidence) / 2, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+    return math.exp(mean), (math.exp(mean - half), math.exp(mean + half))
 
 
 def duel_summary(duel: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -292,14 +295,14 @@ def duel_summary(duel: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for variant in sorted({r["variant"] for r in adaptive}):
         mine = [r for r in adaptive if r["variant"] == variant]
         ratios = [r["records_per_s"] / fixed[r["round"]]["records_per_s"] for r in mine]
-        mean, low, high = geometric_mean_interval(ratios)
+        mean, interval = geometric_mean_interval(ratios)
         out.append(
             {
                 "variant": variant,
                 "fixed max_in_flight": mif,
                 "pairs": len(ratios),
                 "records/s / fixed, geometric mean": round(mean, 3),
-                "95% interval": [round(low, 3), round(high, 3)],
+                "95% interval": [round(x, 3) for x in interval] if interval else None,
                 "records/s / fixed, pair by pair": [round(x, 3) for x in ratios],
                 "records/s median, adaptive": statistics.median(r["records_per_s"] for r in mine),
                 "records/s median, fixed": statistics.median(r["records_per_s"] for r in fixed.values()),
