@@ -405,22 +405,14 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"- {key}: {value}")
     for size in results["summary"]["overload"]:
         for key, value in size.items():
-            if key not in ("records", "settings", "adaptive"):
+            if key not in ("records", "settings", "adaptive", "duel"):
                 lines.append(f"- overload {size['records']:,} records, {key}: {value}")
-        for variant in size.get("adaptive", []):
-            for key, value in variant.items():
-                if key != "variant":
-                    lines.append(
-                        f"- overload {size['records']:,} records, adaptive ({variant['variant']}) "
-                        f"{key}: {value}"
-                    )
-        for variant in size.get("duel", []):
-            for key, value in variant.items():
-                if key != "variant":
-                    lines.append(
-                        f"- overload {size['records']:,} records, duel, adaptive ({variant['variant']}) "
-                        f"{key}: {value}"
-                    )
+        for part, name in (("adaptive", "adaptive"), ("duel", "duel, adaptive")):
+            for variant in size.get(part, []):
+                for key, value in variant.items():
+                    if key != "variant":
+                        where = f"overload {size['records']:,} records, {name} ({variant['variant']})"
+                        lines.append(f"- {where} {key}: {value}")
     return "\n".join(lines)
 
 

@@ -120,6 +120,7 @@ def test_the_duel_measures_against_the_sweeps_pick_on_runs_of_its_own():
     assert (defaults["refused % (max), adaptive"], defaults["refused % (max), fixed"]) == (0.4, 5.0)
     text = markdown({"normal": [], "overload": sweep + duel, "summary": summary([], sweep + duel)})
     assert "overload 50,000 records, duel, adaptive (defaults) pairs: 3" in text
+    assert "records, duel: [" not in text  # each figure on a line of its own, not the raw list
 
 
 def test_the_interval_narrows_with_more_pairs_and_is_students_t():
