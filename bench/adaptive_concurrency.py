@@ -209,8 +209,13 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             if kind == "adaptive":
                 worker_env = {**ADAPTIVE, **variant_env(variant or DEFAULTS)}
             figures = await run_sampled(env, n, MODEL, worker_env=worker_env, tuning=tuning, warm_up=warm_up)
-            row = {"load": "overload", "phase": phase, "kind": kind, "max_in_flight": max_in_flight}
-            row["round"] = rnd
+            row = {
+                "load": "overload",
+                "phase": phase,
+                "kind": kind,
+                "max_in_flight": max_in_flight,
+                "round": rnd,
+            }
             if variant is not None:
                 row["variant"] = variant
             add(overload, {**row, **figures, **refusals(figures)})
@@ -458,6 +463,8 @@ def main() -> None:
     p.add_argument("--retry-after", type=int, default=1, help="Serve's Retry-After under overload, s")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
+    if args.duel and args.rounds < 1:
+        p.error("--duel needs a sweep to pick its fixed setting: --rounds 1 or more")
     stop_on_sigterm()
     work = Path(tempfile.mkdtemp(prefix="bench-adaptive-"))
     results = asyncio.run(run(args, work))
