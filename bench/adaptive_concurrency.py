@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import math
 import os
@@ -54,7 +53,6 @@ from bench.__main__ import RESULTS, machine
 from bench.local_stack import local_stack, stop_on_sigterm
 from services import constants as c
 from services import metrics as m
-from services.local.ray_serve import LocalRayServe
 
 MODEL = "echo"
 FIXED = {c.ENV_SERVE_ADAPTIVE_CONCURRENCY: "false"}
@@ -87,18 +85,6 @@ def variant_arg(text: str) -> str:
     return text
 
 
-def overloaded_config(stack: LocalRayServe, ongoing: int, queued: int, retry_after_s: int) -> dict:
-    """The shared Serve config with the echo deployment holding only ``ongoing`` + ``queued``
-    requests; past that its callers get 503 with ``Retry-After`` (Ray's ``backpressure_config``)."""
-    config = copy.deepcopy(stack.serve_config())
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == MODEL:
-            deployment["max_ongoing_requests"] = ongoing
-            deployment["max_queued_requests"] = queued
-            deployment["backpressure_config"] = {"status_code": 503, "retry_after_s": retry_after_s}
-    return config
-
-
 def gauges(metrics_text: str) -> tuple[float | None, float | None]:
     """The worker's concurrency limit and its requests in flight (summed over models)."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -123,7 +109,7 @@ async def sample_gauges(
         while True:
             await asyncio.sleep(every_s)
             try:
-                text = (await http.get(f"http://{harness.LOOPBACK}:{env.worker_metrics_port}/metrics")).text
+                text = (await http.get(env.worker_metrics_url)).text
             except httpx.HTTPError:
                 continue
             limit, in_flight = gauges(text)
@@ -193,7 +179,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     row["variant"] = variant
                 add(normal, {**row, **figures})
 
-        config = overloaded_config(serve, args.ongoing, args.queued, args.retry_after)
+        config = serve.overloaded_config(MODEL, args.ongoing, args.queued, args.retry_after)
         await asyncio.to_thread(serve.deploy, config)
         settings: list[Setting] = [("fixed", mif, None) for mif in args.sweep]
         settings += [("adaptive", max(args.sweep), v) for v in args.adaptive]

@@ -58,6 +58,10 @@ class BenchEnv:
     worker_metrics_port: int = 0  # set by run_project: A's latencies come from the worker's metrics
     temporal_pid: int | None = None  # the dev server's process, whose CPU A's batches cost too
 
+    @property
+    def worker_metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.worker_metrics_port}/metrics"
+
     @classmethod
     def for_stack(
         cls, temporal_address: str, serve: LocalRayServe, token_file: Path, workdir: Path
@@ -267,7 +271,7 @@ async def warm_up_batch(
 
 async def scrape_worker(env: BenchEnv) -> str:
     async with httpx.AsyncClient(timeout=10) as http:
-        return (await http.get(f"http://{LOOPBACK}:{env.worker_metrics_port}/metrics")).text
+        return (await http.get(env.worker_metrics_url)).text
 
 
 async def run_project(

@@ -73,22 +73,23 @@ def stop_marked(name: str, value: str, timeout_s: float = 15) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         # again before SIGKILL: a dying cluster may have started processes meanwhile
         known = with_descendants(marked_pids(name, value) + known)
-        pids = [p for p in known if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        pids = [p for p in known if alive(p)]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + timeout_s
         while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
+            pids = [p for p in pids if alive(p)]
             time.sleep(0.2)
         if not pids:
             return
 
 
-def _zombie(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting for its parent has)."""
     with contextlib.suppress(OSError):
-        return ") Z " in Path(f"/proc/{pid}/stat").read_text()
-    return True
+        return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
+    return False
 
 
 def terminate(proc: subprocess.Popen | None, timeout_s: float = 15) -> None:

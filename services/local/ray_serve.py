@@ -220,6 +220,18 @@ class LocalRayServe:
         deploys by default."""
         return load_serve_config(self.config_path, port=self.http_port)
 
+    def overloaded_config(self, model: str, ongoing: int, queued: int, retry_after_s: int) -> dict[str, Any]:
+        """The shared Serve config with ``model`` holding only ``ongoing`` + ``queued`` requests;
+        past that it answers 503 with ``Retry-After`` (Ray's ``backpressure_config``): how the
+        fault tests and the bench overload Serve."""
+        config = self.serve_config()
+        for deployment in config["applications"][0]["deployments"]:
+            if deployment["name"] == model:
+                deployment["max_ongoing_requests"] = ongoing
+                deployment["max_queued_requests"] = queued
+                deployment["backpressure_config"] = {"status_code": 503, "retry_after_s": retry_after_s}
+        return config
+
     def deploy(self, config: dict[str, Any] | None = None, timeout_s: float = 180) -> None:
         """``serve deploy`` a config (default: the shared one, on loopback) and wait for RUNNING."""
         config = config or self.serve_config()

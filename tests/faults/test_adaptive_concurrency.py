@@ -20,7 +20,6 @@ from services.local.ray_serve import LocalRayServe
 from services.worker.concurrency import AdaptiveLimiter, LimitSettings
 from services.worker.contracts import BatchInferenceOutput
 from tests.helpers.batches import assert_exactly_once, echo_batch
-from tests.helpers.private_serve import overloaded_config
 from tests.helpers.workers import Attempts, worker_on
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -52,7 +51,8 @@ async def test_adaptive_limit_keeps_refusals_a_small_fraction_under_overload(
     private_serve: LocalRayServe,
     tmp_path: Path,
 ):
-    await asyncio.to_thread(private_serve.deploy, overloaded_config(private_serve, "echo", 1))
+    overloaded = private_serve.overloaded_config("echo", 2, 2, retry_after_s=1)
+    await asyncio.to_thread(private_serve.deploy, overloaded)
     try:
         fixed, fixed_share = await _run(client, private_serve, tmp_path / "fixed", None)
         limits: list[int] = []

@@ -30,7 +30,7 @@ from services.worker.contracts import Progress
 from services.worker.serve_client import RetrySettings, ServeClient, TokenSource
 from services.worker.telemetry import BatchProgressPoller
 from tests.helpers.batches import assert_exactly_once, echo_batch, execute_batch, start_batch
-from tests.helpers.private_serve import crash, overloaded_config
+from tests.helpers.private_serve import crash
 from tests.helpers.proxy import CountingProxy
 from tests.helpers.workers import Attempts, outage_batch, start_until_a_quarter_done, worker_on
 
@@ -41,7 +41,7 @@ async def test_overloaded_serve_answers_503_and_the_batch_completes_without_erro
     client, private_serve: LocalRayServe, tmp_path: Path
 ):
     retry_after = 2
-    await asyncio.to_thread(private_serve.deploy, overloaded_config(private_serve, "echo", retry_after))
+    await asyncio.to_thread(private_serve.deploy, private_serve.overloaded_config("echo", 2, 2, retry_after))
     try:
         total = 3_000
         records, output, batch = echo_batch(

@@ -6,13 +6,11 @@ module: ``ready`` brings it back to the shared config before each test, so a clu
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import signal
 import time
-from pathlib import Path
 
-from services.local.processes import marked_pids
+from services.local.processes import alive, marked_pids
 from services.local.ray_serve import CLUSTER_MARKER, LocalRayServe
 
 
@@ -27,18 +25,6 @@ def ready(stack: LocalRayServe) -> LocalRayServe:
     return stack
 
 
-def overloaded_config(stack: LocalRayServe, model: str, retry_after_s: int) -> dict:
-    """The shared Serve config with ``model`` able to hold only 2 + 2 requests; past that its
-    replicas answer 503 with ``Retry-After`` (Ray's ``backpressure_config``)."""
-    config = copy.deepcopy(stack.serve_config())
-    for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == model:
-            deployment["max_ongoing_requests"] = 2
-            deployment["max_queued_requests"] = 2
-            deployment["backpressure_config"] = {"status_code": 503, "retry_after_s": retry_after_s}
-    return config
-
-
 def crash(stack: LocalRayServe) -> None:
     """SIGKILL every process of this private Ray cluster at once (Serve dies without a
     goodbye; faster than a graceful stop, which waits for stragglers)."""
@@ -48,13 +34,6 @@ def crash(stack: LocalRayServe) -> None:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 15
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if _alive(p)]
+        pids = [p for p in pids if alive(p)]
         time.sleep(0.1)
     stack.started = False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return ") Z " not in Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
