@@ -36,6 +36,7 @@ from services.cli_errors import (
     tuning_from,
 )
 from services.errors import CommandError
+from services.local.processes import sigterm_as_ctrl_c
 from services.worker.config import TemporalSettings, WorkerSettings
 from services.worker.contracts import BatchInferenceInput, BatchInferenceOutput, Progress
 
@@ -212,19 +213,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from services.worker.worker import main
 
     return main()
-
-
-def _sigterm_as_ctrl_c() -> None:
-    """SIGTERM (``kill``, a supervisor, a container stop) stops a local server command as
-    Ctrl-C does, stopping what it started: Python turns only SIGINT into KeyboardInterrupt, and
-    a command started with ``&`` ignores SIGINT. Once stopping, a second SIGTERM is ignored so
-    it cannot cut the stopping short."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _run_stopping_on_sigterm(main: Coroutine[Any, Any, int]) -> int:
@@ -501,10 +489,10 @@ def main(argv: list[str] | None = None) -> int:
             case "worker":
                 return cmd_worker(args)
             case "temporal":
-                _sigterm_as_ctrl_c()
+                sigterm_as_ctrl_c()
                 return cmd_temporal(args)
             case "serve":
-                _sigterm_as_ctrl_c()
+                sigterm_as_ctrl_c()
                 return cmd_serve(args)
             case "token":
                 import secrets

@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
+from services.local.processes import sigterm_as_ctrl_c
 from services.local.ray_serve import LocalRayServe, ensure_token
 from services.local.temporal_dev import TemporalDevServer
 from services.worker.config import WorkerSettings
@@ -27,6 +28,12 @@ from services.worker.serve_client import ServeClient, TokenSource
 from services.worker.worker import build_worker
 from tests.helpers.processes import WorkerProcess, WorkerProcesses
 from tests.helpers.temporal import connect_when_ready
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI runner's cancel, ``timeout``) ends the session as Ctrl-C does, so the session
+    # fixtures' teardown stops the servers and clusters they started.
+    sigterm_as_ctrl_c()
 
 
 @pytest.fixture(scope="session")

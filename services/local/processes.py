@@ -118,3 +118,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
+
+
+def sigterm_as_ctrl_c() -> None:
+    """SIGTERM (``kill``, a supervisor, a container stop, a CI runner's cancel) stops a local
+    server command or a test session as Ctrl-C does, stopping what it started: Python turns only
+    SIGINT into KeyboardInterrupt, and a command started with ``&`` ignores SIGINT. Once
+    stopping, a second SIGTERM is ignored so it cannot cut the stopping short."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

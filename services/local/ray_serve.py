@@ -32,6 +32,9 @@ CLUSTER_MARKER = "BATCH_INFERENCE_LOCAL_RAY"
 # other as they stop (the GCS server and its monitor last, 12-15 s here, as `ray stop`'s own 16 s
 # grace allows); a local cluster keeps nothing they would save, so it gets a short one.
 STOP_GRACE_S = 3.0
+# How long start and deploy wait for the apps to be RUNNING. Generous: DEPLOY_FAILED ends the wait
+# at once, so only a slow start waits this long, and on a busy shared host replicas take minutes.
+READY_TIMEOUT_S = 600.0
 
 
 def ensure_token(path: Path) -> Path:
@@ -183,7 +186,7 @@ class LocalRayServe:
             list(args), env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
         )
 
-    def start(self, timeout_s: float = 180, attempt: int = 1) -> LocalRayServe:
+    def start(self, timeout_s: float = READY_TIMEOUT_S, attempt: int = 1) -> LocalRayServe:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             venv_bin("ray"), "start", "--head", "--node-ip-address", LOOPBACK,
@@ -232,7 +235,7 @@ class LocalRayServe:
                 deployment["backpressure_config"] = {"status_code": 503, "retry_after_s": retry_after_s}
         return config
 
-    def deploy(self, config: dict[str, Any] | None = None, timeout_s: float = 180) -> None:
+    def deploy(self, config: dict[str, Any] | None = None, timeout_s: float = READY_TIMEOUT_S) -> None:
         """``serve deploy`` a config (default: the shared one, on loopback) and wait for RUNNING."""
         config = config or self.serve_config()
         path = self.state_dir / "serve-config.local.yaml"

@@ -93,7 +93,7 @@ async def test_batch_completes_exactly_once_while_serve_is_redeployed_with_a_new
 
     async def redeploy(attempts: Attempts) -> tuple[float, float, dict, dict]:
         await wait_until(
-            lambda: attempts.count("200") * MICRO_BATCH >= 0.2 * TOTAL, 120, "a fifth of the batch"
+            lambda: attempts.count("200") * MICRO_BATCH >= 0.2 * TOTAL, 300, "a fifth of the batch"
         )
         before = await asyncio.to_thread(running_replicas, private_serve)
         start = time.monotonic()

@@ -37,7 +37,7 @@ def private_temporal(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-async def result_across_outages(handle, timeout_s: float = 180) -> BatchInferenceOutput:
+async def result_across_outages(handle, timeout_s: float = 600) -> BatchInferenceOutput:
     """The workflow's result, asking again while the server is unreachable."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -70,7 +70,7 @@ async def test_temporal_restarts_mid_batch_on_the_same_database(
     with CountingProxy(serve_stack.url) as proxy:
         worker = await spawn_worker(private_temporal.address, queue, proxy.url, serve_token_file).polling()
         handle = await start_batch(client, queue, batch, "restart")
-        await wait_until(lambda: proxy.records >= 0.3 * total, 60, "30% of the records sent")
+        await wait_until(lambda: proxy.records >= 0.3 * total, 300, "30% of the records sent")
         stopping = time.monotonic()
         if how == "killed":
             assert (private_temporal.state_dir / "temporal.db-wal").exists(), "the database is in WAL mode"

@@ -63,11 +63,11 @@ async def test_sigkill_the_worker_at_random_points(
         worker = await start_worker()
         handle = await start_batch(client, queue, batch, "kill")
         for fraction in kills:
-            await wait_until(lambda f=fraction: proxy.records >= f * total, 120, f"{fraction:.0%} sent")
+            await wait_until(lambda f=fraction: proxy.records >= f * total, 300, f"{fraction:.0%} sent")
             # Random point inside a part, too: up to one part's worth of time later.
             await asyncio.sleep(rng.uniform(0, 0.3))
             worker.signal(signal.SIGKILL)
-            await worker.exited(10)
+            await worker.exited(30)
             from_zero_extra += committed_in_running_shards(output)
             worker = await start_worker()
         kill_done = time.monotonic()
@@ -96,7 +96,7 @@ def running_shards(output) -> set[str]:
 
 @pytest.mark.parametrize(
     ("graceful_s", "shard_size", "drains"),
-    [(20, 600, True), (2, 1_500, False)],
+    [(90, 600, True), (2, 1_500, False)],
     ids=["running-shards-finish", "timeout-hands-over"],
 )
 async def test_sigterm_shuts_down_within_the_graceful_timeout(
@@ -131,7 +131,7 @@ async def test_sigterm_shuts_down_within_the_graceful_timeout(
         temporal_server.address, queue, serve_stack.url, serve_token_file, **env
     ).polling()
     handle = await start_batch(client, queue, batch, "term")
-    await wait_until(lambda: len(running_shards(output)) == 2, 60, "two shards with committed parts")
+    await wait_until(lambda: len(running_shards(output)) == 2, 300, "two shards with committed parts")
     running = running_shards(output)
     sent = time.monotonic()
     worker.signal(signal.SIGTERM)
@@ -146,7 +146,7 @@ async def test_sigterm_shuts_down_within_the_graceful_timeout(
         assert took < graceful_s
     else:
         assert not finished, "shards longer than the timeout were cancelled, not finished"
-        assert graceful_s <= took < graceful_s + 8
+        assert graceful_s <= took < graceful_s + 15
     await spawn_worker(temporal_server.address, queue, serve_stack.url, serve_token_file).polling()
     result = await handle.result()
     assert_exactly_once(output, [r["id"] for r in records], result)

@@ -101,7 +101,7 @@ async def test_a_cancelled_batch_resumes_under_its_id_and_sends_only_what_was_no
     with CountingProxy(serve_stack.url) as proxy:
         async with worker_on(client, proxy.url, serve_token_file, Attempts()) as queue:
             handle = await start_batch(client, queue, batch, workflow_id=workflow_id)
-            await wait_until(lambda: proxy.records >= 1_400, 120, "about half sent")
+            await wait_until(lambda: proxy.records >= 1_400, 300, "about half sent")
             await handle.cancel()
             with pytest.raises(WorkflowFailureError):
                 await handle.result()

@@ -170,9 +170,9 @@ async def test_a_worker_killed_mid_shard_on_s3_resumes_with_nothing_lost_or_doub
     with CountingProxy(serve_stack.url) as proxy:
         worker = await spawn_worker(temporal_server.address, queue, proxy.url, serve_token_file).polling()
         handle = await start_batch(client, queue, batch, "s3-kill")
-        await wait_until(lambda: proxy.records >= 0.4 * total, 120, "40% sent")
+        await wait_until(lambda: proxy.records >= 0.4 * total, 300, "40% sent")
         worker.signal(signal.SIGKILL)
-        await worker.exited(10)
+        await worker.exited(30)
         await spawn_worker(temporal_server.address, queue, proxy.url, serve_token_file).polling()
         result = await handle.result()
     results, errors = read_outputs_uri(output)
@@ -195,10 +195,10 @@ async def test_s3_answering_503_slowdown_for_a_while_and_the_batch_completes(cli
     with s3_fault_proxy() as proxy:
         async with run_worker() as queue:
             handle = await start_batch(client, queue, batch, "slowdown")
-            await wait_until(lambda: proxy.requests >= 20, 60, "the batch under way on S3")
+            await wait_until(lambda: proxy.requests >= 20, 300, "the batch under way on S3")
             # Counted in requests, not seconds, so a slow machine sees the same faults.
             proxy.slow_down(40, fraction=0.5)
-            await wait_until(lambda: not proxy.window_open, 120, "40 requests, half refused")
+            await wait_until(lambda: not proxy.window_open, 300, "40 requests, half refused")
             proxy.slow_down(10)  # then everything refused for a moment
             result = await handle.result()
     assert proxy.slowed >= 20, f"S3 refused {proxy.slowed} requests"

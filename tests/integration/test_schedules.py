@@ -128,7 +128,7 @@ async def test_a_triggered_run_completes_into_its_templated_folder(
         run_id = out.strip()
         when = scheduled_time(run_id, schedule_id)
         handle = client.get_workflow_handle(run_id, result_type=BatchInferenceOutput)
-        result = await asyncio.wait_for(handle.result(), 120)
+        result = await asyncio.wait_for(handle.result(), 600)
 
     local = when.astimezone(zone)
     folder = tmp_path / "out" / f"{local:%Y-%m-%d}" / f"h{local:%H}"

@@ -295,7 +295,7 @@ class Recorder:
                 lambda: any((output / c.PARTS_DIR).glob("shard-*/part-*.ckpt.jsonl")), 120, "a committed part"
             )
             first.signal(signal.SIGKILL)
-            await first.exited(10)
+            await first.exited(30)
             await spawn()
             result = await handle.result()
             assert result.succeeded == 2000 and result.resumed_records > 0, result
@@ -346,7 +346,7 @@ class Recorder:
         attempts = Attempts()
         async with worker_on(self.client, self.serve.url, self.token_file, attempts, OUTAGE_RETRIES) as queue:
             handle = await self.start("serve-outage", batch, queue)
-            await wait_until(lambda: attempts.count("200") >= 20, 120, "Serve answering the shards")
+            await wait_until(lambda: attempts.count("200") >= 20, 300, "Serve answering the shards")
             log.info("stopping Serve")
             await asyncio.to_thread(self.serve.stop)
             # Each running shard gives up once, then waits: an attempt more means a failed check.

@@ -128,7 +128,7 @@ async def test_token_rotation_under_a_running_batch_fails_no_request(
     try:
         async with worker_on(client, serve_stack.url, worker_token, attempts) as queue:
             handle = await start_batch(client, queue, batch, "rotate")
-            await wait_until(lambda: attempts.count("200") >= 50, 60, "the batch under way")
+            await wait_until(lambda: attempts.count("200") >= 50, 300, "the batch under way")
             replace_atomically(serve_token_file, f"{old}\n{new}\n")  # 1. both valid
             await wait_status(serve_stack, new, 200)
             at_switch = attempts.count("200")
