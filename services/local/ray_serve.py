@@ -35,6 +35,13 @@ STOP_GRACE_S = 3.0
 # How long start and deploy wait for the apps to be RUNNING. Generous: DEPLOY_FAILED ends the wait
 # at once, so only a slow start waits this long, and on a busy shared host replicas take minutes.
 READY_TIMEOUT_S = 600.0
+# A local cluster shares the machine's CPUs with everything else on it. Under load Serve's proxy
+# misses Ray's 5 s ready check (and 10 s health check): the controller kills and restarts it,
+# and a `serve deploy` under way fails with the killed actor. More time for both checks.
+PROXY_CHECKS_ENV = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+}
 
 
 def ensure_token(path: Path) -> Path:
@@ -134,6 +141,7 @@ class LocalRayServe:
                 "RAY_USAGE_STATS_ENABLED": "0",
                 # Marks every process of this cluster, so stop() stops these and no others.
                 CLUSTER_MARKER: self.marker,
+                **PROXY_CHECKS_ENV,
             }
         )
         env.pop(c.ENV_SERVE_TOKENS, None)
