@@ -24,7 +24,8 @@ from tests.helpers.batches import assert_exactly_once, echo_batch, start_batch
 from tests.helpers.waiting import wait_until
 from tests.helpers.workers import Attempts, worker_on
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration]
+# Two full batches and a redeploy: the slowest test, and several times slower on a busy host.
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(1800)]
 
 TOTAL = 24_000
 MICRO_BATCH = 8
