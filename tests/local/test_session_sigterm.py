@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from services.local.paths import REPO_ROOT
 from services.local.processes import alive
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,6 @@ def test_hold(temporal_server):
 def test_sigterm_to_the_test_session_stops_the_servers_it_started(tmp_path: Path):
     (tmp_path / "test_hold.py").write_text(HOLDING)
     log_path = tmp_path / "session.log"
-    repo = Path(__file__).resolve().parents[2]
     with log_path.open("w") as log:
         session = subprocess.Popen(
             [
@@ -42,8 +42,8 @@ def test_sigterm_to_the_test_session_stops_the_servers_it_started(tmp_path: Path
                 "-s", "-q", "--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "basetemp"),
                 str(tmp_path / "test_hold.py"),
             ],
-            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
